@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian bookworm machine, as root:
+# Suricata 7 from bookworm-backports (its apt source is derived from the first stanza of
+# /etc/apt/sources.list.d/debian.sources with only the Suites line changed, so the mirror the
+# machine already trusts is reused), the lab's real components, and a .venv with the package.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SRC=/etc/apt/sources.list.d/debian.sources
+BPO=/etc/apt/sources.list.d/bookworm-backports.sources
+APT_PKGS=(suricata tcpdump haproxy nginx-light libnginx-mod-stream curl iproute2 nftables tcpreplay procps kmod)
+
+need_apt=0
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_apt=1
+done
+if [ "$need_apt" = 1 ] || ! suricata -V 2>/dev/null | grep -q "version 7"; then
+  if [ ! -f "$BPO" ]; then
+    [ -f "$SRC" ] || { echo "setup: $SRC not found; cannot derive the backports source" >&2; exit 1; }
+    # First stanza only (up to the first blank line), Suites replaced.
+    awk 'BEGIN{RS=""; FS="\n"} NR==1 {
+           for (i = 1; i <= NF; i++) {
+             if ($i ~ /^Suites:/) print "Suites: bookworm-backports"; else print $i
+           }
+           exit }' "$SRC" > "$BPO"
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends -t bookworm-backports suricata
+  apt-get install -y -q --no-install-recommends "${APT_PKGS[@]}"
+  # The packaged services must not run on their own: the lab starts its own instances.
+  for s in suricata haproxy nginx; do
+    systemctl disable --now "$s" >/dev/null 2>&1 || service "$s" stop >/dev/null 2>&1 || true
+  done
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "setup: done ($(suricata -V 2>&1 | head -1))"
