@@ -1,0 +1,141 @@
+"""``./run bench``: normalizer speed and memory against baselines measured in the same run.
+
+Prints wall times, packets/s, and the ratios the core issue sets as targets: >=100x faster than
+a naive scapy normalizer, <=1.5x tcprewrite's wall time, <=0.5x Suricata's wall time on the
+header-free file, <=400 bytes of memory per tracked flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from bench.scapy_baseline import scapy_normalize
+from bench.synth import write_pair
+from normalizer.options import Options
+from normalizer.pcap_job import rewrite_file
+
+PROXY_CIDR = "192.0.2.1/32"
+
+
+def _timed_child(cmd: list[str]) -> tuple[float, int, int]:
+    """Run a command; return (wall seconds, exit status, peak RSS in KiB of the child)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if proc.stderr is not None:
+        err = proc.stderr.read()
+        proc.stderr.close()
+        if status:
+            sys.stderr.write(err.decode(errors="replace")[-2000:])
+    return wall, os.waitstatus_to_exitcode(status), usage.ru_maxrss
+
+
+def bytes_per_flow(flows: int) -> float:
+    """Memory the engine holds per ACTIVE flow (table entry, key, state), via tracemalloc."""
+    from bench.synth import _connection  # noqa: PLC0415  (bench-only helper)
+    import random  # noqa: PLC0415
+
+    from normalizer.engine import Normalizer  # noqa: PLC0415
+    from normalizer.headers import proxy_v2  # noqa: PLC0415
+
+    rng = random.Random(7)
+    hdr = proxy_v2.build(command="PROXY", family="TCP4", src="203.0.113.1",
+                         dst="198.51.100.1", sport=1, dport=80)
+    first = [_connection(rng, 1024 + i % 60000, hdr, 0)[:4] for i in range(flows)]
+    # distinct 4-tuples beyond 60000 ports need more client addresses; keep flows <= 60000
+    eng = Normalizer(Options(proxies=(PROXY_CIDR,), max_flows=flows + 1))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for conn in first:
+        for fr in conn:
+            eng.feed(fr, 0)
+        eng.out.clear()
+        eng.events.clear()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(eng.table) == flows
+    return (after - before) / flows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--packets", type=int, default=200_000)
+    ap.add_argument("--scapy-packets", type=int, default=3000,
+                    help="packets the (slow) scapy baseline processes; its rate is per packet")
+    ap.add_argument("--flows-for-memory", type=int, default=50_000)
+    ap.add_argument("--keep", type=Path, help="keep the generated captures in this folder")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="snbench."))
+    try:
+        proxied, plain = work / "proxied.pcap", work / "plain.pcap"
+        t0 = time.perf_counter()
+        packets, flows = write_pair(proxied, plain, args.packets)
+        print(f"capture: {packets} packets, {flows} proxied flows, "
+              f"{proxied.stat().st_size / 1e6:.1f} MB (generated in {time.perf_counter() - t0:.1f}s)")
+        rows: list[tuple[str, float, str]] = []
+
+        t0 = time.perf_counter()
+        counters = rewrite_file(proxied, work / "out.pcap", Options(proxies=(PROXY_CIDR,)))
+        ours = time.perf_counter() - t0
+        assert counters.headers_stripped.get("proxy-v2") == flows, counters
+        rows.append(("normalizer (in process)", ours, f"{packets / ours:,.0f} pkt/s"))
+
+        cli = shutil.which("suricata-normalizer") or str(Path(sys.executable).parent / "suricata-normalizer")
+        wall, rc, rss = _timed_child([cli, "rewrite", str(proxied), "-o", str(work / "out2.pcap"),
+                                      "--proxy", PROXY_CIDR, "-q"])
+        rows.append(("normalizer CLI (incl. start-up)", wall, f"peak RSS {rss / 1024:.0f} MiB"))
+
+        n = min(args.scapy_packets, packets)
+        t0 = time.perf_counter()
+        done = scapy_normalize(proxied, work / "scapy.pcap", PROXY_CIDR, limit=n)
+        scapy_per_pkt = (time.perf_counter() - t0) / done
+        rows.append((f"naive scapy normalizer ({done} pkts, scaled)", scapy_per_pkt * packets,
+                     f"{1 / scapy_per_pkt:,.0f} pkt/s"))
+
+        tcprewrite = shutil.which("tcprewrite")
+        tr = None
+        if tcprewrite:
+            tr, rc, _ = _timed_child([tcprewrite, "--seed", "1", "--fixcsum", "-i", str(proxied),
+                                      "-o", str(work / "tcprewrite.pcap")])
+            rows.append(("tcprewrite --seed 1 --fixcsum", tr, "" if rc == 0 else f"exit {rc}"))
+        suricata = shutil.which("suricata")
+        su = None
+        if suricata:
+            logdir = work / "suri"
+            logdir.mkdir()
+            su, rc, _ = _timed_child([suricata, "-r", str(plain), "-k", "all", "-l", str(logdir),
+                                      "--runmode", "single", "-S", "/dev/null"])
+            rows.append(("suricata -r header-free file", su, "" if rc == 0 else f"exit {rc}"))
+
+        per_flow = bytes_per_flow(min(args.flows_for_memory, 60000))
+        print()
+        for name, secs, extra in rows:
+            print(f"  {name:45s} {secs:8.3f} s  {extra}")
+        print(f"  {'memory per tracked flow':45s} {per_flow:8.0f} B")
+        print("\nratios (target):")
+        print(f"  speed-up vs scapy        {scapy_per_pkt * packets / ours:8.1f}x  (>= 100x)")
+        if tr:
+            print(f"  wall vs tcprewrite       {ours / tr:8.2f}x  (<= 1.5x)")
+        if su:
+            print(f"  wall vs suricata -r      {ours / su:8.2f}x  (<= 0.5x)")
+        print(f"  bytes per flow           {per_flow:8.0f}   (<= 400)")
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for p in (proxied, plain):
+                shutil.copy(p, args.keep / p.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""``suricata-normalizer``: command-line entry point.
+
+Exit status: 0 success, 1 I/O or capture-file error, 2 usage or config error (with the key
+named). Bad input produces one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from normalizer.config import ConfigError, build_options, load_file
+from normalizer.pcap_io import PcapError
+from normalizer.pcap_job import print_progress, rewrite_file, summary
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="suricata-normalizer",
+        description="Strip PROXY-protocol / gateway headers from proxied TCP flows for Suricata.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    rw = sub.add_parser("rewrite", help="normalize a recorded capture (pcap or pcapng) into a pcap")
+    rw.add_argument("input", type=Path, help="capture recorded between proxy and backend")
+    rw.add_argument("-o", "--output", type=Path, required=True, help="pcap to write")
+    _engine_flags(rw)
+    rw.add_argument("--stats-json", type=Path, help="also write the counters as JSON here")
+    rw.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+    rw.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress on stderr (default: when stderr is a terminal)",
+    )
+    return p
+
+
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file with a [normalizer] table")
+    p.add_argument(
+        "--proxy", action="append", metavar="CIDR",
+        help="trusted proxy address or CIDR (repeatable; replaces the config's list)",
+    )
+    p.add_argument(
+        "--header", action="append", metavar="KIND", dest="header_kinds",
+        help="accepted header kind: proxy-v1, proxy-v2, custom (repeatable; default all)",
+    )
+    p.add_argument("--custom-magic", metavar="HEX", help="8-byte magic of the custom header")
+    p.add_argument("--midstream", help="flows whose SYN was not captured: pass or drop")
+    p.add_argument("--max-flows", type=int, metavar="N", help="flow table size")
+
+
+def _options(args: argparse.Namespace) -> Any:
+    file_values = load_file(args.config) if args.config else {}
+    return build_options(
+        file_values,
+        {
+            "proxies": args.proxy,
+            "header_kinds": args.header_kinds,
+            "custom_magic": args.custom_magic,
+            "midstream": args.midstream,
+            "max_flows": args.max_flows,
+        },
+    )
+
+
+def _rewrite(args: argparse.Namespace) -> int:
+    options = _options(args)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    try:
+        counters = rewrite_file(
+            args.input, args.output, options, progress=print_progress if show else None
+        )
+    except PcapError as exc:
+        print(f"suricata-normalizer: {exc}; the packets before it were written to {args.output}",
+              file=sys.stderr)
+        return 1
+    if show:
+        print(file=sys.stderr)
+    if not args.quiet:
+        print(summary(counters), file=sys.stderr)
+    if args.stats_json:
+        args.stats_json.write_text(json.dumps(counters.as_dict(), indent=2) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "rewrite":
+            return _rewrite(args)
+    except ConfigError as exc:
+        print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"suricata-normalizer: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

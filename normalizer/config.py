@@ -1,0 +1,121 @@
+"""Loads the TOML config file and applies command-line overrides onto ``Options``.
+
+Every error names the offending key (``normalizer.max_flows``) so a user can fix the file
+without reading code; the CLI turns ``ConfigError`` into exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from normalizer.headers.detect import HeaderKind
+from normalizer.options import MIDSTREAM_POLICIES, Options
+
+SECTION = "normalizer"
+
+
+class ConfigError(Exception):
+    """A config file or flag value is invalid; the message starts with the key."""
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _positive_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{key}: expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _proxies(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(f"{key}: expected a list of CIDRs, got {value!r}")
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {item!r} is not an IP address or CIDR ({exc})") from None
+    return tuple(out)
+
+
+def _kinds(key: str, value: Any) -> frozenset[HeaderKind]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"{key}: expected a non-empty list of header kinds, got {value!r}")
+    known = ", ".join(k.value for k in HeaderKind)
+    try:
+        return frozenset(HeaderKind(v) for v in value)
+    except ValueError:
+        raise ConfigError(f"{key}: unknown header kind in {value!r} (known: {known})") from None
+
+
+def _magic(key: str, value: Any) -> bytes:
+    try:
+        magic = bytes.fromhex(str(value))
+    except ValueError:
+        raise ConfigError(f"{key}: expected 16 hex digits, got {value!r}") from None
+    if len(magic) != 8:
+        raise ConfigError(f"{key}: the magic must be exactly 8 bytes, got {len(magic)}")
+    if magic[:1] in (b"\r", b"P"):
+        raise ConfigError(f"{key}: the magic must not start like a PROXY v1/v2 signature")
+    return magic
+
+
+def _midstream(key: str, value: Any) -> str:
+    if value not in MIDSTREAM_POLICIES:
+        raise ConfigError(f"{key}: expected one of {', '.join(MIDSTREAM_POLICIES)}, got {value!r}")
+    return str(value)
+
+
+_FIELDS = {
+    "proxies": _proxies,
+    "header_kinds": _kinds,
+    "custom_magic": _magic,
+    "midstream": _midstream,
+    "max_flows": _positive_int,
+    "idle_timeout": _positive_number,
+    "closed_timeout": _positive_number,
+    "pending_timeout": _positive_number,
+    "max_hold_packets": _positive_int,
+    "max_hold_bytes": _positive_int,
+    "max_total_hold_bytes": _positive_int,
+    "max_pending_events": _positive_int,
+}
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read the ``[normalizer]`` table of a TOML file (I/O errors propagate as OSError)."""
+    with path.open("rb") as fh:
+        try:
+            doc = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    section = doc.get(SECTION, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{SECTION}: expected a table")
+    return section
+
+
+def build_options(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Options:
+    """Merge file values with non-None CLI overrides (which win) and validate every key."""
+    merged = dict(file_values)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    kwargs: dict[str, Any] = {}
+    for key, value in merged.items():
+        check = _FIELDS.get(key)
+        if check is None:
+            raise ConfigError(f"{SECTION}.{key}: unknown key (known: {', '.join(sorted(_FIELDS))})")
+        kwargs[key] = check(f"{SECTION}.{key}", value)
+    if not kwargs.get("proxies"):
+        raise ConfigError(
+            f"{SECTION}.proxies: at least one trusted proxy CIDR is required (--proxy CIDR)"
+        )
+    return dataclasses.replace(Options(), **kwargs)

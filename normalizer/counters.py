@@ -1,0 +1,46 @@
+"""One counter for every outcome, so nothing the normalizer does to a packet goes unaccounted.
+
+packets_in == packets_out + packets_dropped + held (see ``Counters.unaccounted``) is the
+invariant the tests check: a packet is forwarded, deliberately dropped (a segment that carried
+only header bytes, or midstream policy "drop"), or still held waiting for a header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class Counters:
+    packets_in: int = 0
+    packets_out: int = 0
+    # Forwarded untouched.
+    passed_not_tcp: int = 0
+    passed_untracked: int = 0
+    passed_unparsed_flow: int = 0  # flows given up on (bad/missing header): left as captured
+    # Rewritten or dropped packets of proxied flows.
+    rewritten: int = 0
+    header_only_dropped: int = 0
+    midstream_dropped: int = 0
+    # Flows.
+    flows_created: int = 0
+    flows_restarted: int = 0
+    flows_expired: int = 0
+    flows_evicted: int = 0
+    headers_stripped: dict[str, int] = field(default_factory=dict)
+    headers_local: int = 0
+    header_malformed: int = 0
+    header_missing: int = 0  # connection ended before any header byte
+    header_truncated: int = 0  # connection ended or timed out inside the header
+    hold_overflow: int = 0
+    hold_timeout: int = 0
+    events_dropped: int = 0
+
+    @property
+    def packets_dropped(self) -> int:
+        return self.header_only_dropped + self.midstream_dropped
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["packets_dropped"] = self.packets_dropped
+        return d

@@ -1,0 +1,347 @@
+"""The sans-I/O rewriting core: frames and timestamps in, frames and header events out.
+
+``Normalizer.feed`` takes one captured frame and appends whatever should be forwarded to
+``out`` as (timestamp_ns, frame) pairs; adapters (pcap files, AF_PACKET, tap) drain ``out`` and
+``events``. No sockets, no clock reads, no logging: time only moves when the caller says so,
+which is what lets the tests replay any segmentation, loss and reordering deterministically.
+
+A flow opened by a trusted proxy is held (PENDING) from its SYN until the header is complete,
+then released through the rewriting path (ACTIVE); if the header is malformed, missing, or the
+hold limits are hit, the held frames are released untouched and the flow is left alone (PASSING).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from normalizer.counters import Counters
+from normalizer.flow import ACK, ACTIVE, FIN, HALF, MASK, PENDING, RST, SYN, Flow
+from normalizer.flow_table import FlowTable
+from normalizer.frame import LINKTYPE_ETHERNET, TcpFrame, locate_tcp
+from normalizer.headers.base import HeaderError, ProxyHeader
+from normalizer.headers.detect import parse_header
+from normalizer.options import Options
+from normalizer.tcp_edit import sack_edges, set_u32, trim_payload
+from normalizer.trust import TrustedProxies
+
+_U32 = struct.Struct("!I")
+_NS = 1_000_000_000
+_SWEEP_EVERY = _NS  # expiry sweeps run at most once per second of capture time
+
+Frame = bytes | bytearray
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEvent:
+    """A proxied connection whose header was parsed: what the connection cache records."""
+
+    ts: int
+    client: tuple[str, int]  # wire address of the proxy side
+    server: tuple[str, int]  # wire address of the backend side
+    vlan: bytes
+    header: ProxyHeader
+
+
+def _endpoints(key: bytes) -> tuple[bytes, bytes, bytes]:
+    """Split a flow key back into (vlan ids, endpoint, endpoint)."""
+    size = 12 if len(key) <= 20 else 36
+    half = size // 2
+    vlan = key[: len(key) - size]
+    tail = key[len(key) - size :]
+    return vlan, tail[:half], tail[half:]
+
+
+def _endpoint_text(ep: bytes) -> tuple[str, int]:
+    return str(ipaddress.ip_address(ep[:-2])), int.from_bytes(ep[-2:], "big")
+
+
+class Normalizer:
+    def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:
+        self.opts = options
+        self.linktype = linktype
+        self.trust = TrustedProxies(options.proxies)
+        self.table = FlowTable(options.max_flows)
+        self.counters = Counters()
+        self.out: list[tuple[int, Frame]] = []
+        self.events: list[HeaderEvent] = []
+        self._held_total = 0
+        self._next_sweep = 0
+        self._idle = int(options.idle_timeout * _NS)
+        self._closed = int(options.closed_timeout * _NS)
+        self._pending = int(options.pending_timeout * _NS)
+
+    # -- input -----------------------------------------------------------------------------
+
+    def feed(self, frame: bytes, ts: int) -> None:
+        """Process one captured frame taken at ``ts`` (integer nanoseconds)."""
+        c = self.counters
+        c.packets_in += 1
+        if ts >= self._next_sweep:
+            self.tick(ts)
+        f = locate_tcp(frame, self.linktype)
+        if f is None:
+            c.passed_not_tcp += 1
+            self._emit(ts, frame)
+            return
+        ip = f.ip
+        t = f.tcp
+        if frame[ip] >> 4 == 4:
+            src = frame[ip + 12 : ip + 16]
+            dst = frame[ip + 16 : ip + 20]
+        else:
+            src = frame[ip + 8 : ip + 24]
+            dst = frame[ip + 24 : ip + 40]
+        a = src + frame[t : t + 2]
+        b = dst + frame[t + 2 : t + 4]
+        key = f.vlan + (a + b if a < b else b + a)
+        flags = frame[t + 13]
+        flow = self.table.get(key)
+        if flow is None:
+            if flags & (SYN | ACK | RST) == SYN and self.trust.contains(src):
+                flow = self._new_flow(key, a, _U32.unpack_from(frame, t + 4)[0], ts)
+            else:
+                self._untracked(frame, ts, src, dst)
+                return
+        elif flags & (SYN | ACK | RST) == SYN and a == flow.client:
+            seq = _U32.unpack_from(frame, t + 4)[0]
+            if seq != flow.isn:  # a new connection reusing the ports
+                self._drop_flow(key, flow)
+                c.flows_restarted += 1
+                flow = self._new_flow(key, a, seq, ts)
+        from_client = a == flow.client
+        flow.last_seen = ts
+        self._note_close(flow, flags, from_client, ts)
+        if flow.state == ACTIVE:
+            self._rewrite(flow, frame, f, from_client, flags, ts)
+        elif flow.state == PENDING:
+            self._hold(key, flow, frame, f, from_client, flags, ts)
+        else:
+            c.passed_unparsed_flow += 1
+            self._emit(ts, frame)
+
+    def tick(self, now: int) -> None:
+        """Expire idle and closed flows and give up on holds that waited too long."""
+        self._next_sweep = now + _SWEEP_EVERY
+        c = self.counters
+        for key, flow in self.table:
+            if flow.state == PENDING and now - flow.started > self._pending:
+                c.hold_timeout += 1
+                self._give_up(flow)
+            if (flow.closed_at and now - flow.closed_at > self._closed) or (
+                now - flow.last_seen > self._idle
+            ):
+                self._drop_flow(key, flow)
+                c.flows_expired += 1
+
+    def flush(self) -> None:
+        """End of input: release every frame still held, untouched."""
+        for _key, flow in self.table:
+            if flow.state == PENDING:
+                self.counters.header_truncated += 1
+                self._give_up(flow)
+
+    def drain(self) -> list[tuple[int, Frame]]:
+        out = self.out
+        self.out = []
+        return out
+
+    def drain_events(self) -> list[HeaderEvent]:
+        events = self.events
+        self.events = []
+        return events
+
+    @property
+    def held_packets(self) -> int:
+        return sum(len(flow.held or ()) for _key, flow in self.table)
+
+    # -- flow lifecycle -----------------------------------------------------------------------
+
+    def _new_flow(self, key: bytes, client: bytes, isn: int, ts: int) -> Flow:
+        table = self.table
+        if table.is_full():
+            if ts >= self._next_sweep:
+                self.tick(ts)
+            if table.is_full():
+                old_key, old = table.pop_oldest()
+                self._drop_flow(old_key, old)
+                self.counters.flows_evicted += 1
+        flow = Flow(client, isn, ts)
+        table.put(key, flow)
+        self.counters.flows_created += 1
+        return flow
+
+    def _drop_flow(self, key: bytes, flow: Flow) -> None:
+        if flow.state == PENDING:
+            self._give_up(flow)
+        self.table.pop(key)
+
+    def _note_close(self, flow: Flow, flags: int, from_client: bool, ts: int) -> None:
+        if flags & RST:
+            flow.fins |= 4
+        elif flags & FIN:
+            flow.fins |= 1 if from_client else 2
+        else:
+            return
+        if not flow.closed_at and (flow.fins & 4 or flow.fins & 3 == 3):
+            flow.closed_at = ts
+
+    def _give_up(self, flow: Flow) -> None:
+        """Leave the flow as captured: forward what was held, untouched, in arrival order."""
+        flow.state = 2  # PASSING
+        self._held_total -= flow.held_bytes
+        held = flow.release()
+        self.counters.passed_unparsed_flow += len(held)
+        for ts, frame in held:
+            self._emit(ts, frame)
+
+    # -- PENDING: collect the header ------------------------------------------------------------
+
+    def _hold(
+        self, key: bytes, flow: Flow, frame: bytes, f: TcpFrame, from_client: bool, flags: int,
+        ts: int,
+    ) -> None:
+        assert flow.held is not None and flow.buf is not None
+        c = self.counters
+        flow.held.append((ts, frame))
+        flow.held_bytes += len(frame)
+        self._held_total += len(frame)
+        if from_client and f.end > f.payload and self._assemble(flow, frame, f, flags):
+            try:
+                result = parse_header(bytes(flow.buf), self.opts.header_kinds, self.opts.custom_magic)
+            except HeaderError:
+                c.header_malformed += 1
+                self._give_up(flow)
+                return
+            if isinstance(result, ProxyHeader):
+                self._resolve(key, flow, result, ts)
+                return
+        if flags & (FIN | RST):
+            if flow.buf:
+                c.header_truncated += 1
+            else:
+                c.header_missing += 1
+            self._give_up(flow)
+            return
+        o = self.opts
+        if (
+            len(flow.held) > o.max_hold_packets
+            or flow.held_bytes > o.max_hold_bytes
+            or self._held_total > o.max_total_hold_bytes
+        ):
+            c.hold_overflow += 1
+            self._give_up(flow)
+
+    def _assemble(self, flow: Flow, frame: bytes, f: TcpFrame, flags: int) -> bool:
+        """Extend the contiguous header prefix with this segment and any held ones it connects."""
+        assert flow.buf is not None and flow.held is not None
+        grew = self._extend(flow, frame, f, flags)
+        progress = grew
+        while progress and len(flow.held) > 1:
+            progress = False
+            for _ts, other in flow.held:
+                g = locate_tcp(other, self.linktype)
+                if g is None or g.end == g.payload:
+                    continue
+                if (other[g.ip + 12 : g.ip + 16] if other[g.ip] >> 4 == 4 else other[g.ip + 8 : g.ip + 24]) + other[g.tcp : g.tcp + 2] != flow.client:
+                    continue
+                if self._extend(flow, other, g, other[g.tcp + 13]):
+                    progress = grew = True
+        return grew
+
+    def _extend(self, flow: Flow, frame: bytes, f: TcpFrame, flags: int) -> bool:
+        assert flow.buf is not None
+        buf = flow.buf
+        seq = _U32.unpack_from(frame, f.tcp + 4)[0]
+        start = (seq + (1 if flags & SYN else 0) - flow.isn - 1) & MASK
+        have = len(buf)
+        if start >= HALF or start > have or start + (f.end - f.payload) <= have:
+            return False
+        room = self.opts.max_hold_bytes - have
+        if room <= 0:
+            return False
+        lo = f.payload + have - start
+        buf += frame[lo : min(f.end, lo + room)]
+        return True
+
+    def _resolve(self, key: bytes, flow: Flow, header: ProxyHeader, ts: int) -> None:
+        c = self.counters
+        flow.state = ACTIVE
+        flow.hdr_len = header.length
+        flow.header = header
+        c.headers_stripped[header.kind] = c.headers_stripped.get(header.kind, 0) + 1
+        if header.command == "LOCAL":
+            c.headers_local += 1
+        if len(self.events) < self.opts.max_pending_events:
+            vlan, lo, hi = _endpoints(key)
+            server = hi if lo == flow.client else lo
+            self.events.append(
+                HeaderEvent(ts, _endpoint_text(flow.client), _endpoint_text(server), vlan, header)
+            )
+        else:
+            c.events_dropped += 1
+        self._held_total -= flow.held_bytes
+        for hts, hframe in flow.release():
+            g = locate_tcp(hframe, self.linktype)
+            assert g is not None  # it was located when held
+            ip = g.ip
+            src = hframe[ip + 12 : ip + 16] if hframe[ip] >> 4 == 4 else hframe[ip + 8 : ip + 24]
+            from_client = src + hframe[g.tcp : g.tcp + 2] == flow.client
+            self._rewrite(flow, hframe, g, from_client, hframe[g.tcp + 13], hts)
+
+    # -- ACTIVE: shift the stream -----------------------------------------------------------
+
+    def _rewrite(
+        self, flow: Flow, frame: bytes, f: TcpFrame, from_client: bool, flags: int, ts: int
+    ) -> None:
+        c = self.counters
+        t = f.tcp
+        if from_client:
+            seq = _U32.unpack_from(frame, t + 4)[0]
+            syn = 1 if flags & SYN else 0
+            start = (seq + syn - flow.isn - 1) & MASK  # offset of the first payload byte
+            n = flow.hdr_len
+            if start >= HALF:  # before the stream: nothing of the header in it
+                out: Frame = frame
+            elif start >= n:
+                out = bytearray(frame)
+                set_u32(out, f, 4, (seq - n) & MASK)
+            else:
+                plen = f.end - f.payload
+                new_seq = (flow.isn + 1 - syn) & MASK
+                if plen == 0:
+                    out = bytearray(frame)
+                    set_u32(out, f, 4, new_seq)
+                else:
+                    cut = min(n - start, plen)
+                    if cut == plen and not flags & (FIN | RST):
+                        c.header_only_dropped += 1
+                        return
+                    out = trim_payload(frame, f, cut, new_seq)
+        else:
+            out = frame
+            if flags & ACK:
+                ack = _U32.unpack_from(frame, t + 8)[0]
+                new_ack = flow.map_seq(ack)
+                edges = sack_edges(frame, f) if f.payload - t > 20 else ()
+                if new_ack != ack or edges:
+                    out = bytearray(frame)
+                    set_u32(out, f, 8, new_ack)
+                    for e in edges:
+                        set_u32(out, f, e, flow.map_seq(_U32.unpack_from(out, t + e)[0]))
+        c.rewritten += 1
+        self._emit(ts, out)
+
+    # -- everything else ------------------------------------------------------------------------
+
+    def _untracked(self, frame: bytes, ts: int, src: bytes, dst: bytes) -> None:
+        if self.opts.midstream == "drop" and (self.trust.contains(src) or self.trust.contains(dst)):
+            self.counters.midstream_dropped += 1
+            return
+        self.counters.passed_untracked += 1
+        self._emit(ts, frame)
+
+    def _emit(self, ts: int, frame: Frame) -> None:
+        self.counters.packets_out += 1
+        self.out.append((ts, frame))

@@ -1,0 +1,78 @@
+"""Per-connection state of a proxied TCP flow and the sequence-space mapping it implies.
+
+The header occupies client stream offsets [0, N). Removing it maps every client offset x to
+x - N when x >= N and to 0 when x < N (bytes inside the header collapse onto the start of the
+real stream), applied to client seq numbers and to the server's ack numbers and SACK edges.
+All arithmetic is modulo 2**32 relative to the client's initial sequence number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PENDING = 0  # waiting for the complete header; packets are held
+ACTIVE = 1  # header length known; client seq / server ack are shifted
+PASSING = 2  # no usable header: the flow is forwarded exactly as captured
+
+MOD = 1 << 32
+MASK = MOD - 1
+HALF = 1 << 31
+
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+ACK = 0x10
+
+
+class Flow:
+    """State of one tracked connection; slotted because the table may hold 100k of them."""
+
+    __slots__ = (
+        "buf",
+        "client",
+        "closed_at",
+        "fins",
+        "hdr_len",
+        "header",
+        "held",
+        "held_bytes",
+        "isn",
+        "last_seen",
+        "started",
+        "state",
+    )
+
+    def __init__(self, client: bytes, isn: int, now: int) -> None:
+        self.client = client  # raw address + port of the proxy side, as in the packet
+        self.isn = isn
+        self.state = PENDING
+        self.hdr_len = 0
+        self.header: Any = None  # ProxyHeader once parsed
+        self.buf: bytearray | None = bytearray()  # contiguous header prefix while PENDING
+        self.held: list[tuple[int, bytes]] | None = []  # (ts, frame) while PENDING
+        self.held_bytes = 0
+        self.started = now
+        self.last_seen = now
+        self.fins = 0  # bit 0: client FIN, bit 1: server FIN, bit 2: RST
+        self.closed_at = 0
+
+    def offset(self, seq: int) -> int:
+        """Client stream offset of ``seq`` (negative for numbers before ISN + 1)."""
+        off = (seq - self.isn - 1) & MASK
+        return off - MOD if off >= HALF else off
+
+    def map_seq(self, seq: int) -> int:
+        """Client sequence number (or server ack / SACK edge) after the header is removed."""
+        off = (seq - self.isn - 1) & MASK
+        if off >= HALF:  # before the stream start: SYN, or garbage; leave it
+            return seq
+        n = self.hdr_len
+        return (self.isn + 1 + (off - n if off >= n else 0)) & MASK
+
+    def release(self) -> list[tuple[int, bytes]]:
+        """Hand back held packets in arrival order and stop holding."""
+        held = self.held or []
+        self.held = None
+        self.buf = None
+        self.held_bytes = 0
+        return held

@@ -1,0 +1,149 @@
+"""Locates the IP and TCP headers inside a captured frame, without copying it.
+
+The core only ever edits a few fixed fields, so instead of decoding packets into objects it
+returns byte offsets; anything it cannot rewrite safely (IP fragments, truncated captures,
+non-TCP, unknown link types) yields None and is forwarded untouched.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# pcap LINKTYPE_* values the reader may hand over.
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+SUPPORTED_LINKTYPES = frozenset(
+    {
+        LINKTYPE_NULL,
+        LINKTYPE_ETHERNET,
+        LINKTYPE_RAW,
+        LINKTYPE_LOOP,
+        LINKTYPE_LINUX_SLL,
+        LINKTYPE_IPV4,
+        LINKTYPE_IPV6,
+        LINKTYPE_LINUX_SLL2,
+    }
+)
+
+_VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+_ETH_IPV4 = 0x0800
+_ETH_IPV6 = 0x86DD
+_MAX_VLAN_TAGS = 4
+# IPv6 extension headers that may precede TCP and can be skipped by their length field.
+_V6_EXT_8 = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options: (len+1)*8
+_V6_AH = 51  # authentication header: (len+2)*4
+_TCP = 6
+
+
+class TcpFrame(NamedTuple):
+    """Offsets of one TCP segment inside a frame.
+
+    ``vlan`` holds the VLAN ids (12 bits each, outermost first) so flows on different VLANs
+    stay apart, as Suricata keeps them apart. ``end`` is where the IP packet ends: bytes after it
+    are link-layer padding.
+    """
+
+    ip: int
+    tcp: int
+    payload: int
+    end: int
+    vlan: bytes
+
+
+def l3_offset(frame: bytes, linktype: int) -> tuple[int, int, bytes] | None:
+    """Return (offset of the IP header, IP version, VLAN ids) or None for non-IP frames."""
+    if linktype == LINKTYPE_ETHERNET:
+        if len(frame) < 14:
+            return None
+        etype = (frame[12] << 8) | frame[13]
+        off = 14
+        vlan = b""
+        tags = 0
+        while etype in _VLAN_TPIDS:
+            if tags == _MAX_VLAN_TAGS or len(frame) < off + 4:
+                return None
+            vlan += bytes(((frame[off] & 0x0F), frame[off + 1]))
+            etype = (frame[off + 2] << 8) | frame[off + 3]
+            off += 4
+            tags += 1
+        if etype == _ETH_IPV4:
+            return off, 4, vlan
+        if etype == _ETH_IPV6:
+            return off, 6, vlan
+        return None
+    if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+        off = 0
+    elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
+        off = 4
+    elif linktype == LINKTYPE_LINUX_SLL:
+        if len(frame) < 16:
+            return None
+        etype = (frame[14] << 8) | frame[15]
+        if etype not in (_ETH_IPV4, _ETH_IPV6):
+            return None
+        off = 16
+    elif linktype == LINKTYPE_LINUX_SLL2:
+        if len(frame) < 20:
+            return None
+        etype = (frame[0] << 8) | frame[1]
+        if etype not in (_ETH_IPV4, _ETH_IPV6):
+            return None
+        off = 20
+    else:
+        return None
+    if len(frame) <= off:
+        return None
+    version = frame[off] >> 4
+    if version not in (4, 6):
+        return None
+    return off, version, b""
+
+
+def locate_tcp(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> TcpFrame | None:
+    """Find the TCP header and payload of an unfragmented, fully captured TCP/IP frame."""
+    l3 = l3_offset(frame, linktype)
+    if l3 is None:
+        return None
+    ip, version, vlan = l3
+    n = len(frame)
+    if version == 4:
+        if n < ip + 20 or frame[ip] >> 4 != 4:
+            return None
+        ihl = (frame[ip] & 0x0F) * 4
+        total = (frame[ip + 2] << 8) | frame[ip + 3]
+        if ihl < 20 or total < ihl + 20 or frame[ip + 9] != _TCP:
+            return None
+        if ((frame[ip + 6] << 8) | frame[ip + 7]) & 0x3FFF:  # MF flag or fragment offset
+            return None
+        tcp = ip + ihl
+        end = ip + total
+    else:
+        if n < ip + 40 or frame[ip] >> 4 != 6:
+            return None
+        plen = (frame[ip + 4] << 8) | frame[ip + 5]
+        end = ip + 40 + plen
+        nxt = frame[ip + 6]
+        tcp = ip + 40
+        while nxt != _TCP:
+            if n < tcp + 8:
+                return None
+            if nxt in _V6_EXT_8:
+                hlen = (frame[tcp + 1] + 1) * 8
+            elif nxt == _V6_AH:
+                hlen = (frame[tcp + 1] + 2) * 4
+            else:  # fragment header, ESP, no next header, unknown: not rewritable
+                return None
+            nxt = frame[tcp]
+            tcp += hlen
+    if end > n or tcp + 20 > end:
+        return None
+    payload = tcp + (frame[tcp + 12] >> 4) * 4
+    if payload < tcp + 20 or payload > end:
+        return None
+    return TcpFrame(ip, tcp, payload, end, vlan)

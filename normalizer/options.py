@@ -1,0 +1,34 @@
+"""Settings of the rewriting core, with the defaults a user gets when a key is absent.
+
+Kept apart from file parsing (``config.py``) so the core can be built directly in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from normalizer.headers.custom import DEFAULT_MAGIC
+from normalizer.headers.detect import ALL_KINDS, HeaderKind
+
+MIDSTREAM_POLICIES = ("pass", "drop")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    # CIDRs of the proxies whose connections start with a header (only these are parsed).
+    proxies: tuple[str, ...] = ()
+    # Header kinds the proxies may send; the signature picks among them.
+    header_kinds: frozenset[HeaderKind] = field(default_factory=lambda: ALL_KINDS)
+    custom_magic: bytes = DEFAULT_MAGIC
+    # Trusted-proxy flows whose SYN was never seen (capture started mid-connection):
+    # "pass" forwards them as captured (Suricata ignores them unless stream.midstream is on),
+    # "drop" keeps header-tainted streams away from Suricata altogether.
+    midstream: str = "pass"
+    max_flows: int = 100_000
+    idle_timeout: float = 600.0  # seconds without a packet before a flow is forgotten
+    closed_timeout: float = 30.0  # seconds after FIN/RST, for late retransmissions
+    pending_timeout: float = 5.0  # seconds a flow's packets may be held waiting for a header
+    max_hold_packets: int = 64  # per flow
+    max_hold_bytes: int = 262_144  # per flow; also caps the header size accepted
+    max_total_hold_bytes: int = 64 * 1024 * 1024  # all flows together
+    max_pending_events: int = 100_000  # header events not yet drained by an adapter

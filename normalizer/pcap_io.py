@@ -1,0 +1,201 @@
+"""pcap / pcapng reading and pcap writing: the file adapters around the core.
+
+Written with ``struct`` rather than a capture library so reading costs one unpack per record and
+nothing is decoded that the core does not need. Timestamps are integer nanoseconds throughout,
+so nanosecond captures keep their precision.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from normalizer.frame import SUPPORTED_LINKTYPES
+
+
+class PcapError(Exception):
+    """The capture file is not something we can read (or write) correctly."""
+
+
+_PCAP_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+_PCAPNG_SHB = 0x0A0D0D0A
+_CHUNK = 1 << 20
+
+
+class CaptureReader:
+    """Iterates (ts_ns, frame, orig_len) over a pcap or pcapng file.
+
+    ``linktype`` is known once the first interface is declared (immediately for pcap). A pcapng
+    file mixing link types is refused: the core decodes one link type per input.
+    """
+
+    def __init__(self, fh: BinaryIO, name: str = "<capture>") -> None:
+        self._fh = fh
+        self.name = name
+        self.nanosecond = False
+        self.linktype: int | None = None
+        head = fh.read(4)
+        if len(head) < 4:
+            raise PcapError(f"{name}: empty or truncated file (no capture header)")
+        self._head = head
+        if head in _PCAP_MAGICS:
+            self.format = "pcap"
+            self._init_pcap()
+        elif int.from_bytes(head, "little") == _PCAPNG_SHB:
+            self.format = "pcapng"
+        else:
+            raise PcapError(f"{name}: not a pcap or pcapng file (magic {head.hex()})")
+
+    # pcap ----------------------------------------------------------------------------------
+
+    def _init_pcap(self) -> None:
+        endian, scale = _PCAP_MAGICS[self._head]
+        rest = self._fh.read(20)
+        if len(rest) < 20:
+            raise PcapError(f"{self.name}: truncated pcap file header")
+        _vmaj, _vmin, _tz, _sig, _snap, linktype = struct.unpack(endian + "HHiIII", rest)
+        self._set_linktype(linktype & 0x0FFFFFFF)
+        self._endian = endian
+        self._scale = scale
+        self.nanosecond = scale == 1
+
+    def _set_linktype(self, linktype: int) -> None:
+        if self.linktype is None:
+            if linktype not in SUPPORTED_LINKTYPES:
+                raise PcapError(f"{self.name}: unsupported link type {linktype}")
+            self.linktype = linktype
+        elif linktype != self.linktype:
+            raise PcapError(
+                f"{self.name}: interfaces with different link types ({self.linktype}, {linktype})"
+            )
+
+    def __iter__(self) -> Iterator[tuple[int, bytes, int]]:
+        if self.format == "pcap":
+            return self._iter_pcap()
+        return self._iter_pcapng()
+
+    def _iter_pcap(self) -> Iterator[tuple[int, bytes, int]]:
+        rec = struct.Struct(self._endian + "IIII")
+        scale = self._scale
+        read = self._fh.read
+        buf = b""
+        pos = 0
+        while True:
+            if len(buf) - pos < 16:
+                more = read(_CHUNK)
+                buf = buf[pos:] + more
+                pos = 0
+                if len(buf) < 16:
+                    if buf:
+                        raise PcapError(f"{self.name}: truncated record header at end of file")
+                    return
+            sec, frac, caplen, origlen = rec.unpack_from(buf, pos)
+            if caplen > 0x4000000:
+                raise PcapError(f"{self.name}: record claims {caplen} bytes: corrupt file")
+            end = pos + 16 + caplen
+            while end > len(buf):
+                more = read(max(_CHUNK, end - len(buf)))
+                if not more:
+                    raise PcapError(f"{self.name}: truncated record at end of file")
+                buf = buf[pos:] + more
+                end -= pos
+                pos = 0
+            yield sec * 1_000_000_000 + frac * scale, buf[pos + 16 : end], origlen
+            pos = end
+
+    # pcapng --------------------------------------------------------------------------------
+
+    def _iter_pcapng(self) -> Iterator[tuple[int, bytes, int]]:
+        fh = self._fh
+        first = True
+        endian = "<"
+        ifaces: list[tuple[int, int, int]] = []  # (linktype, ticks per second, offset s)
+        while True:
+            head = self._head if first else fh.read(8)
+            if first:
+                head += fh.read(4)
+            if not head:
+                return
+            if len(head) < 8:
+                raise PcapError(f"{self.name}: truncated pcapng block header")
+            btype = int.from_bytes(head[:4], "little")
+            if btype == _PCAPNG_SHB:
+                bom = fh.read(4)
+                if bom == b"\x4d\x3c\x2b\x1a":
+                    endian = "<"
+                elif bom == b"\x1a\x2b\x3c\x4d":
+                    endian = ">"
+                else:
+                    raise PcapError(f"{self.name}: bad pcapng byte-order magic")
+                total = struct.unpack(endian + "I", head[4:8])[0]
+                body = bom + fh.read(total - 12)
+                ifaces = []
+            else:
+                btype, total = struct.unpack(endian + "II", head)
+                body = fh.read(total - 8) if total >= 12 else b""
+            first = False
+            if total < 12 or total % 4 or len(body) != total - 8:
+                raise PcapError(f"{self.name}: truncated or corrupt pcapng block")
+            body = body[:-4]
+            if btype == 1:  # interface description
+                linktype = struct.unpack_from(endian + "H", body, 0)[0]
+                self._set_linktype(linktype)
+                ifaces.append(_if_options(body[8:], endian))
+            elif btype == 6:  # enhanced packet
+                ifid, hi, lo, caplen, origlen = struct.unpack_from(endian + "IIIII", body, 0)
+                if ifid >= len(ifaces) or 20 + caplen > len(body):
+                    raise PcapError(f"{self.name}: packet block names unknown interface {ifid}")
+                yield _ticks_to_ns((hi << 32) | lo, ifaces[ifid]), body[20 : 20 + caplen], origlen
+            elif btype == 3:  # simple packet: no timestamp
+                if not ifaces:
+                    raise PcapError(f"{self.name}: simple packet block before any interface")
+                origlen = struct.unpack_from(endian + "I", body, 0)[0]
+                data = body[4 : 4 + origlen]
+                yield 0, data, origlen
+
+
+def _if_options(opts: bytes, endian: str) -> tuple[int, int, int]:
+    ticks = 1_000_000
+    offset = 0
+    i = 0
+    while i + 4 <= len(opts):
+        code, length = struct.unpack_from(endian + "HH", opts, i)
+        value = opts[i + 4 : i + 4 + length]
+        if code == 0:
+            break
+        if code == 9 and length >= 1:  # if_tsresol
+            r = value[0]
+            ticks = 2 ** (r & 0x7F) if r & 0x80 else 10 ** (r & 0x7F)
+        elif code == 14 and length >= 8:  # if_tsoffset
+            offset = struct.unpack(endian + "q", value[:8])[0]
+        i += 4 + ((length + 3) & ~3)
+    return 0, ticks, offset
+
+
+def _ticks_to_ns(ticks: int, iface: tuple[int, int, int]) -> int:
+    _lt, per_second, offset = iface
+    return (ticks * 1_000_000_000) // per_second + offset * 1_000_000_000
+
+
+class PcapWriter:
+    """Writes classic pcap, nanosecond-resolution when the input was, so replays are faithful."""
+
+    def __init__(self, fh: BinaryIO, linktype: int, nanosecond: bool = False) -> None:
+        self._fh = fh
+        self._nano = nanosecond
+        magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4
+        fh.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 262144, linktype))
+        self._rec = struct.Struct("<IIII")
+
+    def write(self, ts: int, frame: bytes | bytearray, origlen: int | None = None) -> None:
+        sec, ns = divmod(ts, 1_000_000_000)
+        frac = ns if self._nano else ns // 1000
+        n = len(frame)
+        self._fh.write(self._rec.pack(sec, frac, n, max(n, origlen or 0)))
+        self._fh.write(frame)

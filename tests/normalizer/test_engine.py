@@ -1,0 +1,260 @@
+"""The rewriting core, driven packet by packet with hand-built conversations."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from normalizer.engine import Normalizer
+from normalizer.frame import locate_tcp
+from normalizer.headers import custom, proxy_v1, proxy_v2
+from normalizer.options import Options
+from tests.normalizer.packets import NS, PROXY4, Conv, assert_valid, client_stream
+
+V1 = proxy_v1.build("203.0.113.7", "198.51.100.1", 51000, 80)
+V2 = proxy_v2.build(command="PROXY", family="TCP4", src="203.0.113.7", dst="198.51.100.1",
+                    sport=51000, dport=80)
+REQ = b"GET /index.html HTTP/1.1\r\nHost: decoy\r\n\r\n"
+RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def run(frames: list[bytes], **opts: object) -> tuple[list[bytes], Normalizer]:
+    eng = Normalizer(Options(proxies=(f"{PROXY4}/32", "2001:db8::1/128"), **opts))  # type: ignore[arg-type]
+    for i, fr in enumerate(frames):
+        eng.feed(fr, i * NS // 1000)
+    eng.flush()
+    out = [bytes(fr) for _ts, fr in eng.drain()]
+    return out, eng
+
+
+def seq_of(frame: bytes) -> int:
+    f = locate_tcp(frame)
+    assert f is not None
+    return struct.unpack_from("!I", frame, f.tcp + 4)[0]
+
+
+def ack_of(frame: bytes) -> int:
+    f = locate_tcp(frame)
+    assert f is not None
+    return struct.unpack_from("!I", frame, f.tcp + 8)[0]
+
+
+def conversation(c: Conv, header: bytes, coalesce: bool) -> list[bytes]:
+    n = len(header)
+    frames = c.handshake()
+    if coalesce:
+        frames.append(c.seg(True, 0, 0, header + REQ, "PA"))
+    else:
+        frames.append(c.seg(True, 0, 0, header, "PA"))
+        frames.append(c.seg(False, 0, n))  # server acks the header
+        frames.append(c.seg(True, n, 0, REQ, "PA"))
+    frames.append(c.seg(False, 0, n + len(REQ), RESP, "PA"))
+    frames.append(c.seg(True, n + len(REQ), len(RESP), flags="FA"))
+    frames.append(c.seg(False, len(RESP), n + len(REQ) + 1, flags="FA"))
+    frames.append(c.seg(True, n + len(REQ) + 1, len(RESP) + 1))
+    return frames
+
+
+def plain(c: Conv) -> list[bytes]:
+    return conversation(c, b"", coalesce=True)
+
+
+@pytest.mark.parametrize("header", [V1, V2], ids=["v1", "v2"])
+@pytest.mark.parametrize("coalesce", [False, True], ids=["alone", "coalesced"])
+def test_strips_header_and_matches_plain_conversation(header: bytes, coalesce: bool) -> None:
+    c = Conv()
+    out, eng = run(conversation(c, header, coalesce))
+    expected = plain(c)
+    if not coalesce:
+        # header-only segment dropped; the server's ack of it becomes a duplicate ack of 0
+        assert eng.counters.header_only_dropped == 1
+        assert len(out) == len(expected) + 1
+        assert ack_of(out[3]) == c.cisn + 1
+        del out[3]
+    for got, want in zip(out, expected, strict=True):
+        assert_valid(got)
+        assert got == want
+    assert client_stream(out, c) == REQ
+    assert eng.counters.headers_stripped == {"proxy-v1" if header is V1 else "proxy-v2": 1}
+
+
+def test_header_split_across_segments_and_out_of_order() -> None:
+    c = Conv()
+    stream = V2 + REQ
+    frames = c.handshake()
+    segs = [(0, 5), (5, 17), (17, 30), (30, len(stream))]
+    pieces = [c.seg(True, a, 0, stream[a:b], "PA") for a, b in segs]
+    frames += [pieces[2], pieces[0], pieces[3], pieces[1]]
+    out, eng = run(frames)
+    for fr in out:
+        assert_valid(fr)
+    assert client_stream(out, c) == REQ
+    assert eng.counters.headers_stripped == {"proxy-v2": 1}
+
+
+def test_retransmissions_carrying_header_bytes() -> None:
+    c = Conv()
+    n = len(V1)
+    frames = c.handshake() + [
+        c.seg(True, 0, 0, V1, "PA"),
+        c.seg(True, n, 0, REQ, "PA"),
+        c.seg(True, 0, 0, V1, "PA"),  # retransmitted header: dropped
+        c.seg(True, 10, 0, (V1 + REQ)[10 : n + 8], "PA"),  # overlaps header tail and data
+        c.seg(False, 0, n + len(REQ), RESP, "PA"),
+    ]
+    out, eng = run(frames)
+    assert eng.counters.header_only_dropped == 2
+    for fr in out:
+        assert_valid(fr)
+    assert client_stream(out, c) == REQ
+    overlap = out[4]
+    assert seq_of(overlap) == c.cisn + 1
+    assert ack_of(out[-1]) == c.cisn + 1 + len(REQ)
+
+
+def test_isn_wraps_around_2_32() -> None:
+    c = Conv(cisn=2**32 - 7, sisn=2**32 - 1)
+    out, _ = run(conversation(c, V2, coalesce=False))
+    expected = plain(c)
+    del out[3]
+    assert out == expected
+
+
+def test_sack_edges_are_shifted() -> None:
+    c = Conv()
+    n = len(V1)
+    left = (c.cisn + 1 + n + 100) % 2**32
+    right = (c.cisn + 1 + n + 200) % 2**32
+    frames = c.handshake() + [
+        c.seg(True, 0, 0, V1 + REQ, "PA"),
+        c.seg(False, 0, n + 10, options=[("SAck", (left, right))]),
+    ]
+    out, _ = run(frames)
+    pc = Conv()
+    want = pc.seg(False, 0, 10, options=[("SAck", (left - n, right - n))])
+    assert out[-1] == want
+    assert_valid(out[-1])
+
+
+def test_ipv6_and_qinq() -> None:
+    c = Conv(client="2001:db8::1", server="2001:db8::2", vlans=(100, 200))
+    out, eng = run(conversation(c, V1, coalesce=True))
+    assert out == plain(c)
+    assert eng.counters.headers_stripped == {"proxy-v1": 1}
+
+
+def test_custom_header() -> None:
+    c = Conv()
+    hdr = custom.build("203.0.113.9", "198.51.100.1", 4444, 22)
+    out, eng = run(conversation(c, hdr, coalesce=True))
+    assert out == plain(c)
+    assert eng.counters.headers_stripped == {"custom": 1}
+
+
+def test_local_health_check() -> None:
+    c = Conv()
+    local = proxy_v2.build(command="LOCAL", family="UNSPEC")
+    n = len(local)
+    frames = c.handshake() + [
+        c.seg(True, 0, 0, local, "PA"),
+        c.seg(False, 0, n),
+        c.seg(True, n, 0, flags="FA"),
+        c.seg(False, 0, n + 1, flags="FA"),
+    ]
+    out, eng = run(frames)
+    assert eng.counters.headers_local == 1
+    assert [seq_of(f) for f in out[3:]] == [c.cisn + 1, c.sisn + 1]
+    assert ack_of(out[-1]) == c.cisn + 2
+
+
+def test_duplicate_syn_and_port_reuse() -> None:
+    c = Conv()
+    frames = [c.handshake()[0], *conversation(c, V1, coalesce=True)]
+    c2 = Conv(cisn=999_999)
+    frames += conversation(c2, V2, coalesce=True)
+    out, eng = run(frames)
+    assert out == [plain(c)[0], *plain(c), *plain(c2)]
+    assert eng.counters.headers_stripped == {"proxy-v1": 1, "proxy-v2": 1}
+
+
+def test_untrusted_and_unproxied_traffic_is_byte_identical() -> None:
+    attacker = Conv(client="198.51.100.50")  # not a configured proxy, yet sends a header
+    frames = conversation(attacker, V1, coalesce=True) + plain(Conv(cport=40001, client="192.0.2.9"))
+    out, eng = run(frames)
+    assert out == frames
+    assert eng.counters.passed_untracked == len(frames)
+
+
+@pytest.mark.parametrize(
+    "payload", [b"GET / HTTP/1.1\r\n\r\n", b"PROXY TCP4 1.2.3.4\r\n", b"PROXY TCP9 x\r\n"]
+)
+def test_malformed_header_leaves_flow_untouched(payload: bytes) -> None:
+    c = Conv()
+    frames = c.handshake() + [
+        c.seg(True, 0, 0, payload, "PA"),
+        c.seg(False, 0, len(payload), RESP, "PA"),
+    ]
+    out, eng = run(frames)
+    assert out == frames
+    assert eng.counters.header_malformed == 1
+    assert eng.counters.passed_unparsed_flow == len(frames)
+
+
+def test_connection_closed_inside_header_is_released_untouched() -> None:
+    c = Conv()
+    frames = c.handshake() + [c.seg(True, 0, 0, V2[:10], "PA"), c.seg(True, 10, 0, flags="FA")]
+    out, eng = run(frames)
+    assert out == frames
+    assert eng.counters.header_truncated == 1
+
+
+def test_hold_timeout_releases_untouched() -> None:
+    c = Conv()
+    eng = Normalizer(Options(proxies=(f"{PROXY4}/32",), pending_timeout=1.0))
+    frames = c.handshake() + [c.seg(True, 0, 0, V2[:10], "PA")]
+    for fr in frames:
+        eng.feed(fr, 0)
+    assert eng.drain() == []
+    assert eng.held_packets == 4
+    eng.tick(2 * NS)
+    assert [bytes(f) for _t, f in eng.drain()] == frames
+    assert eng.counters.hold_timeout == 1
+
+
+def test_table_is_bounded_and_counts_evictions() -> None:
+    eng = Normalizer(Options(proxies=(f"{PROXY4}/32",), max_flows=10))
+    for port in range(1000, 1100):
+        eng.feed(Conv(cport=port).handshake()[0], 0)
+    assert len(eng.table) == 10
+    assert eng.counters.flows_evicted == 90
+    assert eng.counters.packets_out == 90  # evicted pending SYNs were released, not lost
+
+
+@pytest.mark.parametrize(("policy", "forwarded"), [("pass", 2), ("drop", 0)])
+def test_midstream_policy(policy: str, forwarded: int) -> None:
+    c = Conv()
+    frames = [c.seg(True, 0, 0, V1 + REQ, "PA"), c.seg(False, 0, 10, RESP, "PA")]
+    out, eng = run(frames, midstream=policy)
+    assert len(out) == forwarded
+    assert eng.counters.packets_in == eng.counters.packets_out + eng.counters.packets_dropped
+
+
+def test_flows_expire_when_idle() -> None:
+    c = Conv()
+    eng = Normalizer(Options(proxies=(f"{PROXY4}/32",), idle_timeout=10))
+    for fr in conversation(c, V1, coalesce=True)[:4]:
+        eng.feed(fr, 0)
+    assert len(eng.table) == 1
+    eng.feed(plain(Conv(client="192.0.2.77"))[0], 11 * NS)
+    assert len(eng.table) == 0
+    assert eng.counters.flows_expired == 1
+
+
+def test_header_events_name_both_ends() -> None:
+    c = Conv()
+    _out, eng = run(conversation(c, V1, coalesce=True))
+    (ev,) = eng.drain_events()
+    assert ev.client == (PROXY4, 40000)
+    assert ev.server == ("192.0.2.2", 80)
+    assert ev.header.src_addr == "203.0.113.7"
