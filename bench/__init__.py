@@ -1,1 +1,1 @@
-"""Benchmarks: ``./run bench`` (python -m bench) prints ratios against baselines run in the same process."""
+"""Benchmarks: ``./run bench`` prints ratios against baselines run in the same process."""

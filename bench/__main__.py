@@ -41,15 +41,16 @@ def _timed_child(cmd: list[str]) -> tuple[float, int, int]:
 
 def bytes_per_flow(flows: int) -> float:
     """Memory the engine holds per ACTIVE flow (table entry, key, state), via tracemalloc."""
-    from bench.synth import _connection  # noqa: PLC0415  (bench-only helper)
-    import random  # noqa: PLC0415
+    import random
 
-    from normalizer.engine import Normalizer  # noqa: PLC0415
-    from normalizer.headers import proxy_v2  # noqa: PLC0415
+    from bench.synth import _connection
+    from normalizer.engine import Normalizer
+    from normalizer.headers import proxy_v2
 
     rng = random.Random(7)
-    hdr = proxy_v2.build(command="PROXY", family="TCP4", src="203.0.113.1",
-                         dst="198.51.100.1", sport=1, dport=80)
+    hdr = proxy_v2.build(
+        command="PROXY", family="TCP4", src="203.0.113.1", dst="198.51.100.1", sport=1, dport=80
+    )
     first = [_connection(rng, 1024 + i % 60000, hdr, 0)[:4] for i in range(flows)]
     # distinct 4-tuples beyond 60000 ports need more client addresses; keep flows <= 60000
     eng = Normalizer(Options(proxies=(PROXY_CIDR,), max_flows=flows + 1))
@@ -69,8 +70,12 @@ def bytes_per_flow(flows: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--packets", type=int, default=200_000)
-    ap.add_argument("--scapy-packets", type=int, default=3000,
-                    help="packets the (slow) scapy baseline processes; its rate is per packet")
+    ap.add_argument(
+        "--scapy-packets",
+        type=int,
+        default=3000,
+        help="packets the (slow) scapy baseline processes; its rate is per packet",
+    )
     ap.add_argument("--flows-for-memory", type=int, default=50_000)
     ap.add_argument("--keep", type=Path, help="keep the generated captures in this folder")
     args = ap.parse_args(argv)
@@ -79,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         proxied, plain = work / "proxied.pcap", work / "plain.pcap"
         t0 = time.perf_counter()
         packets, flows = write_pair(proxied, plain, args.packets)
-        print(f"capture: {packets} packets, {flows} proxied flows, "
-              f"{proxied.stat().st_size / 1e6:.1f} MB (generated in {time.perf_counter() - t0:.1f}s)")
+        print(
+            f"capture: {packets} packets, {flows} proxied flows, "
+            f"{proxied.stat().st_size / 1e6:.1f} MB (generated in {time.perf_counter() - t0:.1f}s)"
+        )
         rows: list[tuple[str, float, str]] = []
 
         t0 = time.perf_counter()
@@ -89,31 +96,71 @@ def main(argv: list[str] | None = None) -> int:
         assert counters.headers_stripped.get("proxy-v2") == flows, counters
         rows.append(("normalizer (in process)", ours, f"{packets / ours:,.0f} pkt/s"))
 
-        cli = shutil.which("suricata-normalizer") or str(Path(sys.executable).parent / "suricata-normalizer")
-        wall, rc, rss = _timed_child([cli, "rewrite", str(proxied), "-o", str(work / "out2.pcap"),
-                                      "--proxy", PROXY_CIDR, "-q"])
+        cli = shutil.which("suricata-normalizer") or str(
+            Path(sys.executable).parent / "suricata-normalizer"
+        )
+        wall, rc, rss = _timed_child(
+            [
+                cli,
+                "rewrite",
+                str(proxied),
+                "-o",
+                str(work / "out2.pcap"),
+                "--proxy",
+                PROXY_CIDR,
+                "-q",
+            ]
+        )
         rows.append(("normalizer CLI (incl. start-up)", wall, f"peak RSS {rss / 1024:.0f} MiB"))
 
         n = min(args.scapy_packets, packets)
         t0 = time.perf_counter()
         done = scapy_normalize(proxied, work / "scapy.pcap", PROXY_CIDR, limit=n)
         scapy_per_pkt = (time.perf_counter() - t0) / done
-        rows.append((f"naive scapy normalizer ({done} pkts, scaled)", scapy_per_pkt * packets,
-                     f"{1 / scapy_per_pkt:,.0f} pkt/s"))
+        rows.append(
+            (
+                f"naive scapy normalizer ({done} pkts, scaled)",
+                scapy_per_pkt * packets,
+                f"{1 / scapy_per_pkt:,.0f} pkt/s",
+            )
+        )
 
         tcprewrite = shutil.which("tcprewrite")
         tr = None
         if tcprewrite:
-            tr, rc, _ = _timed_child([tcprewrite, "--seed", "1", "--fixcsum", "-i", str(proxied),
-                                      "-o", str(work / "tcprewrite.pcap")])
+            tr, rc, _ = _timed_child(
+                [
+                    tcprewrite,
+                    "--seed",
+                    "1",
+                    "--fixcsum",
+                    "-i",
+                    str(proxied),
+                    "-o",
+                    str(work / "tcprewrite.pcap"),
+                ]
+            )
             rows.append(("tcprewrite --seed 1 --fixcsum", tr, "" if rc == 0 else f"exit {rc}"))
         suricata = shutil.which("suricata")
         su = None
         if suricata:
             logdir = work / "suri"
             logdir.mkdir()
-            su, rc, _ = _timed_child([suricata, "-r", str(plain), "-k", "all", "-l", str(logdir),
-                                      "--runmode", "single", "-S", "/dev/null"])
+            su, rc, _ = _timed_child(
+                [
+                    suricata,
+                    "-r",
+                    str(plain),
+                    "-k",
+                    "all",
+                    "-l",
+                    str(logdir),
+                    "--runmode",
+                    "single",
+                    "-S",
+                    "/dev/null",
+                ]
+            )
             rows.append(("suricata -r header-free file", su, "" if rc == 0 else f"exit {rc}"))
 
         per_flow = bytes_per_flow(min(args.flows_for_memory, 60000))

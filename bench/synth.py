@@ -21,14 +21,30 @@ _ETH = bytes.fromhex("020000000002020000000001") + b"\x08\x00"
 MSS = 1448
 
 
-def _frame(src: bytes, dst: bytes, sp: int, dp: int, seq: int, ack: int, flags: int,
-           payload: bytes) -> bytes:
+def _frame(
+    src: bytes, dst: bytes, sp: int, dp: int, seq: int, ack: int, flags: int, payload: bytes
+) -> bytes:
     opts = b"\x01\x01\x08\x0a" + struct.pack("!II", seq & 0xFFFF, ack & 0xFFFF)  # timestamps
-    tcp = bytearray(struct.pack("!HHIIBBHHH", sp, dp, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
-                                (5 + len(opts) // 4) << 4, flags, 65535, 0, 0) + opts + payload)
+    tcp = bytearray(
+        struct.pack(
+            "!HHIIBBHHH",
+            sp,
+            dp,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            (5 + len(opts) // 4) << 4,
+            flags,
+            65535,
+            0,
+            0,
+        )
+        + opts
+        + payload
+    )
     struct.pack_into("!H", tcp, 16, checksum(tcp, pseudo_header_sum(src, dst, 6, len(tcp))))
-    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
-                               src, dst))
+    ip = bytearray(
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, src, dst)
+    )
     struct.pack_into("!H", ip, 10, checksum(ip))
     return _ETH + bytes(ip) + bytes(tcp)
 
@@ -37,10 +53,31 @@ def _connection(rng: random.Random, cport: int, header: bytes, resp_segs: int) -
     ci, si = rng.getrandbits(32), rng.getrandbits(32)
     req = b"GET /file?id=%d HTTP/1.1\r\nHost: decoy\r\nUser-Agent: bench\r\n\r\n" % cport
     n = len(header)
-    c = lambda seq, ack, fl, data=b"": _frame(PROXY, BACKEND, cport, 80, ci + 1 + seq,  # noqa: E731
-                                               si + 1 + ack, fl, data)
-    s = lambda seq, ack, fl, data=b"": _frame(BACKEND, PROXY, 80, cport, si + 1 + seq,  # noqa: E731
-                                               ci + 1 + ack, fl, data)
+
+    def c(seq, ack, fl, data=b""):
+        return _frame(
+            PROXY,
+            BACKEND,
+            cport,
+            80,
+            ci + 1 + seq,
+            si + 1 + ack,
+            fl,
+            data,
+        )
+
+    def s(seq, ack, fl, data=b""):
+        return _frame(
+            BACKEND,
+            PROXY,
+            80,
+            cport,
+            si + 1 + seq,
+            ci + 1 + ack,
+            fl,
+            data,
+        )
+
     out = [
         _frame(PROXY, BACKEND, cport, 80, ci, 0, 0x02, b""),
         _frame(BACKEND, PROXY, 80, cport, si, ci + 1, 0x12, b""),
@@ -81,9 +118,14 @@ def write_pair(proxied: Path, plain: Path, min_packets: int, seed: int = 1) -> t
                 i += 1
                 hdr = b""
                 if with_header:
-                    hdr = proxy_v2.build(command="PROXY", family="TCP4",
-                                         src=f"203.0.113.{i % 250 + 1}", dst="198.51.100.1",
-                                         sport=cport, dport=80)
+                    hdr = proxy_v2.build(
+                        command="PROXY",
+                        family="TCP4",
+                        src=f"203.0.113.{i % 250 + 1}",
+                        dst="198.51.100.1",
+                        sport=cport,
+                        dport=80,
+                    )
                 segs = rng.randint(4, 24)
                 for fr in _connection(rng, cport, hdr, segs):
                     ts += 20_000

@@ -52,11 +52,7 @@ def adjust32(csum: int, old: int, new: int) -> int:
     RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), applied to both 16-bit halves.
     """
     total = (
-        (~csum & 0xFFFF)
-        + (~(old >> 16) & 0xFFFF)
-        + (~old & 0xFFFF)
-        + (new >> 16)
-        + (new & 0xFFFF)
+        (~csum & 0xFFFF) + (~(old >> 16) & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
     )
     total = (total & 0xFFFF) + (total >> 16)
     total = (total & 0xFFFF) + (total >> 16)

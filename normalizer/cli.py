@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     rw.add_argument("--stats-json", type=Path, help="also write the counters as JSON here")
     rw.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     rw.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="progress on stderr (default: when stderr is a terminal)",
     )
     return p
@@ -39,11 +41,16 @@ def _parser() -> argparse.ArgumentParser:
 def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file with a [normalizer] table")
     p.add_argument(
-        "--proxy", action="append", metavar="CIDR",
+        "--proxy",
+        action="append",
+        metavar="CIDR",
         help="trusted proxy address or CIDR (repeatable; replaces the config's list)",
     )
     p.add_argument(
-        "--header", action="append", metavar="KIND", dest="header_kinds",
+        "--header",
+        action="append",
+        metavar="KIND",
+        dest="header_kinds",
         help="accepted header kind: proxy-v1, proxy-v2, custom (repeatable; default all)",
     )
     p.add_argument("--custom-magic", metavar="HEX", help="8-byte magic of the custom header")
@@ -73,8 +80,10 @@ def _rewrite(args: argparse.Namespace) -> int:
             args.input, args.output, options, progress=print_progress if show else None
         )
     except PcapError as exc:
-        print(f"suricata-normalizer: {exc}; the packets before it were written to {args.output}",
-              file=sys.stderr)
+        print(
+            f"suricata-normalizer: {exc}; the packets before it were written to {args.output}",
+            file=sys.stderr,
+        )
         return 1
     if show:
         print(file=sys.stderr)
@@ -94,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"suricata-normalizer: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-              file=sys.stderr)
+        print(
+            f"suricata-normalizer: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

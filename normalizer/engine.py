@@ -16,6 +16,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from normalizer.checksum import adjust32
 from normalizer.counters import Counters
 from normalizer.flow import ACK, ACTIVE, FIN, HALF, MASK, PENDING, RST, SYN, Flow
 from normalizer.flow_table import FlowTable
@@ -26,7 +27,9 @@ from normalizer.options import Options
 from normalizer.tcp_edit import sack_edges, set_u32, trim_payload
 from normalizer.trust import TrustedProxies
 
+_U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_SACK_KIND = 5
 _NS = 1_000_000_000
 _SWEEP_EVERY = _NS  # expiry sweeps run at most once per second of capture time
 
@@ -53,6 +56,24 @@ def _endpoints(key: bytes) -> tuple[bytes, bytes, bytes]:
     return vlan, tail[:half], tail[half:]
 
 
+def _endpoints_of(frame: bytes, f: TcpFrame) -> tuple[bytes, bytes]:
+    """(source address + port, destination address + port) as raw bytes."""
+    ip, t = f.ip, f.tcp
+    if frame[ip] >> 4 == 4:
+        return frame[ip + 12 : ip + 16] + frame[t : t + 2], frame[ip + 16 : ip + 20] + frame[
+            t + 2 : t + 4
+        ]
+    return frame[ip + 8 : ip + 24] + frame[t : t + 2], frame[ip + 24 : ip + 40] + frame[
+        t + 2 : t + 4
+    ]
+
+
+def _from_first(frame: bytes, f: TcpFrame) -> bool:
+    """Whether the frame travels from the flow key's first endpoint to its second."""
+    a, b = _endpoints_of(frame, f)
+    return a < b
+
+
 def _endpoint_text(ep: bytes) -> tuple[str, int]:
     return str(ipaddress.ip_address(ep[:-2])), int.from_bytes(ep[-2:], "big")
 
@@ -63,6 +84,8 @@ class Normalizer:
         self.linktype = linktype
         self.trust = TrustedProxies(options.proxies)
         self.table = FlowTable(options.max_flows)
+        self._flows = self.table.flows  # bound once: the lookup is on every packet
+        self._ethernet = linktype == LINKTYPE_ETHERNET
         self.counters = Counters()
         self.out: list[tuple[int, Frame]] = []
         self.events: list[HeaderEvent] = []
@@ -75,48 +98,98 @@ class Normalizer:
     # -- input -----------------------------------------------------------------------------
 
     def feed(self, frame: bytes, ts: int) -> None:
-        """Process one captured frame taken at ``ts`` (integer nanoseconds)."""
+        """Process one captured frame taken at ``ts`` (integer nanoseconds).
+
+        The common case -- Ethernet, IPv4 without options, a segment of an ACTIVE flow that
+        needs only its seq or ack shifted -- is decoded and patched inline: at a few hundred
+        thousand packets per second every function call shows in the profile.
+        """
         c = self.counters
         c.packets_in += 1
         if ts >= self._next_sweep:
             self.tick(ts)
-        f = locate_tcp(frame, self.linktype)
-        if f is None:
-            c.passed_not_tcp += 1
-            self._emit(ts, frame)
-            return
-        ip = f.ip
-        t = f.tcp
-        if frame[ip] >> 4 == 4:
-            src = frame[ip + 12 : ip + 16]
-            dst = frame[ip + 16 : ip + 20]
-        else:
-            src = frame[ip + 8 : ip + 24]
-            dst = frame[ip + 24 : ip + 40]
-        a = src + frame[t : t + 2]
-        b = dst + frame[t + 2 : t + 4]
-        key = f.vlan + (a + b if a < b else b + a)
-        flags = frame[t + 13]
-        flow = self.table.get(key)
-        if flow is None:
-            if flags & (SYN | ACK | RST) == SYN and self.trust.contains(src):
-                flow = self._new_flow(key, a, _U32.unpack_from(frame, t + 4)[0], ts)
-            else:
-                self._untracked(frame, ts, src, dst)
+        if self._ethernet and frame[12:15] == b"\x08\x00\x45" and len(frame) >= 54:
+            end = 14 + ((frame[16] << 8) | frame[17])
+            payload = 34 + (frame[46] >> 4) * 4
+            if (
+                frame[23] != 6
+                or frame[20] & 0x3F
+                or frame[21]
+                or end > len(frame)
+                or not 54 <= payload <= end
+            ):
+                c.passed_not_tcp += 1
+                self._emit(ts, frame)
                 return
-        elif flags & (SYN | ACK | RST) == SYN and a == flow.client:
+            ip, t, vlan = 14, 34, b""
+            a = frame[26:30] + frame[34:36]
+            b = frame[30:34] + frame[36:38]
+        else:
+            f = locate_tcp(frame, self.linktype)
+            if f is None:
+                c.passed_not_tcp += 1
+                self._emit(ts, frame)
+                return
+            ip, t, payload, end, vlan = f
+            a, b = _endpoints_of(frame, f)
+        fwd = a < b
+        key = vlan + (a + b if fwd else b + a)
+        flags = frame[t + 13]
+        flow = self._flows.get(key)
+        if flow is None:
+            if flags & (SYN | ACK | RST) == SYN and self.trust.contains(a[:-2]):
+                flow = self._new_flow(key, fwd, _U32.unpack_from(frame, t + 4)[0], ts)
+            else:
+                self._untracked(frame, ts, a[:-2], b[:-2])
+                return
+        elif flags & (SYN | ACK | RST) == SYN and fwd == flow.client_first:
             seq = _U32.unpack_from(frame, t + 4)[0]
             if seq != flow.isn:  # a new connection reusing the ports
                 self._drop_flow(key, flow)
                 c.flows_restarted += 1
-                flow = self._new_flow(key, a, seq, ts)
-        from_client = a == flow.client
+                flow = self._new_flow(key, fwd, seq, ts)
+        from_client = fwd == flow.client_first
         flow.last_seen = ts
-        self._note_close(flow, flags, from_client, ts)
-        if flow.state == ACTIVE:
-            self._rewrite(flow, frame, f, from_client, flags, ts)
-        elif flow.state == PENDING:
-            self._hold(key, flow, frame, f, from_client, flags, ts)
+        if flags & (FIN | RST):
+            self._note_close(flow, flags, from_client, ts)
+        state = flow.state
+        if state == ACTIVE:
+            if from_client:
+                if not flags & SYN:
+                    seq = _U32.unpack_from(frame, t + 4)[0]
+                    n = flow.hdr_len
+                    if n <= (seq - flow.isn - 1) & MASK < HALF:
+                        new = (seq - n) & MASK
+                        out = bytearray(frame)
+                        _U32.pack_into(out, t + 4, new)
+                        _U16.pack_into(
+                            out, t + 16, adjust32(_U16.unpack_from(out, t + 16)[0], seq, new)
+                        )
+                        c.rewritten += 1
+                        c.packets_out += 1
+                        self.out.append((ts, out))
+                        return
+            elif flags & ACK and not (payload - t > 20 and _SACK_KIND in frame[t + 20 : payload]):
+                ack = _U32.unpack_from(frame, t + 8)[0]
+                isn = flow.isn
+                off = (ack - isn - 1) & MASK
+                n = flow.hdr_len
+                c.rewritten += 1
+                c.packets_out += 1
+                if off >= HALF:
+                    self.out.append((ts, frame))
+                    return
+                new = (isn + 1 + (off - n if off >= n else 0)) & MASK
+                out = bytearray(frame)
+                _U32.pack_into(out, t + 8, new)
+                _U16.pack_into(out, t + 16, adjust32(_U16.unpack_from(out, t + 16)[0], ack, new))
+                self.out.append((ts, out))
+                return
+            self._rewrite(flow, frame, TcpFrame(ip, t, payload, end, vlan), from_client, flags, ts)
+        elif state == PENDING:
+            self._hold(
+                key, flow, frame, TcpFrame(ip, t, payload, end, vlan), from_client, flags, ts
+            )
         else:
             c.passed_unparsed_flow += 1
             self._emit(ts, frame)
@@ -158,7 +231,7 @@ class Normalizer:
 
     # -- flow lifecycle -----------------------------------------------------------------------
 
-    def _new_flow(self, key: bytes, client: bytes, isn: int, ts: int) -> Flow:
+    def _new_flow(self, key: bytes, client_first: bool, isn: int, ts: int) -> Flow:
         table = self.table
         if table.is_full():
             if ts >= self._next_sweep:
@@ -167,7 +240,7 @@ class Normalizer:
                 old_key, old = table.pop_oldest()
                 self._drop_flow(old_key, old)
                 self.counters.flows_evicted += 1
-        flow = Flow(client, isn, ts)
+        flow = Flow(client_first, isn, ts)
         table.put(key, flow)
         self.counters.flows_created += 1
         return flow
@@ -199,7 +272,13 @@ class Normalizer:
     # -- PENDING: collect the header ------------------------------------------------------------
 
     def _hold(
-        self, key: bytes, flow: Flow, frame: bytes, f: TcpFrame, from_client: bool, flags: int,
+        self,
+        key: bytes,
+        flow: Flow,
+        frame: bytes,
+        f: TcpFrame,
+        from_client: bool,
+        flags: int,
         ts: int,
     ) -> None:
         assert flow.held is not None and flow.buf is not None
@@ -209,7 +288,9 @@ class Normalizer:
         self._held_total += len(frame)
         if from_client and f.end > f.payload and self._assemble(flow, frame, f, flags):
             try:
-                result = parse_header(bytes(flow.buf), self.opts.header_kinds, self.opts.custom_magic)
+                result = parse_header(
+                    bytes(flow.buf), self.opts.header_kinds, self.opts.custom_magic
+                )
             except HeaderError:
                 c.header_malformed += 1
                 self._give_up(flow)
@@ -244,7 +325,7 @@ class Normalizer:
                 g = locate_tcp(other, self.linktype)
                 if g is None or g.end == g.payload:
                     continue
-                if (other[g.ip + 12 : g.ip + 16] if other[g.ip] >> 4 == 4 else other[g.ip + 8 : g.ip + 24]) + other[g.tcp : g.tcp + 2] != flow.client:
+                if _from_first(other, g) != flow.client_first:
                     continue
                 if self._extend(flow, other, g, other[g.tcp + 13]):
                     progress = grew = True
@@ -269,15 +350,15 @@ class Normalizer:
         c = self.counters
         flow.state = ACTIVE
         flow.hdr_len = header.length
-        flow.header = header
+        flow.started = 0  # no longer needed; a small int is shared, a timestamp is not
         c.headers_stripped[header.kind] = c.headers_stripped.get(header.kind, 0) + 1
         if header.command == "LOCAL":
             c.headers_local += 1
         if len(self.events) < self.opts.max_pending_events:
-            vlan, lo, hi = _endpoints(key)
-            server = hi if lo == flow.client else lo
+            vlan, first, second = _endpoints(key)
+            client, server = (first, second) if flow.client_first else (second, first)
             self.events.append(
-                HeaderEvent(ts, _endpoint_text(flow.client), _endpoint_text(server), vlan, header)
+                HeaderEvent(ts, _endpoint_text(client), _endpoint_text(server), vlan, header)
             )
         else:
             c.events_dropped += 1
@@ -285,9 +366,7 @@ class Normalizer:
         for hts, hframe in flow.release():
             g = locate_tcp(hframe, self.linktype)
             assert g is not None  # it was located when held
-            ip = g.ip
-            src = hframe[ip + 12 : ip + 16] if hframe[ip] >> 4 == 4 else hframe[ip + 8 : ip + 24]
-            from_client = src + hframe[g.tcp : g.tcp + 2] == flow.client
+            from_client = _from_first(hframe, g) == flow.client_first
             self._rewrite(flow, hframe, g, from_client, hframe[g.tcp + 13], hts)
 
     # -- ACTIVE: shift the stream -----------------------------------------------------------

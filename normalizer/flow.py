@@ -8,8 +8,6 @@ All arithmetic is modulo 2**32 relative to the client's initial sequence number.
 
 from __future__ import annotations
 
-from typing import Any
-
 PENDING = 0  # waiting for the complete header; packets are held
 ACTIVE = 1  # header length known; client seq / server ack are shifted
 PASSING = 2  # no usable header: the flow is forwarded exactly as captured
@@ -29,11 +27,10 @@ class Flow:
 
     __slots__ = (
         "buf",
-        "client",
+        "client_first",
         "closed_at",
         "fins",
         "hdr_len",
-        "header",
         "held",
         "held_bytes",
         "isn",
@@ -42,12 +39,13 @@ class Flow:
         "state",
     )
 
-    def __init__(self, client: bytes, isn: int, now: int) -> None:
-        self.client = client  # raw address + port of the proxy side, as in the packet
+    def __init__(self, client_first: bool, isn: int, now: int) -> None:
+        # Whether the proxy (client) side is the first endpoint of the flow key; storing this
+        # bit instead of the endpoint keeps the per-flow footprint small.
+        self.client_first = client_first
         self.isn = isn
         self.state = PENDING
         self.hdr_len = 0
-        self.header: Any = None  # ProxyHeader once parsed
         self.buf: bytearray | None = bytearray()  # contiguous header prefix while PENDING
         self.held: list[tuple[int, bytes]] | None = []  # (ts, frame) while PENDING
         self.held_bytes = 0

@@ -18,28 +18,28 @@ class FlowTable:
         if max_flows < 1:
             raise ValueError("max_flows must be at least 1")
         self.max_flows = max_flows
-        self._flows: dict[bytes, Flow] = {}
+        self.flows: dict[bytes, Flow] = {}  # read directly by the engine's hot path
 
     def __len__(self) -> int:
-        return len(self._flows)
+        return len(self.flows)
 
     def __iter__(self) -> Iterator[tuple[bytes, Flow]]:
-        return iter(list(self._flows.items()))
+        return iter(list(self.flows.items()))
 
     def get(self, key: bytes) -> Flow | None:
-        return self._flows.get(key)
+        return self.flows.get(key)
 
     def is_full(self) -> bool:
-        return len(self._flows) >= self.max_flows
+        return len(self.flows) >= self.max_flows
 
     def put(self, key: bytes, flow: Flow) -> None:
         """Insert or replace; the caller makes room first (``is_full`` / ``pop_oldest``)."""
-        self._flows.pop(key, None)  # a replaced flow moves to the young end
-        self._flows[key] = flow
+        self.flows.pop(key, None)  # a replaced flow moves to the young end
+        self.flows[key] = flow
 
     def pop(self, key: bytes) -> Flow | None:
-        return self._flows.pop(key, None)
+        return self.flows.pop(key, None)
 
     def pop_oldest(self) -> tuple[bytes, Flow]:
-        key = next(iter(self._flows))
-        return key, self._flows.pop(key)
+        key = next(iter(self.flows))
+        return key, self.flows.pop(key)

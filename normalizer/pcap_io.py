@@ -81,32 +81,32 @@ class CaptureReader:
         return self._iter_pcapng()
 
     def _iter_pcap(self) -> Iterator[tuple[int, bytes, int]]:
-        rec = struct.Struct(self._endian + "IIII")
+        unpack = struct.Struct(self._endian + "IIII").unpack_from
         scale = self._scale
         read = self._fh.read
         buf = b""
-        pos = 0
+        blen = pos = 0
         while True:
-            if len(buf) - pos < 16:
-                more = read(_CHUNK)
-                buf = buf[pos:] + more
+            if pos + 16 > blen:
+                buf = buf[pos:] + read(_CHUNK)
+                blen = len(buf)
                 pos = 0
-                if len(buf) < 16:
+                if blen < 16:
                     if buf:
                         raise PcapError(f"{self.name}: truncated record header at end of file")
                     return
-            sec, frac, caplen, origlen = rec.unpack_from(buf, pos)
-            if caplen > 0x4000000:
-                raise PcapError(f"{self.name}: record claims {caplen} bytes: corrupt file")
-            end = pos + 16 + caplen
-            while end > len(buf):
-                more = read(max(_CHUNK, end - len(buf)))
-                if not more:
+            sec, frac, caplen, origlen = unpack(buf, pos)
+            start = pos + 16
+            end = start + caplen
+            if end > blen:
+                if caplen > 0x4000000:
+                    raise PcapError(f"{self.name}: record claims {caplen} bytes: corrupt file")
+                buf = buf[pos:] + read(max(_CHUNK, end - blen))
+                blen = len(buf)
+                pos, start, end = 0, 16, 16 + caplen
+                if end > blen:
                     raise PcapError(f"{self.name}: truncated record at end of file")
-                buf = buf[pos:] + more
-                end -= pos
-                pos = 0
-            yield sec * 1_000_000_000 + frac * scale, buf[pos + 16 : end], origlen
+            yield sec * 1_000_000_000 + frac * scale, buf[start:end], origlen
             pos = end
 
     # pcapng --------------------------------------------------------------------------------
@@ -199,3 +199,16 @@ class PcapWriter:
         n = len(frame)
         self._fh.write(self._rec.pack(sec, frac, n, max(n, origlen or 0)))
         self._fh.write(frame)
+
+    def write_many(self, items: list[tuple[int, bytes | bytearray]]) -> None:
+        """Write fully captured frames in one call: the batch path of the rewrite loop."""
+        pack = self._rec.pack
+        nano = self._nano
+        parts: list[bytes | bytearray] = []
+        add = parts.append
+        for ts, frame in items:
+            sec, ns = divmod(ts, 1_000_000_000)
+            n = len(frame)
+            add(pack(sec, ns if nano else ns // 1000, n, n))
+            add(frame)
+        self._fh.writelines(parts)

@@ -6,6 +6,7 @@ full disk or a corrupt input never leaves a half-written file under the requeste
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -32,6 +33,10 @@ def rewrite_file(
 ) -> Counters:
     """Normalize ``src`` into ``dst``. Raises PcapError / OSError; ``dst`` is untouched then."""
     size = src.stat().st_size
+    gc_was_enabled = gc.isenabled()
+    # The loop allocates a tuple per packet but never a reference cycle; the cyclic collector
+    # would only rescan the flow table over and over (about 15% of the run time).
+    gc.disable()
     dst_dir = dst.parent if str(dst.parent) else Path(".")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst_dir)
     try:
@@ -44,8 +49,11 @@ def rewrite_file(
 
             def write_out() -> None:
                 assert engine is not None and writer is not None
-                for ts, frame in engine.drain():
-                    writer.write(ts, frame, origlens.pop(id(frame), None))
+                if origlens:  # some input frames were truncated: keep their original length
+                    for ts, frame in engine.drain():
+                        writer.write(ts, frame, origlens.pop(id(frame), None))
+                else:
+                    writer.write_many(engine.drain())
                 if on_events is not None and engine.events:
                     on_events(engine.drain_events())
                 elif engine.events:
@@ -86,6 +94,9 @@ def rewrite_file(
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+    finally:
+        if gc_was_enabled:
+            gc.enable()
 
 
 def print_progress(done: int, total: int) -> None:

@@ -1,4 +1,4 @@
-"""Chooses the codec for a stream from its first bytes, among the kinds a proxy is configured to send.
+"""Chooses the codec for a stream from its first bytes, among the kinds a proxy may send.
 
 Whether a header is present at all is configuration (the spec forbids guessing); which of the
 enabled kinds it is can be told apart safely because their signatures share no prefix.
@@ -6,13 +6,13 @@ enabled kinds it is can be told apart safely because their signatures share no p
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from normalizer.headers import custom, proxy_v1, proxy_v2
 from normalizer.headers.base import HeaderError, NeedMore, ProxyHeader
 
 
-class HeaderKind(str, Enum):
+class HeaderKind(StrEnum):
     PROXY_V1 = "proxy-v1"
     PROXY_V2 = "proxy-v2"
     CUSTOM = "custom"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6  # noqa: F401  (used by callers)
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet
 
@@ -44,8 +44,13 @@ class Conv:
         return l2 / ip
 
     def seg(
-        self, from_client: bool, off: int = 0, ack_off: int | None = 0, data: bytes = b"",
-        flags: str = "A", options: list | None = None,
+        self,
+        from_client: bool,
+        off: int = 0,
+        ack_off: int | None = 0,
+        data: bytes = b"",
+        flags: str = "A",
+        options: list | None = None,
     ) -> bytes:
         """A segment at stream offset ``off`` acknowledging peer offset ``ack_off``."""
         if from_client:
@@ -60,9 +65,14 @@ class Conv:
             seq = (seq - 1) % 2**32
         if "A" not in flags:
             ack = 0
-        tcp = TCP(sport=sp, dport=dp, seq=seq, ack=ack, flags=flags, window=65535,
-                  options=options or [])
-        return bytes(self._l3(from_client) / tcp / data) if data else bytes(self._l3(from_client) / tcp)
+        tcp = TCP(
+            sport=sp, dport=dp, seq=seq, ack=ack, flags=flags, window=65535, options=options or []
+        )
+        return (
+            bytes(self._l3(from_client) / tcp / data)
+            if data
+            else bytes(self._l3(from_client) / tcp)
+        )
 
     def handshake(self) -> list[bytes]:
         return [

@@ -13,8 +13,9 @@ from normalizer.options import Options
 from tests.normalizer.packets import NS, PROXY4, Conv, assert_valid, client_stream
 
 V1 = proxy_v1.build("203.0.113.7", "198.51.100.1", 51000, 80)
-V2 = proxy_v2.build(command="PROXY", family="TCP4", src="203.0.113.7", dst="198.51.100.1",
-                    sport=51000, dport=80)
+V2 = proxy_v2.build(
+    command="PROXY", family="TCP4", src="203.0.113.7", dst="198.51.100.1", sport=51000, dport=80
+)
 REQ = b"GET /index.html HTTP/1.1\r\nHost: decoy\r\n\r\n"
 RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -96,13 +97,16 @@ def test_header_split_across_segments_and_out_of_order() -> None:
 def test_retransmissions_carrying_header_bytes() -> None:
     c = Conv()
     n = len(V1)
-    frames = c.handshake() + [
-        c.seg(True, 0, 0, V1, "PA"),
-        c.seg(True, n, 0, REQ, "PA"),
-        c.seg(True, 0, 0, V1, "PA"),  # retransmitted header: dropped
-        c.seg(True, 10, 0, (V1 + REQ)[10 : n + 8], "PA"),  # overlaps header tail and data
-        c.seg(False, 0, n + len(REQ), RESP, "PA"),
-    ]
+    frames = (
+        c.handshake()
+        + [
+            c.seg(True, 0, 0, V1, "PA"),
+            c.seg(True, n, 0, REQ, "PA"),
+            c.seg(True, 0, 0, V1, "PA"),  # retransmitted header: dropped
+            c.seg(True, 10, 0, (V1 + REQ)[10 : n + 8], "PA"),  # overlaps header tail and data
+            c.seg(False, 0, n + len(REQ), RESP, "PA"),
+        ]
+    )
     out, eng = run(frames)
     assert eng.counters.header_only_dropped == 2
     for fr in out:
@@ -164,7 +168,8 @@ def test_local_health_check() -> None:
     ]
     out, eng = run(frames)
     assert eng.counters.headers_local == 1
-    assert [seq_of(f) for f in out[3:]] == [c.cisn + 1, c.sisn + 1]
+    assert len(out) == 6  # header-only segment dropped
+    assert [seq_of(f) for f in out[4:]] == [c.cisn + 1, c.sisn + 1]
     assert ack_of(out[-1]) == c.cisn + 2
 
 
@@ -180,7 +185,9 @@ def test_duplicate_syn_and_port_reuse() -> None:
 
 def test_untrusted_and_unproxied_traffic_is_byte_identical() -> None:
     attacker = Conv(client="198.51.100.50")  # not a configured proxy, yet sends a header
-    frames = conversation(attacker, V1, coalesce=True) + plain(Conv(cport=40001, client="192.0.2.9"))
+    frames = conversation(attacker, V1, coalesce=True) + plain(
+        Conv(cport=40001, client="192.0.2.9")
+    )
     out, eng = run(frames)
     assert out == frames
     assert eng.counters.passed_untracked == len(frames)

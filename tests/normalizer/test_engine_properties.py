@@ -8,6 +8,7 @@ must carry valid checksums, and every server ack must point into the header-free
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 from hypothesis import HealthCheck, given, settings
@@ -41,8 +42,14 @@ def headers(draw: st.DrawFn) -> bytes:
     if kind == "v2tlv":
         tlvs = [Tlv(0x02, b"decoy.example"), Tlv(0xE1, draw(st.binary(max_size=300)))]
     return proxy_v2.build(
-        command="PROXY", family="TCP6" if fam6 else "TCP4", src=src, dst=dst, sport=sp,
-        dport=dp, tlvs=tlvs, with_crc32c=kind == "v2tlv",
+        command="PROXY",
+        family="TCP6" if fam6 else "TCP4",
+        src=src,
+        dst=dst,
+        sport=sp,
+        dport=dp,
+        tlvs=tlvs,
+        with_crc32c=kind == "v2tlv",
     )
 
 
@@ -59,7 +66,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Conv, bytes, bytes, list[bytes]]:
     stream = header + data
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=12))))
     bounds = [0, *[c for c in cuts if 0 < c < len(stream)], len(stream)]
-    segs = list(zip(bounds, bounds[1:], strict=False))
+    segs = list(itertools.pairwise(bounds))
     # retransmissions with new boundaries, possibly overlapping the header
     for _ in range(draw(st.integers(0, 3))):
         a = draw(st.integers(0, len(stream)))
@@ -79,7 +86,7 @@ def scenarios(draw: st.DrawFn) -> tuple[Conv, bytes, bytes, list[bytes]]:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_normalized_stream_equals_plain_stream(s: tuple[Conv, bytes, bytes, list[bytes]]) -> None:
-    conv, header, data, frames = s
+    conv, _header, data, frames = s
     eng = Normalizer(Options(proxies=(f"{PROXY4}/32",)))
     for i, fr in enumerate(frames):
         eng.feed(fr, i)
@@ -91,11 +98,10 @@ def test_normalized_stream_equals_plain_stream(s: tuple[Conv, bytes, bytes, list
     for fr in out:
         assert_valid(fr)
     assert client_stream(out, conv) == data
-    n = len(header)
     for fr in out:
         f = locate_tcp(fr)
         assert f is not None
         if int.from_bytes(fr[f.tcp : f.tcp + 2], "big") == conv.sport and fr[f.tcp + 13] & 0x10:
             ack = struct.unpack_from("!I", fr, f.tcp + 8)[0]
             off = (ack - conv.cisn - 1) % 2**32
-            assert off <= len(data) + 1 or off == 2**32 - 1 + 0 * n
+            assert off <= len(data) + 1  # acks point into the header-free stream

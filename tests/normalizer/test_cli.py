@@ -1,0 +1,145 @@
+"""The rewrite command end to end on files: exit codes, messages, config precedence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from normalizer.cli import main
+from normalizer.headers import proxy_v1
+from normalizer.pcap_io import CaptureReader, PcapWriter
+from tests.normalizer.packets import Conv
+
+REQ = b"GET / HTTP/1.1\r\n\r\n"
+
+
+def _capture(path: Path) -> list[bytes]:
+    c = Conv()
+    hdr = proxy_v1.build("203.0.113.7", "198.51.100.1", 51000, 80)
+    frames = [*c.handshake(), c.seg(True, 0, 0, hdr + REQ, "PA")]
+    with path.open("wb") as fh:
+        w = PcapWriter(fh, 1)
+        for i, f in enumerate(frames):
+            w.write(i, f)
+    return frames
+
+
+def _frames(path: Path) -> list[bytes]:
+    with path.open("rb") as fh:
+        return [f for _t, f, _o in CaptureReader(fh)]
+
+
+def test_rewrite_strips_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, dst, stats = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "s.json"
+    _capture(src)
+    assert (
+        main(
+            [
+                "rewrite",
+                str(src),
+                "-o",
+                str(dst),
+                "--proxy",
+                "192.0.2.1",
+                "--stats-json",
+                str(stats),
+            ]
+        )
+        == 0
+    )
+    out = _frames(dst)
+    assert out[-1].endswith(REQ) and b"PROXY" not in out[-1]
+    assert "headers stripped: proxy-v1 1" in capsys.readouterr().err
+    assert json.loads(stats.read_text())["headers_stripped"] == {"proxy-v1": 1}
+
+
+def test_config_file_and_flag_override(tmp_path: Path) -> None:
+    src, dst, cfg = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "c.toml"
+    frames = _capture(src)
+    cfg.write_text('[normalizer]\nproxies = ["192.0.2.1/32"]\nheader_kinds = ["proxy-v2"]\n')
+    assert main(["rewrite", str(src), "-o", str(dst), "--config", str(cfg), "-q"]) == 0
+    assert _frames(dst) == frames  # v1 not accepted: flow left untouched
+    assert (
+        main(
+            [
+                "rewrite",
+                str(src),
+                "-o",
+                str(dst),
+                "--config",
+                str(cfg),
+                "-q",
+                "--header",
+                "proxy-v1",
+            ]
+        )
+        == 0
+    )
+    assert _frames(dst) != frames
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('proxies = ["10.0.0.300"]', "normalizer.proxies"),
+        ('proxies = ["10.0.0.1"]\nmax_flows = -1', "normalizer.max_flows"),
+        ('proxies = ["10.0.0.1"]\nmidstream = "maybe"', "normalizer.midstream"),
+        ('proxies = ["10.0.0.1"]\ncolour = 1', "normalizer.colour"),
+        ('proxies = ["10.0.0.1"]\ncustom_magic = "abcd"', "normalizer.custom_magic"),
+        ("max_flows = 5", "normalizer.proxies"),
+    ],
+)
+def test_config_errors_name_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], toml: str, key: str
+) -> None:
+    src, cfg = tmp_path / "in.pcap", tmp_path / "c.toml"
+    _capture(src)
+    cfg.write_text("[normalizer]\n" + toml + "\n")
+    assert main(["rewrite", str(src), "-o", str(tmp_path / "o.pcap"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err
+
+
+def test_io_errors_exit_1_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "rewrite",
+                str(tmp_path / "missing.pcap"),
+                "-o",
+                str(tmp_path / "o.pcap"),
+                "--proxy",
+                "192.0.2.1",
+            ]
+        )
+        == 1
+    )
+    assert "No such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"garbage that is not a capture")
+    assert main(["rewrite", str(bad), "-o", str(tmp_path / "o.pcap"), "--proxy", "192.0.2.1"]) == 1
+    assert "not a pcap" in capsys.readouterr().err
+    assert not (tmp_path / "o.pcap").exists()
+
+
+def test_truncated_input_keeps_complete_packets(tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    frames = _capture(src)
+    src.write_bytes(src.read_bytes()[:-5])
+    assert main(["rewrite", str(src), "-o", str(dst), "--proxy", "192.0.2.1", "-q"]) == 1
+    assert _frames(dst) == frames[:3]  # the held handshake is released, untouched
+
+
+def test_unwritable_output(tmp_path: Path) -> None:
+    src = tmp_path / "in.pcap"
+    _capture(src)
+    assert (
+        main(
+            ["rewrite", str(src), "-o", str(tmp_path / "nodir" / "o.pcap"), "--proxy", "192.0.2.1"]
+        )
+        == 1
+    )
