@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from normalizer.config import ConfigError, build_options, load_file
+from normalizer.conn_cache import CacheError, ConnectionCache
 from normalizer.pcap_io import PcapError
 from normalizer.pcap_job import print_progress, rewrite_file, summary
 
@@ -27,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     rw.add_argument("input", type=Path, help="capture recorded between proxy and backend")
     rw.add_argument("-o", "--output", type=Path, required=True, help="pcap to write")
     _engine_flags(rw)
+    rw.add_argument("--cache", type=Path, help="connection cache (SQLite) to record flows in")
     rw.add_argument("--stats-json", type=Path, help="also write the counters as JSON here")
     rw.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     rw.add_argument(
@@ -75,9 +77,14 @@ def _options(args: argparse.Namespace) -> Any:
 def _rewrite(args: argparse.Namespace) -> int:
     options = _options(args)
     show = sys.stderr.isatty() if args.progress is None else args.progress
+    cache = ConnectionCache(args.cache) if args.cache else None
     try:
         counters = rewrite_file(
-            args.input, args.output, options, progress=print_progress if show else None
+            args.input,
+            args.output,
+            options,
+            progress=print_progress if show else None,
+            on_events=cache.record if cache else None,
         )
     except PcapError as exc:
         print(
@@ -85,6 +92,9 @@ def _rewrite(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        if cache is not None:
+            cache.close()
     if show:
         print(file=sys.stderr)
     if not args.quiet:
@@ -102,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
         return 2
+    except CacheError as exc:
+        print(f"suricata-normalizer: cache: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(
             f"suricata-normalizer: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),

@@ -21,7 +21,7 @@ from normalizer.pcap_io import CaptureReader, PcapError, PcapWriter
 
 _BATCH = 4096
 
-EventSink = Callable[[list[HeaderEvent]], None]
+EventSink = Callable[[list[HeaderEvent]], object]
 
 
 def rewrite_file(
@@ -49,15 +49,16 @@ def rewrite_file(
 
             def write_out() -> None:
                 assert engine is not None and writer is not None
+                # Cache rows first: a connection is recorded before its rewritten frames leave.
+                if on_events is not None and engine.events:
+                    on_events(engine.drain_events())
+                elif engine.events:
+                    engine.events.clear()
                 if origlens:  # some input frames were truncated: keep their original length
                     for ts, frame in engine.drain():
                         writer.write(ts, frame, origlens.pop(id(frame), None))
                 else:
                     writer.write_many(engine.drain())
-                if on_events is not None and engine.events:
-                    on_events(engine.drain_events())
-                elif engine.events:
-                    engine.events.clear()
 
             n = 0
             error: PcapError | None = None

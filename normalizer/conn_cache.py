@@ -1,0 +1,149 @@
+"""The connection cache: one SQLite row per proxied connection, shared with the eve enricher.
+
+SQLite in WAL mode lets the enricher read while the normalizer writes, survives restarts, and
+needs no server. Rows are written in batches, but ``record`` commits before it returns, so a
+connection's row is durable before the adapter forwards the first rewritten frame of its flow.
+The schema carries a version; a file written by another version is refused with a clear error
+rather than misread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from normalizer.engine import HeaderEvent
+
+SCHEMA_VERSION = 1
+_NS = 1_000_000_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS connections (
+    id INTEGER PRIMARY KEY,
+    wire_src_ip TEXT NOT NULL, wire_src_port INTEGER NOT NULL,
+    wire_dst_ip TEXT NOT NULL, wire_dst_port INTEGER NOT NULL,
+    vlan TEXT NOT NULL,
+    real_src_ip TEXT, real_src_port INTEGER,
+    real_dst_ip TEXT, real_dst_port INTEGER,
+    family TEXT NOT NULL,
+    header_kind TEXT NOT NULL, header_len INTEGER NOT NULL, command TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    tunnel TEXT,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS connections_wire
+    ON connections (wire_src_ip, wire_src_port, wire_dst_ip, wire_dst_port, first_seen);
+CREATE INDEX IF NOT EXISTS connections_real
+    ON connections (real_src_ip, real_src_port, real_dst_ip, real_dst_port, first_seen);
+CREATE INDEX IF NOT EXISTS connections_last_seen ON connections (last_seen);
+"""
+
+
+class CacheError(Exception):
+    """The cache file cannot be used (wrong schema version, not a database, unwritable)."""
+
+
+class ConnectionCache:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            else:
+                self._db = sqlite3.connect(path, timeout=5)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+            self._check_version(readonly)
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(f"{path}: not a usable connection cache ({exc})") from None
+
+    def _check_version(self, readonly: bool) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            if readonly:
+                raise CacheError(f"{self.path}: no schema version: not a connection cache")
+            with self._db:
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+        elif row[0] != str(SCHEMA_VERSION):
+            raise CacheError(
+                f"{self.path}: schema version {row[0]}, this program reads version "
+                f"{SCHEMA_VERSION}; use a matching release or a new cache file"
+            )
+
+    def record(self, events: Iterable[HeaderEvent]) -> int:
+        """Insert one row per event in a single transaction (durable when this returns)."""
+        rows = [_row(ev) for ev in events]
+        if rows:
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO connections (wire_src_ip, wire_src_port, wire_dst_ip,"
+                    " wire_dst_port, vlan, real_src_ip, real_src_port, real_dst_ip,"
+                    " real_dst_port, family, header_kind, header_len, command, fields,"
+                    " first_seen, last_seen, state)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
+                )
+        return len(rows)
+
+    def expire(self, older_than: float) -> int:
+        """Delete rows last seen before ``older_than`` (epoch seconds): the retention policy."""
+        with self._db:
+            cur = self._db.execute("DELETE FROM connections WHERE last_seen < ?", (older_than,))
+        return cur.rowcount
+
+    def lookup_wire(
+        self, src: str, sport: int, dst: str, dport: int, ts: float, window: float = 3600.0
+    ) -> dict[str, Any] | None:
+        """The connection with this wire tuple (either direction) started last before ``ts``."""
+        cur = self._db.execute(
+            "SELECT * FROM connections WHERE ((wire_src_ip=? AND wire_src_port=? AND"
+            " wire_dst_ip=? AND wire_dst_port=?) OR (wire_src_ip=? AND wire_src_port=? AND"
+            " wire_dst_ip=? AND wire_dst_port=?)) AND first_seen <= ? AND first_seen >= ?"
+            " ORDER BY first_seen DESC LIMIT 1",
+            (src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        names = [d[0] for d in cur.description]
+        out = dict(zip(names, row, strict=True))
+        out["fields"] = json.loads(out["fields"])
+        return out
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM connections").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _row(ev: HeaderEvent) -> tuple[Any, ...]:
+    h = ev.header
+    ts = ev.ts / _NS
+    return (
+        ev.client[0],
+        ev.client[1],
+        ev.server[0],
+        ev.server[1],
+        ev.vlan.hex(),
+        h.src_addr,
+        h.src_port,
+        h.dst_addr,
+        h.dst_port,
+        h.family,
+        h.kind,
+        h.length,
+        h.command,
+        json.dumps(h.fields, ensure_ascii=True, default=str),
+        ts,
+        ts,
+        "open",
+    )

@@ -1,0 +1,92 @@
+"""The connection cache: rows per proxied connection, versioned schema, lookups by wire tuple."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from normalizer.cli import main
+from normalizer.conn_cache import CacheError, ConnectionCache
+from normalizer.engine import HeaderEvent
+from normalizer.headers import proxy_v2
+from normalizer.headers.base import Tlv
+from tests.normalizer.test_cli import _capture
+
+
+def _event(ts: int = 5_000_000_000, port: int = 40000) -> HeaderEvent:
+    raw = proxy_v2.build(
+        command="PROXY",
+        family="TCP4",
+        src="203.0.113.7",
+        dst="198.51.100.1",
+        sport=51000,
+        dport=443,
+        tlvs=[Tlv(0x02, b"decoy.example")],
+    )
+    header = proxy_v2.parse(raw)
+    assert not isinstance(header, proxy_v2.NeedMore)
+    return HeaderEvent(ts, ("192.0.2.1", port), ("192.0.2.2", 80), b"", header)
+
+
+def test_record_and_lookup_either_direction(tmp_path: Path) -> None:
+    cache = ConnectionCache(tmp_path / "c.db")
+    assert cache.record([_event(), _event(port=40001)]) == 2
+    row = cache.lookup_wire("192.0.2.2", 80, "192.0.2.1", 40000, ts=6.0)
+    assert row is not None
+    assert (row["real_src_ip"], row["real_src_port"]) == ("203.0.113.7", 51000)
+    assert row["fields"]["authority"] == "decoy.example"
+    assert cache.lookup_wire("192.0.2.1", 40000, "192.0.2.2", 80, ts=1.0) is None  # before it
+    cache.close()
+    reader = ConnectionCache(tmp_path / "c.db", readonly=True)
+    assert reader.count() == 2
+
+
+def test_port_reuse_picks_the_latest_connection_before_the_event(tmp_path: Path) -> None:
+    cache = ConnectionCache(tmp_path / "c.db")
+    cache.record([_event(ts=10_000_000_000), _event(ts=100_000_000_000)])
+    assert cache.lookup_wire("192.0.2.1", 40000, "192.0.2.2", 80, ts=50.0)["first_seen"] == 10.0  # type: ignore[index]
+    assert cache.lookup_wire("192.0.2.1", 40000, "192.0.2.2", 80, ts=101.0)["first_seen"] == 100.0  # type: ignore[index]
+    assert cache.expire(older_than=50.0) == 1
+
+
+def test_other_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    ConnectionCache(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(CacheError, match="schema version 99"):
+        ConnectionCache(path)
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(CacheError, match="not a usable connection cache"):
+        ConnectionCache(path)
+
+
+def test_rewrite_records_connections(tmp_path: Path) -> None:
+    src, db = tmp_path / "in.pcap", tmp_path / "c.db"
+    _capture(src)
+    assert (
+        main(
+            [
+                "rewrite",
+                str(src),
+                "-o",
+                str(tmp_path / "o.pcap"),
+                "--proxy",
+                "192.0.2.1",
+                "--cache",
+                str(db),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    cache = ConnectionCache(db, readonly=True)
+    assert cache.count() == 1
+    row = cache.lookup_wire("192.0.2.1", 40000, "192.0.2.2", 80, ts=1.0)
+    assert row is not None and row["header_kind"] == "proxy-v1"
