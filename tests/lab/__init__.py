@@ -1,0 +1,1 @@
+"""Real-component lab: namespaces, HAProxy/nginx, curl, tcpdump and Suricata (needs root)."""
