@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 SRC=/etc/apt/sources.list.d/debian.sources
 BPO=/etc/apt/sources.list.d/bookworm-backports.sources
-APT_PKGS=(suricata tcpdump haproxy nginx-light libnginx-mod-stream curl iproute2 nftables tcpreplay procps kmod ethtool)
+APT_PKGS=(suricata tcpdump haproxy nginx-light libnginx-mod-stream curl iproute2 nftables tcpreplay procps kmod ethtool openssl)
 
 need_apt=0
 for p in "${APT_PKGS[@]}"; do
