@@ -58,6 +58,13 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--custom-magic", metavar="HEX", help="8-byte magic of the custom header")
     p.add_argument("--midstream", help="flows whose SYN was not captured: pass or drop")
     p.add_argument("--max-flows", type=int, metavar="N", help="flow table size")
+    p.add_argument(
+        "--keep-addresses",
+        action="store_const",
+        const=False,
+        dest="restore_addresses",
+        help="keep proxy -> backend addresses instead of restoring the real client and target",
+    )
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -70,6 +77,7 @@ def _options(args: argparse.Namespace) -> Any:
             "custom_magic": args.custom_magic,
             "midstream": args.midstream,
             "max_flows": args.max_flows,
+            "restore_addresses": args.restore_addresses,
         },
     )
 

@@ -75,7 +75,14 @@ def _midstream(key: str, value: Any) -> str:
     return str(value)
 
 
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
 _FIELDS = {
+    "restore_addresses": _bool,
     "proxies": _proxies,
     "header_kinds": _kinds,
     "custom_magic": _magic,

@@ -29,6 +29,8 @@ class Counters:
     flows_evicted: int = 0
     headers_stripped: dict[str, int] = field(default_factory=dict)
     headers_local: int = 0
+    addresses_restored: int = 0  # flows shown to Suricata with the real client and target
+    restore_unsupported: int = 0  # family change needed on a link type that cannot say so
     header_malformed: int = 0
     header_missing: int = 0  # connection ended before any header byte
     header_truncated: int = 0  # connection ended or timed out inside the header

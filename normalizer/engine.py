@@ -20,11 +20,26 @@ from normalizer.checksum import adjust32
 from normalizer.counters import Counters
 from normalizer.flow import ACK, ACTIVE, FIN, HALF, MASK, PENDING, RST, SYN, Flow
 from normalizer.flow_table import FlowTable
-from normalizer.frame import LINKTYPE_ETHERNET, TcpFrame, locate_tcp
+from normalizer.frame import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_RAW,
+    TcpFrame,
+    locate_tcp,
+)
 from normalizer.headers.base import HeaderError, ProxyHeader
 from normalizer.headers.detect import parse_header
 from normalizer.options import Options
-from normalizer.tcp_edit import sack_edges, set_u32, trim_payload
+from normalizer.tcp_edit import (
+    convert_family,
+    replace_endpoints,
+    sack_edges,
+    set_u32,
+    trim_payload,
+)
 from normalizer.trust import TrustedProxies
 
 _U16 = struct.Struct("!H")
@@ -72,6 +87,17 @@ def _from_first(frame: bytes, f: TcpFrame) -> bool:
     """Whether the frame travels from the flow key's first endpoint to its second."""
     a, b = _endpoints_of(frame, f)
     return a < b
+
+
+def _real_endpoints(h: ProxyHeader) -> tuple[bytes, bytes] | None:
+    """Real (client, target) as packet bytes, for headers that name TCP endpoints."""
+    if h.command != "PROXY" or h.family not in ("TCP4", "TCP6") or h.src_addr is None:
+        return None
+    if h.dst_addr is None or h.src_port is None or h.dst_port is None:
+        return None
+    src = ipaddress.ip_address(h.src_addr).packed + h.src_port.to_bytes(2, "big")
+    dst = ipaddress.ip_address(h.dst_addr).packed + h.dst_port.to_bytes(2, "big")
+    return src, dst
 
 
 def _endpoint_text(ep: bytes) -> tuple[str, int]:
@@ -154,7 +180,9 @@ class Normalizer:
             self._note_close(flow, flags, from_client, ts)
         state = flow.state
         if state == ACTIVE:
-            if from_client:
+            if flow.real is not None:  # addresses restored: the general path
+                pass
+            elif from_client:
                 if not flags & SYN:
                     seq = _U32.unpack_from(frame, t + 4)[0]
                     n = flow.hdr_len
@@ -352,6 +380,10 @@ class Normalizer:
         flow.hdr_len = header.length
         flow.started = 0  # no longer needed; a small int is shared, a timestamp is not
         c.headers_stripped[header.kind] = c.headers_stripped.get(header.kind, 0) + 1
+        if self.opts.restore_addresses:
+            flow.real = _real_endpoints(header)
+            if flow.real is not None:
+                c.addresses_restored += 1
         if header.command == "LOCAL":
             c.headers_local += 1
         if len(self.events) < self.opts.max_pending_events:
@@ -398,6 +430,7 @@ class Normalizer:
                         c.header_only_dropped += 1
                         return
                     out = trim_payload(frame, f, cut, new_seq)
+                    f = f._replace(end=f.end - cut)
         else:
             out = frame
             if flags & ACK:
@@ -409,8 +442,37 @@ class Normalizer:
                     set_u32(out, f, 8, new_ack)
                     for e in edges:
                         set_u32(out, f, e, flow.map_seq(_U32.unpack_from(out, t + e)[0]))
+        if flow.real is not None:
+            out = self._restore(flow, out, f, from_client)
         c.rewritten += 1
         self._emit(ts, out)
+
+    def _restore(self, flow: Flow, frame: Frame, f: TcpFrame, from_client: bool) -> Frame:
+        """Show the real client and target instead of proxy and backend."""
+        assert flow.real is not None
+        client, server = flow.real
+        src, dst = (client, server) if from_client else (server, client)
+        wire_alen = 4 if frame[f.ip] >> 4 == 4 else 16
+        if len(src) - 2 == wire_alen:
+            buf = frame if isinstance(frame, bytearray) else bytearray(frame)
+            replace_endpoints(buf, f, src, dst)
+            return buf
+        at = self._ethertype_at(f.ip)
+        if at == -1:
+            self.counters.restore_unsupported += 1
+            return frame
+        return convert_family(frame, f, src, dst, at)
+
+    def _ethertype_at(self, ip: int) -> int | None:
+        """Where the link layer names the network protocol; -1 where it cannot be changed."""
+        lt = self.linktype
+        if lt in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL):
+            return ip - 2
+        if lt == LINKTYPE_LINUX_SLL2:
+            return 0
+        if lt in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+            return None
+        return -1
 
     # -- everything else ------------------------------------------------------------------------
 

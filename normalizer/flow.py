@@ -35,6 +35,7 @@ class Flow:
         "held_bytes",
         "isn",
         "last_seen",
+        "real",
         "started",
         "state",
     )
@@ -52,6 +53,8 @@ class Flow:
         self.started = now
         self.last_seen = now
         self.fins = 0  # bit 0: client FIN, bit 1: server FIN, bit 2: RST
+        # (real client, real target) as address bytes + 2-byte port, when addresses are restored
+        self.real: tuple[bytes, bytes] | None = None
         self.closed_at = 0
 
     def offset(self, seq: int) -> int:

@@ -24,6 +24,9 @@ class Options:
     # "pass" forwards them as captured (Suricata ignores them unless stream.midstream is on),
     # "drop" keeps header-tainted streams away from Suricata altogether.
     midstream: str = "pass"
+    # Rewrite proxied flows so Suricata sees the real client and target (from the header)
+    # instead of proxy -> backend; False keeps the wire addresses (--keep-addresses).
+    restore_addresses: bool = True
     max_flows: int = 100_000
     idle_timeout: float = 600.0  # seconds without a packet before a flow is forgotten
     closed_timeout: float = 30.0  # seconds after FIN/RST, for late retransmissions

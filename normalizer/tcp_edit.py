@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from normalizer.checksum import adjust16, adjust32, checksum, pseudo_header_sum
+from normalizer.checksum import adjust16, adjust32, checksum, ones_sum, pseudo_header_sum
 from normalizer.frame import TcpFrame
 
 _U16 = struct.Struct("!H")
@@ -104,4 +104,76 @@ def trim_payload(frame: bytes | bytearray, f: TcpFrame, cut: int, new_seq: int) 
     _U32.pack_into(out, f.tcp + 4, new_seq)
     nf = f._replace(end=f.end - cut)
     _U16.pack_into(out, f.tcp + 16, tcp_checksum(out, nf))
+    return out
+
+
+def replace_endpoints(buf: bytearray, f: TcpFrame, src: bytes, dst: bytes) -> None:
+    """Set source and destination address+port (same IP family), checksums adjusted.
+
+    ``src`` and ``dst`` are address bytes followed by the 2-byte port. Addresses feed the TCP
+    pseudo-header and ports the TCP header, so one one's-complement difference over all of them
+    updates the TCP checksum; the IPv4 header checksum covers only the addresses.
+    """
+    ip, t = f.ip, f.tcp
+    alen = len(src) - 2
+    a_at = ip + (12 if alen == 4 else 8)
+    old_addrs = bytes(buf[a_at : a_at + 2 * alen])
+    old_ports = bytes(buf[t : t + 4])
+    new_addrs = src[:alen] + dst[:alen]
+    new_ports = src[alen:] + dst[alen:]
+    old_sum = ones_sum(old_addrs + old_ports)
+    new_sum = ones_sum(new_addrs + new_ports)
+    buf[a_at : a_at + 2 * alen] = new_addrs
+    buf[t : t + 4] = new_ports
+    _U16.pack_into(buf, t + 16, _swap_sum(_U16.unpack_from(buf, t + 16)[0], old_sum, new_sum))
+    if alen == 4:
+        ip_old, ip_new = ones_sum(old_addrs), ones_sum(new_addrs)
+        _U16.pack_into(buf, ip + 10, _swap_sum(_U16.unpack_from(buf, ip + 10)[0], ip_old, ip_new))
+
+
+def _swap_sum(csum: int, old_sum: int, new_sum: int) -> int:
+    total = (~csum & 0xFFFF) + (~old_sum & 0xFFFF) + new_sum
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def convert_family(
+    frame: bytes | bytearray, f: TcpFrame, src: bytes, dst: bytes, ethertype_at: int | None
+) -> bytearray:
+    """Rebuild the IP header in the other family (IPv4 <-> IPv6) with new endpoints.
+
+    Used when the real client is IPv6 but the proxied connection is IPv4, or the reverse:
+    Suricata must see the real addresses, so the packet is re-expressed in their family.
+    IPv4 options and IPv6 extension headers are dropped (they described the wire hop);
+    TTL/hop limit and TOS/traffic class carry over. ``ethertype_at`` is where the link layer
+    names the network protocol (None for raw-IP link types).
+    """
+    alen = len(src) - 2
+    tcp = bytearray(frame[f.tcp : f.end])
+    tcp[0:4] = src[alen:] + dst[alen:]
+    if frame[f.ip] >> 4 == 4:
+        tos, ttl = frame[f.ip + 1], frame[f.ip + 8]
+    else:
+        tos = ((frame[f.ip] & 0x0F) << 4) | (frame[f.ip + 1] >> 4)
+        ttl = frame[f.ip + 7]
+    if alen == 16:
+        head = struct.pack("!IHBB", (6 << 28) | (tos << 20), len(tcp), 6, ttl) + src[:16] + dst[:16]
+        etype = b"\x86\xdd"
+    else:
+        hdr = bytearray(
+            struct.pack("!BBHHHBBH", 0x45, tos, 20 + len(tcp), 0, 0x4000, ttl, 6, 0)
+            + src[:4]
+            + dst[:4]
+        )
+        _U16.pack_into(hdr, 10, checksum(hdr))
+        head = bytes(hdr)
+        etype = b"\x08\x00"
+    tcp[16:18] = b"\x00\x00"
+    _U16.pack_into(tcp, 16, checksum(tcp, pseudo_header_sum(src[:alen], dst[:alen], 6, len(tcp))))
+    out = bytearray(frame[: f.ip])
+    if ethertype_at is not None:
+        out[ethertype_at : ethertype_at + 2] = etype
+    out += head
+    out += tcp
     return out

@@ -5,6 +5,9 @@ from __future__ import annotations
 import struct
 
 import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
 
 from normalizer.engine import Normalizer
 from normalizer.frame import locate_tcp
@@ -21,6 +24,8 @@ RESP = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def run(frames: list[bytes], **opts: object) -> tuple[list[bytes], Normalizer]:
+    """Normalize with wire addresses kept (unless ``restore_addresses=True`` is passed)."""
+    opts.setdefault("restore_addresses", False)
     eng = Normalizer(Options(proxies=(f"{PROXY4}/32", "2001:db8::1/128"), **opts))  # type: ignore[arg-type]
     for i, fr in enumerate(frames):
         eng.feed(fr, i * NS // 1000)
@@ -265,3 +270,56 @@ def test_header_events_name_both_ends() -> None:
     assert ev.client == (PROXY4, 40000)
     assert ev.server == ("192.0.2.2", 80)
     assert ev.header.src_addr == "203.0.113.7"
+
+
+def test_restored_addresses_equal_a_direct_conversation() -> None:
+    c = Conv()
+    out, eng = run(conversation(c, V1, coalesce=True), restore_addresses=True)
+    real = Conv(client="203.0.113.7", server="198.51.100.1", cport=51000, sport=80)
+    assert out == plain(real)
+    assert eng.counters.addresses_restored == 1
+
+
+def test_restored_addresses_ipv6_wire_ipv6_client() -> None:
+    c = Conv(client="2001:db8::1", server="2001:db8::2")
+    hdr = proxy_v2.build(
+        command="PROXY",
+        family="TCP6",
+        src="2001:db8:a::10",
+        dst="2001:db8:a::1",
+        sport=50000,
+        dport=8080,
+    )
+    out, _ = run(conversation(c, hdr, coalesce=True), restore_addresses=True)
+    real = Conv(client="2001:db8:a::10", server="2001:db8:a::1", cport=50000, sport=8080)
+    assert out == plain(real)
+
+
+@pytest.mark.parametrize(
+    ("wire", "real"),
+    [
+        ((PROXY4, "192.0.2.2"), ("2001:db8:a::10", "2001:db8:a::1")),
+        (("2001:db8::1", "2001:db8::2"), ("203.0.113.7", "198.51.100.1")),
+    ],
+    ids=["v6-client-over-v4", "v4-client-over-v6"],
+)
+def test_restored_addresses_across_families(wire: tuple[str, str], real: tuple[str, str]) -> None:
+    c = Conv(client=wire[0], server=wire[1], vlans=(7,))
+    hdr = proxy_v1.build(real[0], real[1], 51000, 443)
+    out, _ = run(conversation(c, hdr, coalesce=True), restore_addresses=True)
+    want = plain(Conv(client=real[0], server=real[1], cport=51000, sport=443, vlans=(7,)))
+    assert len(out) == len(want)
+    ip_cls = IPv6 if ":" in real[0] else IP
+    for got, exp in zip(out, want, strict=True):
+        assert_valid(got)
+        g, e = Ether(got), Ether(exp)
+        assert (g[ip_cls].src, g[ip_cls].dst) == (e[ip_cls].src, e[ip_cls].dst)
+        assert bytes(g[TCP]) == bytes(e[TCP])  # ports, seq/ack, flags, payload, checksum
+
+
+def test_local_and_unknown_headers_keep_wire_addresses() -> None:
+    c = Conv()
+    unknown = proxy_v1.build(None, None, None, None)
+    out, eng = run(conversation(c, unknown, coalesce=True), restore_addresses=True)
+    assert out == plain(c)
+    assert eng.counters.addresses_restored == 0
