@@ -24,7 +24,7 @@ run_suricata "$work/normalized.pcap" "$work/norm"
 import collections, json, sys
 
 def load(path):
-    alerts, msgs, failed = collections.Counter(), {}, 0
+    alerts, msgs, failed, ends = collections.Counter(), {}, 0, collections.Counter()
     with open(path) as fh:
         for line in fh:
             ev = json.loads(line)
@@ -32,17 +32,23 @@ def load(path):
                 sid = ev["alert"]["signature_id"]
                 alerts[sid] += 1
                 msgs[sid] = ev["alert"]["signature"]
+                ends[f'{ev["src_ip"]}:{ev["src_port"]} -> {ev["dest_ip"]}:{ev["dest_port"]}'] += 1
             if ev.get("event_type") == "flow" and "failed" in (
                 ev.get("app_proto"), ev.get("app_proto_ts"), ev.get("app_proto_tc")
             ):
                 failed += 1
-    return alerts, msgs, failed
+    return alerts, msgs, failed, ends
 
-(raw, m1, f1), (norm, m2, f2) = load(sys.argv[1]), load(sys.argv[2])
+(raw, m1, f1, e1), (norm, m2, f2, e2) = load(sys.argv[1]), load(sys.argv[2])
 msgs = {**m1, **m2}
 print(f"\n{'sid':>9}  {'before':>6}  {'after':>6}  signature")
 for sid in sorted(set(raw) | set(norm)):
     print(f"{sid:>9}  {raw[sid]:>6}  {norm[sid]:>6}  {msgs[sid]}")
 print(f"{'total':>9}  {sum(raw.values()):>6}  {sum(norm.values()):>6}")
 print(f"flows with app-layer detection failed: before {f1}, after {f2}")
+for label, ends in (("before", e1), ("after", e2)):
+    print(f"alerts {label} name:")
+    for pair, n in sorted(ends.items()):
+        print(f"  {n:3d} x {pair}")
 PY
+

@@ -12,6 +12,7 @@ Three claims per scenario, each resting on the previous one:
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lab.netlab import ATTACKER, DECOY, GATEWAY_BACK, GATEWAY_FRONT
 from tests.lab.pcapshape import shape
 from tests.lab.scenarios import ScenarioCaptures
 from tests.lab.suricata_run import (
@@ -115,3 +117,35 @@ def test_normalized_capture_matches_baseline(
     assert app_layer_failed(events) == []
     assert invalid_checksums(events) == 0
     assert decoder_invalid(events) == 0
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["restored", "kept"])
+def test_alerts_name_the_real_attacker(
+    scenario: str, captures: dict[str, ScenarioCaptures], suricata: Suricata, keep: bool
+) -> None:
+    """Restored addresses make every alert name the attacker and the address it attacked;
+    --keep-addresses leaves proxy -> decoy, as on the wire."""
+    cli = normalizer_cli()
+    caps = captures[scenario]
+    fam = 6 if ":" in caps.proxy else 4
+    norm = caps.raw.with_suffix(".kept.pcap" if keep else ".restored.pcap")
+    argv = [*cli, "rewrite", str(caps.raw), "-o", str(norm), "--proxy", caps.proxy, "-q"]
+    p = subprocess.run(
+        argv + (["--keep-addresses"] if keep else []), capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    alerts = [e for e in suricata(norm) if e.get("event_type") == "alert"]
+    assert alerts_by_sid(alerts) == caps.expected
+    ends = (GATEWAY_BACK[fam], DECOY[fam]) if keep else (ATTACKER[fam], GATEWAY_FRONT[fam])
+    want = (ipaddress.ip_address(ends[0]), ipaddress.ip_address(ends[1]))  # IPv6 is expanded
+    for ev in alerts:
+        got = (ipaddress.ip_address(ev["src_ip"]), ipaddress.ip_address(ev["dest_ip"]))
+        assert got == want, ev
+        flow = ev["alert"].get("flow")  # only with eve's alert flow metadata enabled
+        if flow:
+            assert (
+                ipaddress.ip_address(flow["src_ip"]),
+                ipaddress.ip_address(flow["dest_ip"]),
+            ) == want
+        if not keep:
+            assert ev["dest_port"] in (80, 443)  # the gateway's front port, not the decoy's
