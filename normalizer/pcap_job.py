@@ -15,13 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from normalizer.counters import Counters
-from normalizer.engine import HeaderEvent, Normalizer
 from normalizer.options import Options
 from normalizer.pcap_io import CaptureReader, PcapError, PcapWriter
+from normalizer.pipeline import EventSink, Pipeline
 
 _BATCH = 4096
-
-EventSink = Callable[[list[HeaderEvent]], object]
 
 
 def rewrite_file(
@@ -42,35 +40,30 @@ def rewrite_file(
     try:
         with src.open("rb") as fin, os.fdopen(fd, "wb", buffering=1 << 20) as fout:
             reader = CaptureReader(fin, str(src))
-            engine: Normalizer | None = None
+            pipe: Pipeline | None = None
             writer: PcapWriter | None = None
             origlens: dict[int, int] = {}
             last_report = time.monotonic()
 
             def write_out() -> None:
-                assert engine is not None and writer is not None
-                # Cache rows first: a connection is recorded before its rewritten frames leave.
-                if on_events is not None and engine.events:
-                    on_events(engine.drain_events())
-                elif engine.events:
-                    engine.events.clear()
+                assert pipe is not None and writer is not None
                 if origlens:  # some input frames were truncated: keep their original length
-                    for ts, frame in engine.drain():
+                    for ts, frame in pipe.take():
                         writer.write(ts, frame, origlens.pop(id(frame), None))
                 else:
-                    writer.write_many(engine.drain())
+                    writer.write_many(pipe.take())
 
             n = 0
             error: PcapError | None = None
             try:
                 for ts, frame, origlen in reader:
-                    if engine is None:
+                    if pipe is None:
                         assert reader.linktype is not None
-                        engine = Normalizer(options, reader.linktype)
-                        writer = PcapWriter(fout, reader.linktype, reader.nanosecond)
+                        pipe = Pipeline(options, reader.linktype, on_events)
+                        writer = PcapWriter(fout, pipe.linktype, reader.nanosecond)
                     if origlen != len(frame):
                         origlens[id(frame)] = origlen
-                    engine.feed(frame, ts)
+                    pipe.push(frame, ts)
                     n += 1
                     if n % _BATCH == 0:
                         write_out()
@@ -79,13 +72,12 @@ def rewrite_file(
                             progress(fin.tell(), size)
             except PcapError as exc:
                 error = exc  # keep everything read so far, then report
-            if engine is None:
-                assert reader.linktype is not None or error is not None
-                engine = Normalizer(options, reader.linktype or 1)
-                writer = PcapWriter(fout, reader.linktype or 1, reader.nanosecond)
-            engine.flush()
+            if pipe is None:  # no packet at all: still write a valid, empty capture
+                pipe = Pipeline(options, reader.linktype or 1, on_events)
+                writer = PcapWriter(fout, pipe.linktype, reader.nanosecond)
+            pipe.flush()
             write_out()
-            counters = engine.counters
+            counters = pipe.counters
         if error is not None:
             os.replace(tmp_name, dst)
             raise error
