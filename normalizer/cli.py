@@ -93,6 +93,7 @@ def _rewrite(args: argparse.Namespace) -> int:
             options,
             progress=print_progress if show else None,
             on_events=cache.record if cache else None,
+            resume=cache.resumable if cache else None,
         )
     except PcapError as exc:
         print(

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from normalizer.engine import HeaderEvent
+from normalizer.engine import HeaderEvent, Resumable
+from normalizer.headers.base import ProxyHeader
 
 SCHEMA_VERSION = 1
 _NS = 1_000_000_000
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS connections (
     family TEXT NOT NULL,
     header_kind TEXT NOT NULL, header_len INTEGER NOT NULL, command TEXT NOT NULL,
     fields TEXT NOT NULL,
+    client_isn INTEGER NOT NULL DEFAULT 0,
     tunnel TEXT,
     first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     state TEXT NOT NULL
@@ -87,8 +89,8 @@ class ConnectionCache:
                     "INSERT INTO connections (wire_src_ip, wire_src_port, wire_dst_ip,"
                     " wire_dst_port, vlan, real_src_ip, real_src_port, real_dst_ip,"
                     " real_dst_port, family, header_kind, header_len, command, fields,"
-                    " first_seen, last_seen, state)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " first_seen, last_seen, state, client_isn)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     rows,
                 )
         return len(rows)
@@ -116,6 +118,37 @@ class ConnectionCache:
         names = [d[0] for d in cur.description]
         out = dict(zip(names, row, strict=True))
         out["fields"] = json.loads(out["fields"])
+        return out
+
+    def resumable(
+        self, since: float
+    ) -> list[tuple[tuple[str, int], tuple[str, int], bytes, int, ProxyHeader]]:
+        """Connections first seen at or after ``since``: what a restarted normalizer adopts.
+
+        Returned as (wire client, wire server, vlan, client ISN, header) for ``Normalizer.resume``;
+        the newest row wins when a 4-tuple was reused.
+        """
+        rows = self._db.execute(
+            "SELECT wire_src_ip, wire_src_port, wire_dst_ip, wire_dst_port, vlan, client_isn,"
+            " header_kind, header_len, command, family, real_src_ip, real_dst_ip,"
+            " real_src_port, real_dst_port, fields FROM connections WHERE first_seen >= ?"
+            " ORDER BY first_seen DESC",
+            (since,),
+        ).fetchall()
+        out: list[Resumable] = []
+        for r in rows:
+            header = ProxyHeader(
+                kind=r[6],
+                length=r[7],
+                command=r[8],
+                family=r[9],
+                src_addr=r[10],
+                dst_addr=r[11],
+                src_port=r[12],
+                dst_port=r[13],
+                fields=json.loads(r[14]),
+            )
+            out.append(((r[0], r[1]), (r[2], r[3]), bytes.fromhex(r[4]), r[5], header))
         return out
 
     def count(self) -> int:
@@ -146,4 +179,5 @@ def _row(ev: HeaderEvent) -> tuple[Any, ...]:
         ts,
         ts,
         "open",
+        ev.isn,
     )

@@ -25,6 +25,7 @@ class Counters:
     # Flows.
     flows_created: int = 0
     flows_restarted: int = 0
+    flows_resumed: int = 0  # adopted from the connection cache after a restart
     flows_expired: int = 0
     flows_evicted: int = 0
     headers_stripped: dict[str, int] = field(default_factory=dict)

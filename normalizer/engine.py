@@ -60,6 +60,11 @@ class HeaderEvent:
     server: tuple[str, int]  # wire address of the backend side
     vlan: bytes
     header: ProxyHeader
+    isn: int = 0  # client initial sequence number: lets a restarted normalizer resume the flow
+
+
+# (wire client, wire server, vlan ids, client ISN, header) of a flow resolved by a previous run.
+Resumable = tuple[tuple[str, int], tuple[str, int], bytes, int, ProxyHeader]
 
 
 def _endpoints(key: bytes) -> tuple[bytes, bytes, bytes]:
@@ -253,6 +258,36 @@ class Normalizer:
         self.events = []
         return events
 
+    def resume(
+        self,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        vlan: bytes,
+        isn: int,
+        header: ProxyHeader,
+        now: int,
+    ) -> bool:
+        """Adopt a flow a previous run had already resolved (its header came before a restart).
+
+        Its later packets are then shifted (and addresses restored) exactly as before the
+        restart. Returns False when the table already tracks that flow or is full.
+        """
+        a = ipaddress.ip_address(client[0]).packed + client[1].to_bytes(2, "big")
+        b = ipaddress.ip_address(server[0]).packed + server[1].to_bytes(2, "big")
+        key = vlan + (a + b if a < b else b + a)
+        if key in self._flows or self.table.is_full():
+            return False
+        flow = Flow(a < b, isn, now)
+        flow.release()
+        flow.state = ACTIVE
+        flow.hdr_len = header.length
+        flow.started = 0
+        if self.opts.restore_addresses:
+            flow.real = _real_endpoints(header)
+        self.table.put(key, flow)
+        self.counters.flows_resumed += 1
+        return True
+
     @property
     def held_packets(self) -> int:
         return sum(len(flow.held or ()) for _key, flow in self.table)
@@ -390,7 +425,9 @@ class Normalizer:
             vlan, first, second = _endpoints(key)
             client, server = (first, second) if flow.client_first else (second, first)
             self.events.append(
-                HeaderEvent(ts, _endpoint_text(client), _endpoint_text(server), vlan, header)
+                HeaderEvent(
+                    ts, _endpoint_text(client), _endpoint_text(server), vlan, header, flow.isn
+                )
             )
         else:
             c.events_dropped += 1

@@ -17,7 +17,7 @@ from pathlib import Path
 from normalizer.counters import Counters
 from normalizer.options import Options
 from normalizer.pcap_io import CaptureReader, PcapError, PcapWriter
-from normalizer.pipeline import EventSink, Pipeline
+from normalizer.pipeline import EventSink, Pipeline, ResumeSource
 
 _BATCH = 4096
 
@@ -28,6 +28,7 @@ def rewrite_file(
     options: Options,
     progress: Callable[[int, int], None] | None = None,
     on_events: EventSink | None = None,
+    resume: ResumeSource | None = None,
 ) -> Counters:
     """Normalize ``src`` into ``dst``. Raises PcapError / OSError; ``dst`` is untouched then."""
     size = src.stat().st_size
@@ -59,7 +60,7 @@ def rewrite_file(
                 for ts, frame, origlen in reader:
                     if pipe is None:
                         assert reader.linktype is not None
-                        pipe = Pipeline(options, reader.linktype, on_events)
+                        pipe = Pipeline(options, reader.linktype, on_events, resume)
                         writer = PcapWriter(fout, pipe.linktype, reader.nanosecond)
                     if origlen != len(frame):
                         origlens[id(frame)] = origlen

@@ -12,7 +12,10 @@ from normalizer.conn_cache import CacheError, ConnectionCache
 from normalizer.engine import HeaderEvent
 from normalizer.headers import proxy_v2
 from normalizer.headers.base import Tlv
+from normalizer.pcap_io import CaptureReader, PcapWriter
+from tests.normalizer.packets import Conv
 from tests.normalizer.test_cli import _capture
+from tests.normalizer.test_engine import V2, conversation
 
 
 def _event(ts: int = 5_000_000_000, port: int = 40000) -> HeaderEvent:
@@ -90,3 +93,63 @@ def test_rewrite_records_connections(tmp_path: Path) -> None:
     assert cache.count() == 1
     row = cache.lookup_wire("192.0.2.1", 40000, "192.0.2.2", 80, ts=1.0)
     assert row is not None and row["header_kind"] == "proxy-v1"
+
+
+def _write(path: Path, frames: list[bytes], start: int = 0) -> None:
+    with path.open("wb") as fh:
+        w = PcapWriter(fh, 1)
+        for i, f in enumerate(frames):
+            w.write(1_700_000_000_000_000_000 + (start + i) * 1_000_000, f)
+
+
+def _read(path: Path) -> list[bytes]:
+    with path.open("rb") as fh:
+        return [f for _t, f, _o in CaptureReader(fh)]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_restart_mid_capture_keeps_open_flows_normalized(tmp_path: Path, keep: bool) -> None:
+    """A second run (a restarted normalizer) adopts flows whose header the first run saw."""
+    c = Conv()
+    frames = conversation(c, V2, coalesce=False)
+    _write(tmp_path / "all.pcap", frames)
+    _write(tmp_path / "a.pcap", frames[:5])
+    _write(tmp_path / "b.pcap", frames[5:], start=5)
+    flags = ["--proxy", "192.0.2.1", "-q"] + (["--keep-addresses"] if keep else [])
+    db = str(tmp_path / "c.db")
+    assert (
+        main(["rewrite", str(tmp_path / "all.pcap"), "-o", str(tmp_path / "one.pcap"), *flags]) == 0
+    )
+    assert (
+        main(
+            [
+                "rewrite",
+                str(tmp_path / "a.pcap"),
+                "-o",
+                str(tmp_path / "a.out"),
+                "--cache",
+                db,
+                *flags,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "rewrite",
+                str(tmp_path / "b.pcap"),
+                "-o",
+                str(tmp_path / "b.out"),
+                "--cache",
+                db,
+                *flags,
+            ]
+        )
+        == 0
+    )
+    one = _read(tmp_path / "one.pcap")
+    assert _read(tmp_path / "a.out") + _read(tmp_path / "b.out") == one
+    # without the cache, the second half would pass untouched, still shifted by the header
+    assert main(["rewrite", str(tmp_path / "b.pcap"), "-o", str(tmp_path / "b2.out"), *flags]) == 0
+    assert _read(tmp_path / "b2.out") == frames[5:]
