@@ -49,19 +49,14 @@ def pseudo_header_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
 def adjust32(csum: int, old: int, new: int) -> int:
     """Update a stored checksum for one 32-bit field changing from ``old`` to ``new``.
 
-    RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), applied to both 16-bit halves.
+    A one's complement sum of 16-bit words is congruent to the words' concatenation modulo
+    0xFFFF, and the checksum is its negation; so RFC 1624's update reduces to one modulo.
+    The result lies in 0..0xFFFE, the same value a full recomputation gives (which never
+    produces 0xFFFF), so incremental and full results compare equal byte for byte.
     """
-    total = (
-        (~csum & 0xFFFF) + (~(old >> 16) & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
-    )
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return (csum + old - new) % 0xFFFF
 
 
 def adjust16(csum: int, old: int, new: int) -> int:
     """Update a stored checksum for one 16-bit field changing from ``old`` to ``new``."""
-    total = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    return (csum + old - new) % 0xFFFF

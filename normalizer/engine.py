@@ -185,8 +185,9 @@ class Normalizer:
             self._note_close(flow, flags, from_client, ts)
         state = flow.state
         if state == ACTIVE:
-            if flow.real is not None:  # addresses restored: the general path
-                pass
+            real = flow.real
+            if real is not None and len(real[0]) - 2 != (4 if frame[ip] >> 4 == 4 else 16):
+                pass  # the IP header changes family: the general path rebuilds it
             elif from_client:
                 if not flags & SYN:
                     seq = _U32.unpack_from(frame, t + 4)[0]
@@ -198,6 +199,8 @@ class Normalizer:
                         _U16.pack_into(
                             out, t + 16, adjust32(_U16.unpack_from(out, t + 16)[0], seq, new)
                         )
+                        if real is not None:
+                            replace_endpoints(out, ip, t, real[0], real[1])
                         c.rewritten += 1
                         c.packets_out += 1
                         self.out.append((ts, out))
@@ -209,13 +212,15 @@ class Normalizer:
                 n = flow.hdr_len
                 c.rewritten += 1
                 c.packets_out += 1
-                if off >= HALF:
-                    self.out.append((ts, frame))
-                    return
-                new = (isn + 1 + (off - n if off >= n else 0)) & MASK
                 out = bytearray(frame)
-                _U32.pack_into(out, t + 8, new)
-                _U16.pack_into(out, t + 16, adjust32(_U16.unpack_from(out, t + 16)[0], ack, new))
+                if off < HALF:
+                    new = (isn + 1 + (off - n if off >= n else 0)) & MASK
+                    _U32.pack_into(out, t + 8, new)
+                    _U16.pack_into(
+                        out, t + 16, adjust32(_U16.unpack_from(out, t + 16)[0], ack, new)
+                    )
+                if real is not None:
+                    replace_endpoints(out, ip, t, real[1], real[0])
                 self.out.append((ts, out))
                 return
             self._rewrite(flow, frame, TcpFrame(ip, t, payload, end, vlan), from_client, flags, ts)
@@ -492,7 +497,7 @@ class Normalizer:
         wire_alen = 4 if frame[f.ip] >> 4 == 4 else 16
         if len(src) - 2 == wire_alen:
             buf = frame if isinstance(frame, bytearray) else bytearray(frame)
-            replace_endpoints(buf, f, src, dst)
+            replace_endpoints(buf, f.ip, f.tcp, src, dst)
             return buf
         at = self._ethertype_at(f.ip)
         if at == -1:

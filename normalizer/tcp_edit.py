@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from normalizer.checksum import adjust16, adjust32, checksum, ones_sum, pseudo_header_sum
+from normalizer.checksum import adjust16, adjust32, checksum, pseudo_header_sum
 from normalizer.frame import TcpFrame
 
 _U16 = struct.Struct("!H")
@@ -107,35 +107,29 @@ def trim_payload(frame: bytes | bytearray, f: TcpFrame, cut: int, new_seq: int) 
     return out
 
 
-def replace_endpoints(buf: bytearray, f: TcpFrame, src: bytes, dst: bytes) -> None:
+def replace_endpoints(buf: bytearray, ip: int, t: int, src: bytes, dst: bytes) -> None:
     """Set source and destination address+port (same IP family), checksums adjusted.
 
     ``src`` and ``dst`` are address bytes followed by the 2-byte port. Addresses feed the TCP
-    pseudo-header and ports the TCP header, so one one's-complement difference over all of them
-    updates the TCP checksum; the IPv4 header checksum covers only the addresses.
+    pseudo-header and ports the TCP header, so the difference of their values modulo 0xFFFF
+    (see ``checksum.adjust32``) updates the TCP checksum; the IPv4 checksum covers addresses.
     """
-    ip, t = f.ip, f.tcp
     alen = len(src) - 2
     a_at = ip + (12 if alen == 4 else 8)
-    old_addrs = bytes(buf[a_at : a_at + 2 * alen])
-    old_ports = bytes(buf[t : t + 4])
+    a_end = a_at + 2 * alen
+    old_a = int.from_bytes(buf[a_at:a_end], "big")
     new_addrs = src[:alen] + dst[:alen]
+    new_a = int.from_bytes(new_addrs, "big")
+    old_p = int.from_bytes(buf[t : t + 4], "big")
     new_ports = src[alen:] + dst[alen:]
-    old_sum = ones_sum(old_addrs + old_ports)
-    new_sum = ones_sum(new_addrs + new_ports)
-    buf[a_at : a_at + 2 * alen] = new_addrs
+    new_p = int.from_bytes(new_ports, "big")
+    buf[a_at:a_end] = new_addrs
     buf[t : t + 4] = new_ports
-    _U16.pack_into(buf, t + 16, _swap_sum(_U16.unpack_from(buf, t + 16)[0], old_sum, new_sum))
+    csum = (buf[t + 16] << 8) | buf[t + 17]
+    _U16.pack_into(buf, t + 16, (csum + old_a + old_p - new_a - new_p) % 0xFFFF)
     if alen == 4:
-        ip_old, ip_new = ones_sum(old_addrs), ones_sum(new_addrs)
-        _U16.pack_into(buf, ip + 10, _swap_sum(_U16.unpack_from(buf, ip + 10)[0], ip_old, ip_new))
-
-
-def _swap_sum(csum: int, old_sum: int, new_sum: int) -> int:
-    total = (~csum & 0xFFFF) + (~old_sum & 0xFFFF) + new_sum
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+        csum = (buf[ip + 10] << 8) | buf[ip + 11]
+        _U16.pack_into(buf, ip + 10, (csum + old_a - new_a) % 0xFFFF)
 
 
 def convert_family(
