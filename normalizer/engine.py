@@ -95,14 +95,16 @@ def _from_first(frame: bytes, f: TcpFrame) -> bool:
 
 
 def _real_endpoints(h: ProxyHeader) -> tuple[bytes, bytes] | None:
-    """Real (client, target) as packet bytes, for headers that name TCP endpoints."""
+    """Endpoint blocks (see ``tcp_edit.replace_endpoints``) client->server and back, for
+    headers that name TCP endpoints; None where the wire addresses must stay."""
     if h.command != "PROXY" or h.family not in ("TCP4", "TCP6") or h.src_addr is None:
         return None
     if h.dst_addr is None or h.src_port is None or h.dst_port is None:
         return None
-    src = ipaddress.ip_address(h.src_addr).packed + h.src_port.to_bytes(2, "big")
-    dst = ipaddress.ip_address(h.dst_addr).packed + h.dst_port.to_bytes(2, "big")
-    return src, dst
+    src = ipaddress.ip_address(h.src_addr).packed
+    dst = ipaddress.ip_address(h.dst_addr).packed
+    sport, dport = h.src_port.to_bytes(2, "big"), h.dst_port.to_bytes(2, "big")
+    return src + dst + sport + dport, dst + src + dport + sport
 
 
 def _endpoint_text(ep: bytes) -> tuple[str, int]:
@@ -186,7 +188,7 @@ class Normalizer:
         state = flow.state
         if state == ACTIVE:
             real = flow.real
-            if real is not None and len(real[0]) - 2 != (4 if frame[ip] >> 4 == 4 else 16):
+            if real is not None and len(real[0]) != (12 if frame[ip] >> 4 == 4 else 36):
                 pass  # the IP header changes family: the general path rebuilds it
             elif from_client:
                 if not flags & SYN:
@@ -200,7 +202,7 @@ class Normalizer:
                             out, t + 16, adjust32(_U16.unpack_from(out, t + 16)[0], seq, new)
                         )
                         if real is not None:
-                            replace_endpoints(out, ip, t, real[0], real[1])
+                            replace_endpoints(out, ip, t, real[0])
                         c.rewritten += 1
                         c.packets_out += 1
                         self.out.append((ts, out))
@@ -220,7 +222,7 @@ class Normalizer:
                         out, t + 16, adjust32(_U16.unpack_from(out, t + 16)[0], ack, new)
                     )
                 if real is not None:
-                    replace_endpoints(out, ip, t, real[1], real[0])
+                    replace_endpoints(out, ip, t, real[1])
                 self.out.append((ts, out))
                 return
             self._rewrite(flow, frame, TcpFrame(ip, t, payload, end, vlan), from_client, flags, ts)
@@ -492,17 +494,18 @@ class Normalizer:
     def _restore(self, flow: Flow, frame: Frame, f: TcpFrame, from_client: bool) -> Frame:
         """Show the real client and target instead of proxy and backend."""
         assert flow.real is not None
-        client, server = flow.real
-        src, dst = (client, server) if from_client else (server, client)
-        wire_alen = 4 if frame[f.ip] >> 4 == 4 else 16
-        if len(src) - 2 == wire_alen:
+        block = flow.real[0] if from_client else flow.real[1]
+        if len(block) == (12 if frame[f.ip] >> 4 == 4 else 36):
             buf = frame if isinstance(frame, bytearray) else bytearray(frame)
-            replace_endpoints(buf, f.ip, f.tcp, src, dst)
+            replace_endpoints(buf, f.ip, f.tcp, block)
             return buf
         at = self._ethertype_at(f.ip)
         if at == -1:
             self.counters.restore_unsupported += 1
             return frame
+        alen = (len(block) - 4) // 2
+        src = block[:alen] + block[-4:-2]
+        dst = block[alen : 2 * alen] + block[-2:]
         return convert_family(frame, f, src, dst, at)
 
     def _ethertype_at(self, ip: int) -> int | None:

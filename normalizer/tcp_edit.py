@@ -107,27 +107,29 @@ def trim_payload(frame: bytes | bytearray, f: TcpFrame, cut: int, new_seq: int) 
     return out
 
 
-def replace_endpoints(buf: bytearray, ip: int, t: int, src: bytes, dst: bytes) -> None:
-    """Set source and destination address+port (same IP family), checksums adjusted.
+def replace_endpoints(buf: bytearray, ip: int, t: int, block: bytes) -> None:
+    """Set source and destination address and port (same IP family), checksums adjusted.
 
-    ``src`` and ``dst`` are address bytes followed by the 2-byte port. Addresses feed the TCP
-    pseudo-header and ports the TCP header, so the difference of their values modulo 0xFFFF
-    (see ``checksum.adjust32``) updates the TCP checksum; the IPv4 checksum covers addresses.
+    ``block`` is laid out as the packet holds them when the IP header has no options or
+    extension headers: source address, destination address, source port, destination port.
+    The TCP checksum covers all of it (addresses through the pseudo-header), the IPv4 checksum
+    only the addresses; the difference of the old and new values modulo 0xFFFF updates both
+    (see ``checksum.adjust32``).
     """
-    alen = len(src) - 2
-    a_at = ip + (12 if alen == 4 else 8)
-    a_end = a_at + 2 * alen
-    old_a = int.from_bytes(buf[a_at:a_end], "big")
-    new_addrs = src[:alen] + dst[:alen]
-    new_a = int.from_bytes(new_addrs, "big")
+    n = len(block) - 4
+    a_at = ip + (12 if n == 8 else 8)
+    old_a = int.from_bytes(buf[a_at : a_at + n], "big")
     old_p = int.from_bytes(buf[t : t + 4], "big")
-    new_ports = src[alen:] + dst[alen:]
-    new_p = int.from_bytes(new_ports, "big")
-    buf[a_at:a_end] = new_addrs
-    buf[t : t + 4] = new_ports
+    new = int.from_bytes(block, "big")
+    new_a = new >> 32
+    if a_at + n == t:  # contiguous: one slice assignment
+        buf[a_at : t + 4] = block
+    else:
+        buf[a_at : a_at + n] = block[:n]
+        buf[t : t + 4] = block[n:]
     csum = (buf[t + 16] << 8) | buf[t + 17]
-    _U16.pack_into(buf, t + 16, (csum + old_a + old_p - new_a - new_p) % 0xFFFF)
-    if alen == 4:
+    _U16.pack_into(buf, t + 16, (csum + old_a + old_p - new) % 0xFFFF)
+    if n == 8:
         csum = (buf[ip + 10] << 8) | buf[ip + 11]
         _U16.pack_into(buf, ip + 10, (csum + old_a - new_a) % 0xFFFF)
 
