@@ -150,22 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         if suricata:
             logdir = work / "suri"
             logdir.mkdir()
-            su, rc, _ = _timed_child(
-                [
-                    suricata,
-                    "-r",
-                    str(plain),
-                    "-k",
-                    "all",
-                    "-l",
-                    str(logdir),
-                    "--runmode",
-                    "single",
-                    "-S",
-                    "/dev/null",
-                ]
-            )
-            rows.append(("suricata -r header-free file", su, "" if rc == 0 else f"exit {rc}"))
+            rules = Path(__file__).resolve().parent.parent / "suricata" / "rules" / "decoy.rules"
+            for label, rulefile in (("no rules", "/dev/null"), ("decoy.rules", str(rules))):
+                argv = [suricata, "-r", str(plain), "-k", "all", "-l", str(logdir), "-S", rulefile]
+                wall, rc, _ = _timed_child(argv)
+                status = "" if rc == 0 else f"exit {rc}"
+                rows.append((f"suricata -r header-free file, {label}", wall, status))
+                su = su or wall
 
         per_flow = bytes_per_flow(min(args.flows_for_memory, 60000))
         print()
