@@ -19,22 +19,18 @@ from dataclasses import dataclass
 from normalizer.checksum import adjust32
 from normalizer.counters import Counters
 from normalizer.flow import ACK, ACTIVE, FIN, HALF, MASK, PENDING, RST, SYN, Flow
+from normalizer.flow_key import endpoint_text, endpoints_of, from_first, make_key, split_key
 from normalizer.flow_table import FlowTable
 from normalizer.frame import (
     LINKTYPE_ETHERNET,
-    LINKTYPE_IPV4,
-    LINKTYPE_IPV6,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_RAW,
     TcpFrame,
     locate_tcp,
 )
 from normalizer.headers.base import HeaderError, ProxyHeader
 from normalizer.headers.detect import parse_header
 from normalizer.options import Options
+from normalizer.restore import real_endpoints, restore_endpoints
 from normalizer.tcp_edit import (
-    convert_family,
     replace_endpoints,
     sack_edges,
     set_u32,
@@ -65,50 +61,6 @@ class HeaderEvent:
 
 # (wire client, wire server, vlan ids, client ISN, header) of a flow resolved by a previous run.
 Resumable = tuple[tuple[str, int], tuple[str, int], bytes, int, ProxyHeader]
-
-
-def _endpoints(key: bytes) -> tuple[bytes, bytes, bytes]:
-    """Split a flow key back into (vlan ids, endpoint, endpoint)."""
-    size = 12 if len(key) <= 20 else 36
-    half = size // 2
-    vlan = key[: len(key) - size]
-    tail = key[len(key) - size :]
-    return vlan, tail[:half], tail[half:]
-
-
-def _endpoints_of(frame: bytes, f: TcpFrame) -> tuple[bytes, bytes]:
-    """(source address + port, destination address + port) as raw bytes."""
-    ip, t = f.ip, f.tcp
-    if frame[ip] >> 4 == 4:
-        return frame[ip + 12 : ip + 16] + frame[t : t + 2], frame[ip + 16 : ip + 20] + frame[
-            t + 2 : t + 4
-        ]
-    return frame[ip + 8 : ip + 24] + frame[t : t + 2], frame[ip + 24 : ip + 40] + frame[
-        t + 2 : t + 4
-    ]
-
-
-def _from_first(frame: bytes, f: TcpFrame) -> bool:
-    """Whether the frame travels from the flow key's first endpoint to its second."""
-    a, b = _endpoints_of(frame, f)
-    return a < b
-
-
-def _real_endpoints(h: ProxyHeader) -> tuple[bytes, bytes] | None:
-    """Endpoint blocks (see ``tcp_edit.replace_endpoints``) client->server and back, for
-    headers that name TCP endpoints; None where the wire addresses must stay."""
-    if h.command != "PROXY" or h.family not in ("TCP4", "TCP6") or h.src_addr is None:
-        return None
-    if h.dst_addr is None or h.src_port is None or h.dst_port is None:
-        return None
-    src = ipaddress.ip_address(h.src_addr).packed
-    dst = ipaddress.ip_address(h.dst_addr).packed
-    sport, dport = h.src_port.to_bytes(2, "big"), h.dst_port.to_bytes(2, "big")
-    return src + dst + sport + dport, dst + src + dport + sport
-
-
-def _endpoint_text(ep: bytes) -> tuple[str, int]:
-    return str(ipaddress.ip_address(ep[:-2])), int.from_bytes(ep[-2:], "big")
 
 
 class Normalizer:
@@ -164,7 +116,7 @@ class Normalizer:
                 self._emit(ts, frame)
                 return
             ip, t, payload, end, vlan = f
-            a, b = _endpoints_of(frame, f)
+            a, b = endpoints_of(frame, f)
         fwd = a < b
         key = vlan + (a + b if fwd else b + a)
         flags = frame[t + 13]
@@ -281,7 +233,7 @@ class Normalizer:
         """
         a = ipaddress.ip_address(client[0]).packed + client[1].to_bytes(2, "big")
         b = ipaddress.ip_address(server[0]).packed + server[1].to_bytes(2, "big")
-        key = vlan + (a + b if a < b else b + a)
+        key = make_key(vlan, a, b)
         if key in self._flows or self.table.is_full():
             return False
         flow = Flow(a < b, isn, now)
@@ -290,7 +242,7 @@ class Normalizer:
         flow.hdr_len = header.length
         flow.started = 0
         if self.opts.restore_addresses:
-            flow.real = _real_endpoints(header)
+            flow.real = real_endpoints(header)
         self.table.put(key, flow)
         self.counters.flows_resumed += 1
         return True
@@ -395,7 +347,7 @@ class Normalizer:
                 g = locate_tcp(other, self.linktype)
                 if g is None or g.end == g.payload:
                     continue
-                if _from_first(other, g) != flow.client_first:
+                if from_first(other, g) != flow.client_first:
                     continue
                 if self._extend(flow, other, g, other[g.tcp + 13]):
                     progress = grew = True
@@ -423,17 +375,17 @@ class Normalizer:
         flow.started = 0  # no longer needed; a small int is shared, a timestamp is not
         c.headers_stripped[header.kind] = c.headers_stripped.get(header.kind, 0) + 1
         if self.opts.restore_addresses:
-            flow.real = _real_endpoints(header)
+            flow.real = real_endpoints(header)
             if flow.real is not None:
                 c.addresses_restored += 1
         if header.command == "LOCAL":
             c.headers_local += 1
         if len(self.events) < self.opts.max_pending_events:
-            vlan, first, second = _endpoints(key)
+            vlan, first, second = split_key(key)
             client, server = (first, second) if flow.client_first else (second, first)
             self.events.append(
                 HeaderEvent(
-                    ts, _endpoint_text(client), _endpoint_text(server), vlan, header, flow.isn
+                    ts, endpoint_text(client), endpoint_text(server), vlan, header, flow.isn
                 )
             )
         else:
@@ -442,7 +394,7 @@ class Normalizer:
         for hts, hframe in flow.release():
             g = locate_tcp(hframe, self.linktype)
             assert g is not None  # it was located when held
-            from_client = _from_first(hframe, g) == flow.client_first
+            from_client = from_first(hframe, g) == flow.client_first
             self._rewrite(flow, hframe, g, from_client, hframe[g.tcp + 13], hts)
 
     # -- ACTIVE: shift the stream -----------------------------------------------------------
@@ -494,30 +446,11 @@ class Normalizer:
     def _restore(self, flow: Flow, frame: Frame, f: TcpFrame, from_client: bool) -> Frame:
         """Show the real client and target instead of proxy and backend."""
         assert flow.real is not None
-        block = flow.real[0] if from_client else flow.real[1]
-        if len(block) == (12 if frame[f.ip] >> 4 == 4 else 36):
-            buf = frame if isinstance(frame, bytearray) else bytearray(frame)
-            replace_endpoints(buf, f.ip, f.tcp, block)
-            return buf
-        at = self._ethertype_at(f.ip)
-        if at == -1:
+        out = restore_endpoints(frame, f, flow.real[0 if from_client else 1], self.linktype)
+        if out is None:
             self.counters.restore_unsupported += 1
             return frame
-        alen = (len(block) - 4) // 2
-        src = block[:alen] + block[-4:-2]
-        dst = block[alen : 2 * alen] + block[-2:]
-        return convert_family(frame, f, src, dst, at)
-
-    def _ethertype_at(self, ip: int) -> int | None:
-        """Where the link layer names the network protocol; -1 where it cannot be changed."""
-        lt = self.linktype
-        if lt in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL):
-            return ip - 2
-        if lt == LINKTYPE_LINUX_SLL2:
-            return 0
-        if lt in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
-            return None
-        return -1
+        return out
 
     # -- everything else ------------------------------------------------------------------------
 
