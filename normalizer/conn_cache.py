@@ -112,13 +112,21 @@ class ConnectionCache:
             " ORDER BY first_seen DESC LIMIT 1",
             (src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window),
         )
-        row = cur.fetchone()
-        if row is None:
-            return None
-        names = [d[0] for d in cur.description]
-        out = dict(zip(names, row, strict=True))
-        out["fields"] = json.loads(out["fields"])
-        return out
+        return _first_row(cur)
+
+    def lookup_real(
+        self, src: str, sport: int, dst: str, dport: int, ts: float, window: float = 3600.0
+    ) -> dict[str, Any] | None:
+        """Like ``lookup_wire``, by the real (client, target) tuple: for events of flows whose
+        addresses the normalizer restored, so they no longer name the wire endpoints."""
+        cur = self._db.execute(
+            "SELECT * FROM connections WHERE ((real_src_ip=? AND real_src_port=? AND"
+            " real_dst_ip=? AND real_dst_port=?) OR (real_src_ip=? AND real_src_port=? AND"
+            " real_dst_ip=? AND real_dst_port=?)) AND first_seen <= ? AND first_seen >= ?"
+            " ORDER BY first_seen DESC LIMIT 1",
+            (src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window),
+        )
+        return _first_row(cur)
 
     def resumable(
         self, since: float
@@ -156,6 +164,16 @@ class ConnectionCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _first_row(cur: sqlite3.Cursor) -> dict[str, Any] | None:
+    row = cur.fetchone()
+    if row is None:
+        return None
+    names = [d[0] for d in cur.description]
+    out = dict(zip(names, row, strict=True))
+    out["fields"] = json.loads(out["fields"])
+    return out
 
 
 def _row(ev: HeaderEvent) -> tuple[Any, ...]:
