@@ -14,6 +14,7 @@ from typing import Any
 
 from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, ConnectionCache
+from normalizer.counters import Counters
 from normalizer.pcap_io import PcapError
 from normalizer.pcap_job import print_progress, rewrite_file, summary
 
@@ -37,7 +38,23 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="progress on stderr (default: when stderr is a terminal)",
     )
+    _live_parser(sub)
     return p
+
+
+def _live_parser(sub: Any) -> None:
+    lv = sub.add_parser("live", help="normalize a bridge port live into a tap device for Suricata")
+    lv.add_argument("--iface", required=True, help="bridge port between proxy and decoys")
+    lv.add_argument("--tap", default="snl0", help="tap device to write into (default snl0)")
+    _engine_flags(lv)
+    lv.add_argument("--cache", type=Path, help="connection cache (SQLite); resumes flows")
+    lv.add_argument("--bpf", metavar="FILTER", help="capture filter (tcpdump syntax)")
+    lv.add_argument("--fanout-group", type=int, metavar="ID", help="PACKET_FANOUT group id")
+    lv.add_argument("--ignore-outgoing", action="store_true", help="drop PACKET_OUTGOING frames")
+    lv.add_argument("--metrics-port", type=int, metavar="N", help="Prometheus on 127.0.0.1:N")
+    lv.add_argument("--tap-mtu", type=int, default=65521, metavar="N", help="default 65521")
+    lv.add_argument("--ring-mb", type=int, default=64, metavar="N", help="capture ring size")
+    lv.add_argument("--stats-json", type=Path, help="write the counters as JSON on exit")
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:
@@ -113,11 +130,40 @@ def _rewrite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live(args: argparse.Namespace) -> int:
+    from normalizer.live import LiveNormalizer, LiveSettings, live_summary
+
+    _options(args)  # config errors surface before any device is touched
+    settings = LiveSettings(
+        iface=args.iface,
+        tap=args.tap,
+        cache=args.cache,
+        bpf=args.bpf,
+        fanout_group=args.fanout_group,
+        ignore_outgoing=args.ignore_outgoing,
+        metrics_port=args.metrics_port,
+        tap_mtu=args.tap_mtu,
+        ring_mb=args.ring_mb,
+        stats_json=args.stats_json,
+    )
+    live = LiveNormalizer(settings, lambda: _options(args))
+    live.run()
+    counters = live.counters()
+    print(
+        summary(Counters(**{k: counters[k] for k in Counters.__dataclass_fields__})),
+        file=sys.stderr,
+    )
+    print(live_summary(counters), file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "rewrite":
             return _rewrite(args)
+        if args.command == "live":
+            return _live(args)
     except ConfigError as exc:
         print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,286 @@
+"""The ``live`` command: bridge port -> AF_PACKET ring -> Pipeline -> tap, until SIGTERM.
+
+Why one single-threaded loop: the core is not thread-safe and a packet's path (ring block ->
+engine -> tap write) is short; the only other thread is prometheus_client's HTTP server, which
+reads counters. Time comes from two clocks: the ring's per-packet timestamps (wall clock, ns)
+drive the engine as in ``rewrite``; a monotonic timer schedules ``tick`` every ``tick_interval``
+seconds even when no packet arrives, passing the wall clock, so idle flows and held headers
+expire on a quiet bridge too (a wall-clock step only shifts those timeouts once).
+
+Signals: SIGTERM/SIGINT stop the loop, release held frames untouched (flush), write them, and
+close the cache; SIGHUP re-reads the config file. A reload rebuilds the engine with the new
+options: frames held for a header are released untouched first, and with ``--cache`` the
+proxied flows already resolved are adopted by the new engine (the same path as a restart), so
+in practice only flows still waiting for their header at that instant lose normalization.
+Signals wake the poll through ``signal.set_wakeup_fd``, so reaction is immediate.
+
+Under systemd (Type=notify): READY=1 once the ring and tap exist, WATCHDOG=1 from the loop
+itself (a stuck loop stops pinging and gets restarted), STOPPING=1 on shutdown.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from normalizer import sdnotify
+from normalizer.afpacket import RingCapture
+from normalizer.config import ConfigError
+from normalizer.conn_cache import ConnectionCache
+from normalizer.counters import Counters
+from normalizer.engine import Frame, HeaderEvent
+from normalizer.frame import LINKTYPE_ETHERNET
+from normalizer.options import Options
+from normalizer.pipeline import Pipeline
+from normalizer.tap import MAX_MTU, Tap
+
+_GC_EVERY = 60.0  # seconds between young-generation collections (the loop makes no cycles)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSettings:
+    iface: str
+    tap: str = "snl0"
+    cache: Path | None = None
+    bpf: str | None = None
+    fanout_group: int | None = None
+    ignore_outgoing: bool = False
+    metrics_port: int | None = None
+    tap_mtu: int = MAX_MTU
+    ring_mb: int = 64
+    block_timeout_ms: int = 10
+    tick_interval: float = 0.5
+    stats_json: Path | None = None
+
+
+class LiveNormalizer:
+    """Owns capture, pipeline, tap and cache; ``run()`` until stopped."""
+
+    def __init__(self, settings: LiveSettings, load_options: Callable[[], Options]) -> None:
+        self.settings = settings
+        self._load_options = load_options
+        self.options = load_options()
+        self.cache = ConnectionCache(settings.cache) if settings.cache else None
+        self.tap = Tap(settings.tap, settings.tap_mtu)
+        block = 1 << 20
+        self.capture = RingCapture(
+            settings.iface,
+            block_size=block,
+            block_count=max(2, settings.ring_mb * (1 << 20) // block),
+            block_timeout_ms=settings.block_timeout_ms,
+            bpf=settings.bpf,
+            fanout_group=settings.fanout_group,
+            ignore_outgoing=settings.ignore_outgoing,
+        )
+        self._retired: list[dict[str, Any]] = []  # counters of engines replaced by reloads
+        self.reloads = 0
+        self.cache_writes = self.cache_rows = self.cache_errors = 0
+        self.cache_seconds = self.cache_seconds_max = 0.0
+        self.pipe = self._new_pipeline()
+        self._stop = False
+        self._reload = False
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _new_pipeline(self) -> Pipeline:
+        return Pipeline(
+            self.options,
+            LINKTYPE_ETHERNET,
+            on_events=self._record if self.cache else None,
+            resume=self.cache.resumable if self.cache else None,
+        )
+
+    def _record(self, events: list[HeaderEvent]) -> None:
+        """Cache write, timed; a failing cache is counted, never stops the traffic."""
+        assert self.cache is not None
+        t0 = time.perf_counter()
+        try:
+            self.cache_rows += self.cache.record(events)
+        except sqlite3.Error as exc:
+            self.cache_errors += 1
+            print(f"suricata-normalizer: cache write failed: {exc}", file=sys.stderr)
+        dt = time.perf_counter() - t0
+        self.cache_writes += 1
+        self.cache_seconds += dt
+        self.cache_seconds_max = max(self.cache_seconds_max, dt)
+
+    def _forward(self, frames: Iterable[tuple[int, Frame]]) -> None:
+        write = self.tap.write
+        for _ts, frame in frames:
+            write(frame)
+
+    def counters(self) -> dict[str, Any]:
+        """Engine counters summed over reloads, plus capture, tap and cache counters."""
+        total = Counters().as_dict()
+        for part in [*self._retired, self.pipe.counters.as_dict()]:
+            for k, v in part.items():
+                if isinstance(v, dict):
+                    kinds = total[k]
+                    assert isinstance(kinds, dict)
+                    for kind, n in v.items():
+                        kinds[kind] = kinds.get(kind, 0) + n
+                else:
+                    total[k] = int(str(total.get(k, 0))) + int(v)
+        ring = self.capture.stats_acc
+        tap = self.tap.stats
+        total.update(
+            kernel_packets=ring.kernel_packets,
+            kernel_drops=ring.kernel_drops,
+            kernel_freezes=ring.kernel_freezes,
+            capture_truncated=ring.truncated,
+            ring_frames=ring.frames,
+            tap_frames=tap.frames,
+            tap_bytes=tap.bytes,
+            tap_write_errors=tap.write_errors,
+            tap_recreated=tap.recreated,
+            cache_writes=self.cache_writes,
+            cache_rows=self.cache_rows,
+            cache_errors=self.cache_errors,
+            cache_write_seconds=self.cache_seconds,
+            cache_write_seconds_max=self.cache_seconds_max,
+            reloads=self.reloads,
+            flows_active=len(self.pipe.engine.table),
+            held_packets=self.pipe.engine.held_packets,
+        )
+        return total
+
+    def _tick(self) -> None:
+        self.pipe.tick(time.time_ns())
+        self._forward(self.pipe.take())
+        if self.tap.check():
+            print(f"suricata-normalizer: tap {self.tap.name} was gone, recreated", file=sys.stderr)
+        self.capture.stats()
+
+    def _do_reload(self) -> None:
+        self._reload = False
+        try:
+            options = self._load_options()
+        except (ConfigError, OSError) as exc:
+            print(f"suricata-normalizer: reload ignored: {exc}", file=sys.stderr)
+            return
+        self.reloads += 1
+        if options == self.options:
+            return
+        self.pipe.flush()
+        self._forward(self.pipe.take())
+        self._retired.append(self.pipe.counters.as_dict())
+        self.options = options
+        self.pipe = self._new_pipeline()
+        print("suricata-normalizer: config reloaded", file=sys.stderr)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        settings = self.settings
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wfd)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        poller = select.poll()
+        poller.register(self.capture.fileno(), select.POLLIN | select.POLLERR)
+        poller.register(rfd, select.POLLIN)
+        if settings.metrics_port is not None:
+            from normalizer.metrics import serve
+
+            serve(settings.metrics_port, self.counters)
+        wd_every = sdnotify.watchdog_interval()
+        sdnotify.notify(
+            sdnotify.message(
+                READY=1, STATUS=f"{settings.iface} -> {settings.tap}", MAINPID=os.getpid()
+            )
+        )
+        print(
+            f"suricata-normalizer: live on {settings.iface} -> tap {settings.tap}", file=sys.stderr
+        )
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        gc.freeze()  # objects from start-up are never scanned again
+        mono = time.monotonic
+        next_tick = mono() + settings.tick_interval
+        next_wd = mono() if wd_every else float("inf")
+        next_gc = mono() + _GC_EVERY
+        capture = self.capture
+        try:
+            while not self._stop:
+                now = mono()
+                if not capture.ready():
+                    wait = min(next_tick, next_wd) - now
+                    for fd, _ev in poller.poll(max(0, int(wait * 1000)) + 1):
+                        if fd == rfd:
+                            while True:
+                                try:
+                                    if not os.read(rfd, 512):
+                                        break
+                                except BlockingIOError:
+                                    break
+                frames = capture.drain()
+                if frames:
+                    pipe = self.pipe
+                    push = pipe.push
+                    for ts, frame in frames:
+                        push(frame, ts)
+                    self._forward(pipe.take())
+                now = mono()
+                if now >= next_tick:
+                    next_tick = now + settings.tick_interval
+                    self._tick()
+                if now >= next_wd:
+                    assert wd_every is not None
+                    next_wd = now + wd_every
+                    sdnotify.notify(b"WATCHDOG=1")
+                if now >= next_gc:
+                    next_gc = now + _GC_EVERY
+                    gc.collect(1)
+                if self._reload:
+                    self._do_reload()
+        finally:
+            sdnotify.notify(b"STOPPING=1")
+            self._shutdown()
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(rfd)
+            os.close(wfd)
+            gc.unfreeze()
+            if gc_was_enabled:
+                gc.enable()
+
+    def _shutdown(self) -> None:
+        """Drain the ring, release held frames untouched, write them, close everything."""
+        for ts, frame in self.capture.drain():
+            self.pipe.push(frame, ts)
+        self.pipe.flush()
+        self._forward(self.pipe.take())
+        self.capture.stats()
+        if self.settings.stats_json:
+            self.settings.stats_json.write_text(json.dumps(self.counters(), indent=2) + "\n")
+        self.capture.close()
+        self.tap.close()
+        if self.cache is not None:
+            self.cache.close()
+
+
+def live_summary(c: dict[str, Any]) -> str:
+    return (
+        f"capture: {c['kernel_packets']} packets, {c['kernel_drops']} dropped by the kernel, "
+        f"{c['capture_truncated']} truncated; tap: {c['tap_frames']} frames written, "
+        f"{c['tap_write_errors']} write errors, recreated {c['tap_recreated']} times; "
+        f"cache: {c['cache_rows']} connections in {c['cache_writes']} writes "
+        f"(max {c['cache_write_seconds_max'] * 1000:.1f} ms), {c['cache_errors']} errors; "
+        f"reloads {c['reloads']}"
+    )

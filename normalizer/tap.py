@@ -1,0 +1,118 @@
+"""The tap device the normalizer writes rebuilt frames into, and Suricata reads with af-packet.
+
+Why a persistent tap (IFF_TAP | IFF_NO_PI): it exists independently of our file descriptor, so
+Suricata can be started (and keep running) while the normalizer restarts; frames are whole
+Ethernet frames without the 4-byte packet-info prefix.
+
+MTU: GRO/LRO on the captured bridge port can hand AF_PACKET frames far larger than the link MTU,
+and Suricata's af-packet sizes its snaplen from the tap's MTU, truncating anything larger. The
+default 65521 (a tap's largest: 65535 minus the Ethernet header) keeps every frame whole; the
+better fix is turning GRO/LRO off on the bridge ports (``ethtool -K PORT gro off lro off``),
+which makes Suricata see the segments as they were on the wire (see suricata/normalizer.yaml).
+
+If the device disappears (``ip link del``, a network restart), writes fail with EBADFD/ENODEV;
+the device is then recreated and the event counted, the frame that failed is counted as a write
+error, and nothing crashes. ``check()`` notices a deleted device even when no frame is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from dataclasses import dataclass
+
+import pytun
+
+# Errors that mean the device (or our attachment to it) is gone: recreate and go on.
+MAX_MTU = 65521  # a tap's max_mtu: 65535 minus the Ethernet header
+_GONE = {errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EBADF, errno.EPIPE}
+
+
+@dataclass(slots=True)
+class TapStats:
+    frames: int = 0
+    bytes: int = 0
+    write_errors: int = 0  # frames that could not be written (lost for Suricata)
+    recreated: int = 0  # times the device had to be created again
+
+
+class Tap:
+    def __init__(self, name: str, mtu: int = MAX_MTU) -> None:
+        self.name = name
+        self.mtu = mtu
+        self.stats = TapStats()
+        self._dev: pytun.TunTapDevice | None = None
+        self._fd = -1
+        self.open()
+
+    def open(self) -> None:
+        """Create (or attach to) the persistent tap, set its MTU and bring it up."""
+        self.close()
+        dev = pytun.TunTapDevice(name=self.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        try:
+            dev.persist(True)
+            dev.mtu = self.mtu
+            dev.up()
+        except BaseException:
+            dev.close()
+            raise
+        # The tap only carries copies: keep the host's own IPv6 chatter (router solicitations,
+        # MLD) off it, or Suricata would inspect the sensor's packets too. Best effort.
+        with (
+            contextlib.suppress(OSError),
+            open(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6", "w") as fh,
+        ):
+            fh.write("1")
+        self._dev = dev
+        self._fd = dev.fileno()
+
+    def exists(self) -> bool:
+        """Whether the device is still there, in our network namespace."""
+        try:
+            socket.if_nametoindex(self.name)
+        except OSError:
+            return False
+        return True
+
+    def check(self) -> bool:
+        """Recreate the device if it vanished; True if it had to be recreated."""
+        if self.exists():
+            return False
+        self._recreate()
+        return True
+
+    def _recreate(self) -> None:
+        self.stats.recreated += 1
+        self.open()
+
+    def write(self, frame: bytes | bytearray) -> bool:
+        """Write one frame; on failure count it, recreate the device if it is gone."""
+        try:
+            n = os.write(self._fd, frame)
+        except OSError as exc:
+            self.stats.write_errors += 1
+            if exc.errno in _GONE or not self.exists():
+                with contextlib.suppress(OSError):
+                    self._recreate()
+            return False
+        self.stats.frames += 1
+        self.stats.bytes += n
+        return True
+
+    def close(self) -> None:
+        """Detach (the persistent device stays for Suricata)."""
+        if self._dev is not None:
+            with contextlib.suppress(OSError):
+                self._dev.close()
+        self._dev = None
+        self._fd = -1
+
+    def remove(self) -> None:
+        """Delete the device (tests and the lab; the service leaves it in place)."""
+        if self._dev is None:
+            self.open()
+        assert self._dev is not None
+        self._dev.persist(False)
+        self.close()
