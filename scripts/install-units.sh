@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the sidecar pair as root: the package into its own venv (/opt/suricata-normalizer),
+# the two commands into /usr/local/bin, the systemd units, the example config (never overwriting
+# an existing one), Suricata's include fragment and the lab rules, then checks the units with
+# `systemd-analyze verify`. DESTDIR=/some/root installs the files only (packaging, tests).
+#
+#   scripts/install-units.sh && systemctl enable --now normalizer eve-enricher
+#   # then add to suricata's command line: --include /etc/suricata/normalizer.yaml --af-packet=snl0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DESTDIR=${DESTDIR:-}
+VENV=/opt/suricata-normalizer
+UNITS=(normalizer.service eve-enricher.service)
+
+install -d "$DESTDIR/etc/systemd/system" "$DESTDIR/etc/suricata-normalizer" \
+  "$DESTDIR/etc/suricata/rules" "$DESTDIR/usr/local/bin"
+for u in "${UNITS[@]}"; do
+  install -m 0644 "suricata/systemd/$u" "$DESTDIR/etc/systemd/system/$u"
+done
+for f in config.toml normalizer.env; do  # local edits survive a re-install
+  [ -e "$DESTDIR/etc/suricata-normalizer/$f" ] ||
+    install -m 0644 "suricata/$f" "$DESTDIR/etc/suricata-normalizer/$f"
+done
+install -m 0644 suricata/normalizer.yaml "$DESTDIR/etc/suricata/normalizer.yaml"
+install -m 0644 suricata/rules/decoy.rules "$DESTDIR/etc/suricata/rules/decoy.rules"
+
+if [ -n "$DESTDIR" ]; then
+  echo "install-units: files installed under $DESTDIR (no venv, user or systemd changes)"
+  exit 0
+fi
+
+python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q .
+ln -sf "$VENV/bin/suricata-normalizer" /usr/local/bin/suricata-normalizer
+ln -sf "$VENV/bin/eve-enricher" /usr/local/bin/eve-enricher
+getent passwd suricata-normalizer >/dev/null ||
+  useradd --system --home-dir /var/lib/suricata-normalizer --shell /usr/sbin/nologin \
+    suricata-normalizer
+systemd-analyze verify "${UNITS[@]/#//etc/systemd/system/}"
+if [ -d /run/systemd/system ]; then  # booted with systemd (not in a plain container)
+  systemctl daemon-reload
+fi
+echo "install-units: installed and verified; enable with: systemctl enable --now normalizer eve-enricher"
