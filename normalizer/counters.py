@@ -38,6 +38,18 @@ class Counters:
     hold_overflow: int = 0
     hold_timeout: int = 0
     events_dropped: int = 0
+    # Decapsulation, in front of the core (decap.py). An unfragmented frame is counted once in
+    # decapsulated, passed or bad_header; an outer UDP fragment in fragments, and its datagram,
+    # once whole, in reassembled and again in decapsulated or bad_header. So frames in ==
+    # decapsulated + passed + bad_header + fragments - reassembled.
+    tunnel_decapsulated: int = 0  # inner frames handed to the core (reassembled ones included)
+    tunnel_passed: int = 0  # not a tunnel packet: forwarded as captured
+    tunnel_bad_header: int = 0  # on a tunnel port but not decodable: forwarded as captured
+    tunnel_truncated: int = 0  # inner packet cut short (mirror truncation, snap length)
+    tunnel_fragments: int = 0  # outer UDP fragments taken into reassembly
+    tunnel_reassembled: int = 0  # datagrams rebuilt from them
+    tunnel_frag_limit: int = 0  # fragments given up on (limits, timeout): forwarded as captured
+    tunnel_vlan_collisions: int = 0  # VNIs that could not get their default VLAN id
 
     @property
     def packets_dropped(self) -> int:

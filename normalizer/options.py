@@ -35,3 +35,10 @@ class Options:
     max_hold_bytes: int = 262_144  # per flow; also caps the header size accepted
     max_total_hold_bytes: int = 64 * 1024 * 1024  # all flows together
     max_pending_events: int = 100_000  # header events not yet drained by an adapter
+    # Mirrored / appliance traffic (see docs/tunnels.md): emit the inner frames of VXLAN and
+    # GENEVE packets (output link type Ethernet) instead of passing the tunnel packets through.
+    decapsulate: bool = False
+    vxlan_ports: tuple[int, ...] = (4789,)  # UDP destination ports
+    geneve_ports: tuple[int, ...] = (6081,)
+    # VNI -> 802.1Q id for inner frames; VNIs not listed get the default mapping.
+    vni_vlan: tuple[tuple[int, int], ...] = ()

@@ -1,0 +1,303 @@
+"""Decapsulation in front of the core: VXLAN / GENEVE packets in, tagged inner Ethernet out.
+
+Why here and not in the core: a mirror target or a gateway-load-balancer appliance receives
+tunnel packets; once the inner frame is out, everything downstream (header stripping, the flow
+table, Suricata) works on it unchanged. Each inner frame gets an 802.1Q tag for its VNI
+(``tunnel.VlanMap``) so equal 5-tuples from different mirror sessions stay separate flows.
+
+Sans-I/O like the core: ``feed(frame, ts)`` returns the frames to hand on, each with the
+``TunnelRef`` it came through (None for frames passed as captured). Output is always Ethernet:
+frames of other link types are given a synthesized Ethernet header, as are inner IPv4/IPv6
+packets of GENEVE (no Ethernet inside). Nothing is dropped: what cannot be decapsulated (not a
+tunnel, bad header, fragments given up on) is forwarded as captured and counted.
+
+Truncated mirror packets (the mirror or the snap length cut them): the inner packet's IP length
+is lowered to what was captured and its IP and TCP/UDP checksums recomputed, so Suricata still
+tracks the flow (and sees a gap) instead of discarding the packet as malformed.
+"""
+
+from __future__ import annotations
+
+from normalizer import geneve, vxlan
+from normalizer.checksum import checksum, pseudo_header_sum
+from normalizer.counters import Counters
+from normalizer.frame import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    l3_offset,
+)
+from normalizer.ipfrag import Held, Reassembler
+from normalizer.options import Options
+from normalizer.tunnel import TunnelRef, VlanMap
+
+Out = tuple[int, bytes, TunnelRef | None]
+
+SYNTH_MACS = bytes.fromhex("020000000002020000000001")  # locally administered dst, src
+_IPV4 = b"\x08\x00"
+_IPV6 = b"\x86\xdd"
+_UNKNOWN = b"\x88\xb5"  # IEEE local experimental ethertype: bytes kept, decoded by nobody
+_V6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options
+_UDP = 17
+_NS = 1_000_000_000
+
+
+def as_ethernet(frame: bytes, linktype: int) -> bytes:
+    """The frame with its link header replaced by a synthesized Ethernet one."""
+    if linktype == LINKTYPE_ETHERNET:
+        return frame
+    if linktype == LINKTYPE_LINUX_SLL and len(frame) >= 16:
+        return SYNTH_MACS + frame[14:16] + frame[16:]
+    if linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
+        return SYNTH_MACS + frame[0:2] + frame[20:]
+    body = frame[4:] if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP) else frame
+    version = body[0] >> 4 if body else 0
+    etype = _IPV4 if version == 4 else _IPV6 if version == 6 else _UNKNOWN
+    return SYNTH_MACS + etype + body
+
+
+class Decapsulator:
+    def __init__(self, options: Options, linktype: int, counters: Counters | None = None) -> None:
+        self.linktype = linktype
+        self.counters = counters if counters is not None else Counters()
+        self.vlans = VlanMap(dict(options.vni_vlan))
+        self._vxlan = frozenset(options.vxlan_ports)
+        self._geneve = frozenset(options.geneve_ports)
+        self._tags: dict[int, tuple[int, bytes]] = {}  # vni -> (vlan id, 802.1Q tag bytes)
+        self._frag = Reassembler()
+        self._next_sweep = 0
+
+    # -- input -----------------------------------------------------------------------------
+
+    def feed(self, frame: bytes, ts: int) -> list[Out]:
+        """One captured frame in; the frames to hand to the core out (often exactly one)."""
+        out = self.tick(ts) if ts >= self._next_sweep else []
+        l3 = l3_offset(frame, self.linktype)
+        if l3 is None:
+            return out + self._passed([(ts, frame)])
+        ip, version, vlan = l3
+        n = len(frame)
+        if version == 4:
+            if n < ip + 20 or frame[ip + 9] != _UDP:
+                return out + self._passed([(ts, frame)])
+            ihl = (frame[ip] & 0x0F) * 4
+            total = (frame[ip + 2] << 8) | frame[ip + 3]
+            if ihl < 20 or total < ihl or n < ip + ihl:
+                return out + self._passed([(ts, frame)])
+            src, dst = frame[ip + 12 : ip + 16], frame[ip + 16 : ip + 20]
+            end = ip + total
+            frag = (frame[ip + 6] << 8) | frame[ip + 7]
+            if frag & 0x3FFF:
+                key = b"\x04" + src + dst + frame[ip + 4 : ip + 6]
+                off, more = (frag & 0x1FFF) * 8, bool(frag & 0x2000)
+                return out + self._fragment(frame, ts, key, off, more, ip + ihl, end, vlan)
+            udp = ip + ihl
+        else:
+            if n < ip + 40:
+                return out + self._passed([(ts, frame)])
+            src, dst = frame[ip + 8 : ip + 24], frame[ip + 24 : ip + 40]
+            end = ip + 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
+            nxt, udp = frame[ip + 6], ip + 40
+            while nxt != _UDP:
+                if n < udp + 8:
+                    return out + self._passed([(ts, frame)])
+                if nxt in _V6_EXT:
+                    nxt, udp = frame[udp], udp + (frame[udp + 1] + 1) * 8
+                elif nxt == 44 and frame[udp] == _UDP:  # fragment header
+                    frag = (frame[udp + 2] << 8) | frame[udp + 3]
+                    if frag & 0xFFF9 == 0:  # an atomic fragment: a whole datagram
+                        nxt, udp = _UDP, udp + 8
+                        continue
+                    key = b"\x06" + src + dst + frame[udp + 4 : udp + 8]
+                    more = bool(frag & 1)
+                    return out + self._fragment(
+                        frame, ts, key, frag & 0xFFF8, more, udp + 8, end, vlan
+                    )
+                else:
+                    return out + self._passed([(ts, frame)])
+        return out + self._udp(frame, udp, end, src, dst, vlan, ts, [(ts, frame)])
+
+    def tick(self, now: int) -> list[Out]:
+        """Give up on fragments that waited too long (their frames go out as captured)."""
+        self._next_sweep = now + _NS
+        self._frag.expire(now)
+        return self._released()
+
+    def flush(self) -> list[Out]:
+        """End of input: release every fragment still held."""
+        self._frag.flush()
+        return self._released()
+
+    @property
+    def held_frames(self) -> int:
+        return self._frag.held_frames
+
+    # -- tunnels ------------------------------------------------------------------------------
+
+    def _udp(
+        self,
+        buf: bytes,
+        udp: int,
+        end: int,
+        src: bytes,
+        dst: bytes,
+        outer_vlan: bytes,
+        ts: int,
+        originals: list[Held],
+    ) -> list[Out]:
+        """Decapsulate the UDP datagram at ``udp`` (ending at ``end`` as its IP header says)."""
+        c = self.counters
+        cut = end > len(buf)  # the outer packet itself was truncated
+        end = min(end, len(buf))
+        if end - udp < 8:
+            return self._passed(originals)
+        dport = (buf[udp + 2] << 8) | buf[udp + 3]
+        ulen = (buf[udp + 4] << 8) | buf[udp + 5]
+        if ulen >= 8:
+            end = min(end, udp + ulen)
+        options: tuple[geneve.GeneveOption, ...] = ()
+        try:
+            if dport in self._vxlan:
+                kind, vni, start, proto = "vxlan", vxlan.parse(buf, udp + 8, end), udp + 16, 0
+            elif dport in self._geneve:
+                g = geneve.parse(buf, udp + 8, end)
+                kind, vni, start, options = "geneve", g.vni, udp + 8 + g.length, g.options
+                proto = 0 if g.protocol == geneve.PROTO_ETHERNET else g.protocol
+            else:
+                return self._passed(originals)
+        except (vxlan.VxlanError, geneve.GeneveError):
+            return self._bad(originals, cut)
+        if end - start < (1 if proto else 14):  # no inner packet at all
+            return self._bad(originals, cut)
+        tag = self._tags.get(vni)
+        if tag is None:
+            tag = self._tag(vni)
+        if proto:
+            inner = SYNTH_MACS + tag[1] + proto.to_bytes(2, "big") + buf[start:end]
+        else:
+            inner = buf[start : start + 12] + tag[1] + buf[start + 12 : end]
+        sport = (buf[udp] << 8) | buf[udp + 1]
+        ref = TunnelRef(kind, vni, tag[0], src, dst, sport, dport, outer_vlan, options)
+        c.tunnel_decapsulated += 1
+        return [(ts, self._fit(inner), ref)]
+
+    def _tag(self, vni: int) -> tuple[int, bytes]:
+        before = self.vlans.collisions
+        vlan = self.vlans.vlan(vni)
+        self.counters.tunnel_vlan_collisions += self.vlans.collisions - before
+        tag = (vlan, b"\x81\x00" + vlan.to_bytes(2, "big"))
+        if len(self._tags) < 65_536:  # the map itself is bounded; beyond, recompute
+            self._tags[vni] = tag
+        return tag
+
+    def _fit(self, frame: bytes) -> bytes:
+        """Trim an inner packet that claims more bytes than were captured (see module doc)."""
+        et = frame[16:18]
+        if et == _IPV4 and len(frame) >= 38:
+            ip, declared = 18, (frame[20] << 8) | frame[21]
+        elif et == _IPV6 and len(frame) >= 58:
+            ip, declared = 18, 40 + ((frame[22] << 8) | frame[23])
+        else:
+            l3 = l3_offset(frame, LINKTYPE_ETHERNET)
+            if l3 is None:
+                return frame
+            ip = l3[0]
+            if l3[1] == 4 and len(frame) >= ip + 20:
+                declared = (frame[ip + 2] << 8) | frame[ip + 3]
+            elif l3[1] == 6 and len(frame) >= ip + 40:
+                declared = 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
+            else:
+                self.counters.tunnel_truncated += 1
+                return frame
+        if declared <= len(frame) - ip:
+            return frame
+        self.counters.tunnel_truncated += 1
+        return trim(frame, ip)
+
+    # -- fragments and pass-through -------------------------------------------------------------
+
+    def _fragment(
+        self,
+        frame: bytes,
+        ts: int,
+        key: bytes,
+        off: int,
+        more: bool,
+        at: int,
+        end: int,
+        vlan: bytes,
+    ) -> list[Out]:
+        c = self.counters
+        c.tunnel_fragments += 1
+        data = frame[at:end]
+        if end > len(frame) or not data or (more and len(data) % 8):
+            # Truncated by the capture, or not a valid fragment: cannot be reassembled.
+            c.tunnel_truncated += end > len(frame)
+            self._frag.discard(key, (ts, frame))
+            return self._released()
+        tunnel = None
+        if off == 0:  # the UDP header is here: a tunnel packet only if it goes to our ports
+            dport = (data[2] << 8) | data[3] if len(data) >= 8 else -1
+            tunnel = dport in self._vxlan or dport in self._geneve
+        done = self._frag.add(key, off, more, data, (ts, frame), tunnel)
+        out = self._released()
+        if done is not None:
+            l4, originals = done
+            c.tunnel_reassembled += 1
+            v = 4 if key[0] == 4 else 16
+            src, dst = key[1 : 1 + v], key[1 + v : 1 + 2 * v]
+            out += self._udp(l4, 0, len(l4), src, dst, vlan, ts, originals)
+        return out
+
+    def _released(self) -> list[Out]:
+        fr = self._frag
+        if not fr.released:
+            return []
+        frames, fr.released = fr.released, []
+        self.counters.tunnel_frag_limit = fr.given_up
+        return [(t, as_ethernet(f, self.linktype), None) for t, f in frames]
+
+    def _bad(self, originals: list[Held], cut: bool) -> list[Out]:
+        self.counters.tunnel_bad_header += 1
+        self.counters.tunnel_truncated += cut
+        return [(t, as_ethernet(f, self.linktype), None) for t, f in originals]
+
+    def _passed(self, frames: list[Held]) -> list[Out]:
+        self.counters.tunnel_passed += len(frames)
+        return [(t, as_ethernet(f, self.linktype), None) for t, f in frames]
+
+
+def trim(frame: bytes, ip: int) -> bytes:
+    """Lower the IP length to the captured bytes; recompute IP and TCP/UDP checksums."""
+    buf = bytearray(frame)
+    avail = len(buf) - ip
+    if buf[ip] >> 4 == 4:
+        ihl = (buf[ip] & 0x0F) * 4
+        if ihl < 20 or avail < ihl:
+            return frame
+        buf[ip + 2 : ip + 4] = avail.to_bytes(2, "big")
+        buf[ip + 10 : ip + 12] = b"\x00\x00"
+        buf[ip + 10 : ip + 12] = checksum(buf[ip : ip + ihl]).to_bytes(2, "big")
+        if (buf[ip + 6] << 8 | buf[ip + 7]) & 0x1FFF:  # a non-first fragment: no L4 header
+            return bytes(buf)
+        l4, proto = ip + ihl, buf[ip + 9]
+        src, dst = bytes(buf[ip + 12 : ip + 16]), bytes(buf[ip + 16 : ip + 20])
+    else:
+        buf[ip + 4 : ip + 6] = (avail - 40).to_bytes(2, "big")
+        l4, proto = ip + 40, buf[ip + 6]
+        src, dst = bytes(buf[ip + 8 : ip + 24]), bytes(buf[ip + 24 : ip + 40])
+    size = len(buf) - l4
+    if proto == 6 and size >= 20 and (buf[l4 + 12] >> 4) * 4 <= size:
+        buf[l4 + 16 : l4 + 18] = b"\x00\x00"
+        csum = checksum(buf[l4:], pseudo_header_sum(src, dst, 6, size))
+        buf[l4 + 16 : l4 + 18] = csum.to_bytes(2, "big")
+    elif proto == _UDP and size >= 8:
+        buf[l4 + 4 : l4 + 6] = size.to_bytes(2, "big")
+        was_zero = len(src) == 4 and buf[l4 + 6 : l4 + 8] == b"\x00\x00"
+        buf[l4 + 6 : l4 + 8] = b"\x00\x00"
+        if not was_zero:  # IPv4 UDP may go without a checksum; keep it that way
+            csum = checksum(buf[l4:], pseudo_header_sum(src, dst, _UDP, size)) or 0xFFFF
+            buf[l4 + 6 : l4 + 8] = csum.to_bytes(2, "big")
+    return bytes(buf)
