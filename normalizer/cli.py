@@ -82,6 +82,13 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         dest="restore_addresses",
         help="keep proxy -> backend addresses instead of restoring the real client and target",
     )
+    p.add_argument(
+        "--decap",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        dest="decapsulate",
+        help="emit the inner frames of VXLAN/GENEVE packets, tagged per VNI (docs/tunnels.md)",
+    )
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -95,6 +102,7 @@ def _options(args: argparse.Namespace) -> Any:
             "midstream": args.midstream,
             "max_flows": args.max_flows,
             "restore_addresses": args.restore_addresses,
+            "decapsulate": args.decapsulate,
         },
     )
 
@@ -111,6 +119,7 @@ def _rewrite(args: argparse.Namespace) -> int:
             progress=print_progress if show else None,
             on_events=cache.record if cache else None,
             resume=cache.resumable if cache else None,
+            on_tunnels=cache.record_tunnels if cache else None,
         )
     except PcapError as exc:
         print(

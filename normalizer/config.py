@@ -81,6 +81,35 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
+def _ports(key: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ConfigError(f"{key}: expected a list of UDP ports, got {value!r}")
+    for port in value:
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"{key}: {port!r} is not a UDP port (1..65535)")
+    return tuple(value)
+
+
+def _vni_vlan(key: str, value: Any) -> tuple[tuple[int, int], ...]:
+    """``{ "100" = 10, ... }``: TOML keys are strings, so VNIs arrive as decimal text."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a table of VNI = VLAN id, got {value!r}")
+    out: dict[int, int] = {}
+    for vni_text, vlan in value.items():
+        try:
+            vni = int(str(vni_text), 10)
+        except ValueError:
+            raise ConfigError(f"{key}: {vni_text!r} is not a VNI (a decimal number)") from None
+        if not 0 <= vni < 1 << 24:
+            raise ConfigError(f"{key}: VNI {vni} does not fit in 24 bits")
+        if isinstance(vlan, bool) or not isinstance(vlan, int) or not 1 <= vlan <= 4094:
+            raise ConfigError(f"{key}: VNI {vni}: {vlan!r} is not a VLAN id (1..4094)")
+        if vlan in out.values():
+            raise ConfigError(f"{key}: VLAN id {vlan} given to more than one VNI")
+        out[vni] = vlan
+    return tuple(sorted(out.items()))
+
+
 _FIELDS = {
     "restore_addresses": _bool,
     "proxies": _proxies,
@@ -95,6 +124,10 @@ _FIELDS = {
     "max_hold_bytes": _positive_int,
     "max_total_hold_bytes": _positive_int,
     "max_pending_events": _positive_int,
+    "decapsulate": _bool,
+    "vxlan_ports": _ports,
+    "geneve_ports": _ports,
+    "vni_vlan": _vni_vlan,
 }
 
 

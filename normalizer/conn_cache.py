@@ -15,10 +15,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from normalizer import tunnel_cache
 from normalizer.engine import HeaderEvent, Resumable
 from normalizer.headers.base import ProxyHeader
+from normalizer.tunnel_flows import TunnelFlow
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the tunnels table and the trigger filling connections.tunnel
 _NS = 1_000_000_000
 
 _SCHEMA = """
@@ -62,6 +64,8 @@ class ConnectionCache:
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
             self._check_version(readonly)
+            if not readonly:  # only once the version is known to be ours
+                self._db.executescript(tunnel_cache.SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"{path}: not a usable connection cache ({exc})") from None
 
@@ -99,6 +103,7 @@ class ConnectionCache:
         """Delete rows last seen before ``older_than`` (epoch seconds): the retention policy."""
         with self._db:
             cur = self._db.execute("DELETE FROM connections WHERE last_seen < ?", (older_than,))
+            self._db.execute("DELETE FROM tunnels WHERE last_seen < ?", (older_than,))
         return cur.rowcount
 
     def lookup_wire(
@@ -159,6 +164,24 @@ class ConnectionCache:
             out.append(((r[0], r[1]), (r[2], r[3]), bytes.fromhex(r[4]), r[5], header))
         return out
 
+    def record_tunnels(self, flows: Iterable[TunnelFlow]) -> int:
+        """Rows of decapsulated inner flows (see tunnel_cache.py); durable when this returns."""
+        return tunnel_cache.record(self._db, flows)
+
+    def lookup_tunnel(
+        self,
+        src: str,
+        sport: int,
+        dst: str,
+        dport: int,
+        vlan: bytes | list[int],
+        ts: float,
+        window: float = 3600.0,
+    ) -> dict[str, Any] | None:
+        """The tunnel an inner flow came through, by its tuple and VLAN ids (an eve event's
+        ``vlan`` array will do); ``row["tunnel"]`` is the object to add to its events."""
+        return tunnel_cache.lookup(self._db, src, sport, dst, dport, vlan, ts, window)
+
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM connections").fetchone()[0])
 
@@ -173,6 +196,8 @@ def _first_row(cur: sqlite3.Cursor) -> dict[str, Any] | None:
     names = [d[0] for d in cur.description]
     out = dict(zip(names, row, strict=True))
     out["fields"] = json.loads(out["fields"])
+    if out.get("tunnel"):
+        out["tunnel"] = json.loads(out["tunnel"])
     return out
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from normalizer.counters import Counters
 from normalizer.options import Options
 from normalizer.pcap_io import CaptureReader, PcapError, PcapWriter
-from normalizer.pipeline import EventSink, Pipeline, ResumeSource
+from normalizer.pipeline import EventSink, Pipeline, ResumeSource, TunnelSink
 
 _BATCH = 4096
 
@@ -29,6 +29,7 @@ def rewrite_file(
     progress: Callable[[int, int], None] | None = None,
     on_events: EventSink | None = None,
     resume: ResumeSource | None = None,
+    on_tunnels: TunnelSink | None = None,
 ) -> Counters:
     """Normalize ``src`` into ``dst``. Raises PcapError / OSError; ``dst`` is untouched then."""
     size = src.stat().st_size
@@ -60,9 +61,10 @@ def rewrite_file(
                 for ts, frame, origlen in reader:
                     if pipe is None:
                         assert reader.linktype is not None
-                        pipe = Pipeline(options, reader.linktype, on_events, resume)
+                        pipe = Pipeline(options, reader.linktype, on_events, resume, on_tunnels)
                         writer = PcapWriter(fout, pipe.linktype, reader.nanosecond)
-                    if origlen != len(frame):
+                    # Decapsulated frames are new objects (and trimmed when cut): no origlen.
+                    if origlen != len(frame) and not options.decapsulate:
                         origlens[id(frame)] = origlen
                     pipe.push(frame, ts)
                     n += 1
@@ -111,4 +113,11 @@ def summary(c: Counters) -> str:
         f"header problems: {c.header_malformed} malformed, {c.header_truncated} truncated, "
         f"{c.header_missing} missing, {c.hold_overflow} hold overflow, {c.hold_timeout} timed out",
     ]
+    if c.tunnel_decapsulated or c.tunnel_bad_header or c.tunnel_fragments:
+        lines.append(
+            f"tunnels: {c.tunnel_decapsulated} decapsulated, {c.tunnel_passed} not tunnelled, "
+            f"{c.tunnel_bad_header} bad headers, {c.tunnel_truncated} truncated; fragments "
+            f"{c.tunnel_fragments} ({c.tunnel_reassembled} reassembled, {c.tunnel_frag_limit} "
+            f"given up), {c.tunnel_vlan_collisions} VLAN collisions"
+        )
     return "\n".join(lines)

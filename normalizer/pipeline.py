@@ -10,12 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from normalizer.counters import Counters
+from normalizer.decap import Decapsulator, Out
 from normalizer.engine import Frame, HeaderEvent, Normalizer, Resumable
+from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.options import Options
+from normalizer.tunnel_flows import TunnelFlow, TunnelFlows
 
 EventSink = Callable[[list[HeaderEvent]], object]
 # Given the first packet's time (epoch seconds), the flows to adopt from a previous run.
 ResumeSource = Callable[[float], list[Resumable]]
+# Rows of the cache's ``tunnels`` table (options.decapsulate): new inner flows, final last_seen.
+TunnelSink = Callable[[list[TunnelFlow]], object]
 
 
 class Pipeline:
@@ -25,9 +30,18 @@ class Pipeline:
         linktype: int,
         on_events: EventSink | None = None,
         resume: ResumeSource | None = None,
+        on_tunnels: TunnelSink | None = None,
     ) -> None:
-        self.engine = Normalizer(options, linktype)
-        self.linktype = linktype  # of the frames ``take`` returns
+        # Decapsulation hands the core Ethernet frames whatever the input's link type.
+        decap = options.decapsulate
+        self.engine = Normalizer(options, LINKTYPE_ETHERNET if decap else linktype)
+        self.linktype = self.engine.linktype  # of the frames ``take`` returns
+        self.decap = Decapsulator(options, linktype, self.engine.counters) if decap else None
+        # Which tunnel each inner flow came through, only kept when someone records it.
+        self.tunnels = (
+            TunnelFlows(options.max_flows, options.idle_timeout) if decap and on_tunnels else None
+        )
+        self._on_tunnels = on_tunnels
         self._on_events = on_events
         self._resume = resume
         self._window = options.idle_timeout
@@ -39,7 +53,18 @@ class Pipeline:
     def push(self, frame: bytes, ts: int) -> None:
         if self._resume is not None:
             self._adopt(ts)
-        self.engine.feed(frame, ts)
+        if self.decap is None:
+            self.engine.feed(frame, ts)
+        else:
+            self._inner(self.decap.feed(frame, ts))
+
+    def _inner(self, frames: list[Out]) -> None:
+        """Decapsulated (or passed) frames to the core; inner flows noted for the cache."""
+        tunnels, feed = self.tunnels, self.engine.feed
+        for ts, frame, ref in frames:
+            if ref is not None and tunnels is not None:
+                tunnels.note(frame, ref, ts)
+            feed(frame, ts)
 
     def _adopt(self, ts: int) -> None:
         """On the first frame: take over flows a previous run resolved within the idle timeout."""
@@ -49,13 +74,25 @@ class Pipeline:
             self.engine.resume(client, server, vlan, isn, header, ts)
 
     def tick(self, now: int) -> None:
+        if self.decap is not None:
+            self._inner(self.decap.tick(now))
+        if self.tunnels is not None:
+            self.tunnels.tick(now)
         self.engine.tick(now)
 
     def flush(self) -> None:
+        if self.decap is not None:
+            self._inner(self.decap.flush())
+        if self.tunnels is not None:
+            self.tunnels.flush()
         self.engine.flush()
 
     def take(self) -> list[tuple[int, Frame]]:
-        """Frames to forward, in order; their connections are recorded first."""
+        """Frames to forward, in order; their connections (and tunnels) are recorded first."""
+        if self.tunnels is not None and self.tunnels.pending:
+            rows = self.tunnels.drain()  # before the events: connection rows refer to them
+            assert self._on_tunnels is not None
+            self._on_tunnels(rows)
         eng = self.engine
         if eng.events:
             events = eng.drain_events()
