@@ -1,0 +1,274 @@
+"""Pure enrichment: one eve event plus the proxied connection it belongs to -> the event as it
+would read had Suricata seen the real client.
+
+Why a pure module: every rule about *what* an enriched event looks like (direction, which nested
+objects carry tuples, how addresses are spelt, what ``proxy`` holds) lives here and is tested on
+hand-written events; reading files, the cache and time live elsewhere.
+
+Address spelling: Suricata 7 writes IPv6 addresses fully expanded ("2001:0db8:000b:...") while the
+connection cache stores the compressed form. Comparisons use the expanded form and every address
+this module writes is expanded too, so an enriched event reads like one Suricata wrote, and an
+event enriched from its wire tuple equals the same event of a flow whose addresses the normalizer
+restored (enriched from its real tuple).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from eve_enricher.community_id import TCP, community_id, proto_number
+
+Endpoint = tuple[str, int]
+Event = dict[str, Any]
+# (src ip, src port, dest ip, dest port) as the event spells them
+Tuple4 = tuple[str, int, str, int]
+# (tuple, event time in epoch seconds, how far back the connection may have started) -> match
+LookupFn = Callable[[Tuple4, float, float], "Connection | None"]
+
+_IP_FAMILIES = frozenset({"TCP4", "TCP6", "UDP4", "UDP6"})
+_TUPLE_KEYS = ("src_ip", "src_port", "dest_ip", "dest_port")
+
+
+@lru_cache(maxsize=65536)
+def eve_addr(addr: str) -> str:
+    """An address as Suricata spells it: IPv6 expanded, IPv4 unchanged (unparsable: unchanged)."""
+    if ":" not in addr:
+        return addr
+    try:
+        return ipaddress.IPv6Address(addr).exploded
+    except ValueError:
+        return addr
+
+
+@lru_cache(maxsize=65536)
+def cache_addr(addr: str) -> str:
+    """An address as the connection cache spells it (Python's canonical, compressed form)."""
+    if ":" not in addr:
+        return addr
+    try:
+        return ipaddress.IPv6Address(addr).compressed
+    except ValueError:
+        return addr
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One proxied connection from the cache, addresses spelt as eve spells them.
+
+    ``real_*`` is None when the header named no usable client (LOCAL health checks, v1 UNKNOWN,
+    UNSPEC, UNIX sockets): such events keep the wire tuple and still get ``proxy``. ``header``
+    is the ``proxy.header`` object, shared by every event of the connection: read-only.
+    """
+
+    wire_client: Endpoint
+    wire_server: Endpoint
+    real_client: Endpoint | None
+    real_server: Endpoint | None
+    header: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Connection:
+        """From a ``ConnectionCache.lookup_*`` row."""
+        real_client = real_server = None
+        if (
+            row["family"] in _IP_FAMILIES
+            and row["real_src_ip"] is not None
+            and row["real_dst_ip"] is not None
+            and row["real_src_port"] is not None
+            and row["real_dst_port"] is not None
+        ):
+            real_client = (eve_addr(row["real_src_ip"]), int(row["real_src_port"]))
+            real_server = (eve_addr(row["real_dst_ip"]), int(row["real_dst_port"]))
+        header: dict[str, Any] = {
+            "kind": row["header_kind"],
+            "command": row["command"],
+            "family": row["family"],
+            "length": row["header_len"],
+        }
+        for key, value in (row["fields"] or {}).items():
+            header.setdefault(key, value)
+        return cls(
+            wire_client=(eve_addr(row["wire_src_ip"]), int(row["wire_src_port"])),
+            wire_server=(eve_addr(row["wire_dst_ip"]), int(row["wire_dst_port"])),
+            real_client=real_client,
+            real_server=real_server,
+            header=header,
+        )
+
+    def side(self, endpoint: Endpoint) -> int:
+        """1 if ``endpoint`` is the client (wire or real), -1 if the server, 0 if neither."""
+        if endpoint == self.wire_client or endpoint == self.real_client:
+            return 1
+        if endpoint == self.wire_server or endpoint == self.real_server:
+            return -1
+        return 0
+
+
+def event_tuple(event: Event) -> Tuple4 | None:
+    """The event's top-level tuple, or None when it has none (stats, ICMP, decoder events)."""
+    src, sport = event.get("src_ip"), event.get("src_port")
+    dst, dport = event.get("dest_ip"), event.get("dest_port")
+    if (
+        type(src) is str
+        and type(dst) is str
+        and type(sport) is int
+        and type(dport) is int
+        and 0 <= sport <= 0xFFFF
+        and 0 <= dport <= 0xFFFF
+    ):
+        return (src, sport, dst, dport)
+    return None
+
+
+def event_time(event: Event) -> float | None:
+    """eve's ``timestamp`` ("2026-11-22T21:10:45.123456+0000") in epoch seconds, None if bad."""
+    ts = event.get("timestamp")
+    if type(ts) is not str:
+        return None
+    try:
+        return datetime.fromisoformat(ts).timestamp()
+    except ValueError:
+        return None
+
+
+def lookup_window(event: Event, ts: float, default: float) -> float:
+    """How far before ``ts`` the connection may have started.
+
+    ``flow`` events are logged when the flow ends, possibly hours after its header; when the
+    event says when its flow started, the window reaches back to then (plus a minute of slack).
+    """
+    flow = event.get("flow")
+    if type(flow) is dict:
+        start = flow.get("start")
+        if type(start) is str:
+            try:
+                started = datetime.fromisoformat(start).timestamp()
+            except ValueError:
+                return default
+            return max(default, ts - started + 60.0)
+    return default
+
+
+def _remap(obj: dict[str, Any], conn: Connection, client: Endpoint, server: Endpoint) -> None:
+    """Rewrite a nested {src_ip, src_port, dest_ip, dest_port} object in place, in its own
+    direction (alert events' ``flow`` is in the flow's direction, not the packet's)."""
+    src, sport = obj.get("src_ip"), obj.get("src_port")
+    if type(src) is not str or type(sport) is not int:
+        return
+    side = conn.side((eve_addr(src), sport))
+    if side == 0:
+        return
+    first, second = (client, server) if side > 0 else (server, client)
+    obj["src_ip"], obj["src_port"] = first
+    if "dest_ip" in obj:
+        obj["dest_ip"] = second[0]
+    if "dest_port" in obj:
+        obj["dest_port"] = second[1]
+
+
+def _remap_endpoint(
+    obj: dict[str, Any], conn: Connection, client: Endpoint, server: Endpoint
+) -> None:
+    """Rewrite an {ip, port} object (alert.source / alert.target) in place."""
+    ip, port = obj.get("ip"), obj.get("port")
+    if type(ip) is not str or type(port) is not int:
+        return
+    side = conn.side((eve_addr(ip), port))
+    if side:
+        obj["ip"], obj["port"] = client if side > 0 else server
+
+
+def apply(event: Event, conn: Connection, seed: int = 0) -> Event | None:
+    """The enriched copy of ``event`` (the input is not modified), or None if the event's tuple
+    is not this connection's (its ends are not the connection's two ends: keep the event as is).
+
+    Top level gets the real tuple in the event's own direction (src is the proxy side -> src is
+    the real client; src is the backend -> src is the real target); ``alert.flow``, the alert's
+    ``flow`` (Suricata 7 logs the flow's tuple there) and ``alert.source`` / ``alert.target``
+    likewise; ``community_id`` is recomputed when present; ``proxy`` names the wire tuple (in the
+    event's direction) and the header.
+    """
+    t = event_tuple(event)
+    if t is None:
+        return None
+    side = conn.side((eve_addr(t[0]), t[1]))
+    if side == 0 or conn.side((eve_addr(t[2]), t[3])) != -side:
+        return None
+    client = conn.real_client or conn.wire_client
+    server = conn.real_server or conn.wire_server
+    src, dst = (client, server) if side > 0 else (server, client)
+    wsrc, wdst = (
+        (conn.wire_client, conn.wire_server) if side > 0 else (conn.wire_server, conn.wire_client)
+    )
+    out = dict(event)
+    out["src_ip"], out["src_port"] = src
+    out["dest_ip"], out["dest_port"] = dst
+
+    flow = out.get("flow")
+    if type(flow) is dict and "src_ip" in flow:
+        out["flow"] = flow = dict(flow)
+        _remap(flow, conn, client, server)
+    alert = out.get("alert")
+    if type(alert) is dict:
+        out["alert"] = alert = dict(alert)
+        for key in ("flow", "source", "target"):
+            sub = alert.get(key)
+            if type(sub) is dict:
+                alert[key] = sub = dict(sub)
+                if key == "flow":
+                    _remap(sub, conn, client, server)
+                else:
+                    _remap_endpoint(sub, conn, client, server)
+
+    if "community_id" in out:
+        proto = proto_number(out.get("proto")) or TCP
+        # an address the hash cannot take keeps Suricata's value
+        with contextlib.suppress(ValueError):
+            out["community_id"] = community_id(proto, src[0], dst[0], src[1], dst[1], seed)
+    out["proxy"] = {
+        "wire": {
+            "src_ip": wsrc[0],
+            "src_port": wsrc[1],
+            "dest_ip": wdst[0],
+            "dest_port": wdst[1],
+        },
+        "header": conn.header,
+    }
+    return out
+
+
+def enrich(event: Event, lookup: LookupFn, seed: int = 0, window: float = 3600.0) -> Event | None:
+    """Look the event's connection up and apply it: the enriched copy, or None (pass it as is).
+
+    The unmemoized composition of the steps above, for callers that enrich single events; the
+    line stream adds per-flow memoization and waiting for late cache rows around the same steps.
+    """
+    t = event_tuple(event)
+    if t is None:
+        return None
+    ts = event_time(event)
+    if ts is None:
+        return None
+    conn = lookup(t, ts, lookup_window(event, ts, window))
+    return None if conn is None else apply(event, conn, seed)
+
+
+__all__ = [
+    "Connection",
+    "Event",
+    "LookupFn",
+    "Tuple4",
+    "apply",
+    "cache_addr",
+    "enrich",
+    "eve_addr",
+    "event_time",
+    "event_tuple",
+    "lookup_window",
+]

@@ -1,0 +1,329 @@
+"""Following a growing eve.json through rotation: complete lines only, each exactly once.
+
+A position is (device, inode, offset of the end of the last complete line) plus a fingerprint of
+the bytes just before that offset. The inode tells a renamed-away file from its successor; the
+fingerprint tells a file that was truncated and refilled (copytruncate) from one that only grew,
+even when it grew past the old offset before we looked.
+
+* Rename rotation (logrotate's default, Suricata reopening on SIGHUP): the old file stays open and
+  is read until it has been quiet for ``rotate_grace`` seconds after the rotation was seen (the
+  writer may still append before it reopens), then the new file is read from its start.
+* copytruncate: the lines between what was read and the truncation usually sit in the copy
+  (``EVE.json.1`` or any ``EVE.json.*`` / ``EVE.json-*`` that is not compressed); the copy is
+  recognised by the fingerprint at the read offset and finished before the truncated file is read
+  from its start. Without a copy those lines are gone: that is said, once, on stderr.
+* Partial lines: bytes after the last newline stay buffered until their newline arrives. Only
+  when a file is left for good (rotated, truncated) is such a remainder handed out, flagged
+  incomplete, so the caller can reject it instead of losing it silently.
+* Restart: a position whose inode is no longer the current file is looked up among the rotated
+  files; that file is finished first.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+TAIL = 64
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where the next complete line starts, and the bytes just before it."""
+
+    dev: int
+    ino: int
+    offset: int
+    tail: bytes = b""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dev": self.dev, "ino": self.ino, "offset": self.offset, "tail": self.tail.hex()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Position:
+        return cls(
+            int(data["dev"]), int(data["ino"]), int(data["offset"]), bytes.fromhex(data["tail"])
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line read: its offset in its file, its bytes (with the newline unless incomplete)."""
+
+    offset: int
+    raw: bytes
+    complete: bool = True
+
+
+def _say(msg: str) -> None:
+    print(f"eve-enricher: {msg}", file=sys.stderr)
+
+
+class FileFollower:
+    """Reads complete lines of ``path`` across rotations; ``position`` is after the last one."""
+
+    def __init__(
+        self,
+        path: Path,
+        start: Position | None = None,
+        rotate_grace: float = 1.0,
+        notify: Callable[[str], None] = _say,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.rotate_grace = rotate_grace
+        self.notify = notify
+        self.clock = clock
+        self.rotations = 0
+        self.truncations = 0
+        self._f: BinaryIO | None = None
+        self._dev = self._ino = 0
+        self._offset = 0  # end of the last complete line handed out
+        self._tail = b""  # up to TAIL bytes before _offset
+        self._buf = b""  # bytes read after _offset (no newline in them)
+        self._rotated_since: float | None = None
+        self._pending: list[Line] = []  # lines recovered while positioning at start
+        self._start(start)
+
+    # -- positioning ---------------------------------------------------------------------------
+
+    @property
+    def position(self) -> Position:
+        return Position(self._dev, self._ino, self._offset, self._tail)
+
+    def _open(self, path: Path, offset: int = 0, tail: bytes = b"") -> bool:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 -- kept open across calls on purpose
+        except FileNotFoundError:
+            return False
+        st = os.fstat(f.fileno())
+        self._close()
+        self._f = f
+        self._dev, self._ino = st.st_dev, st.st_ino
+        f.seek(offset)
+        self._offset, self._tail, self._buf = offset, tail, b""
+        self._rotated_since = None
+        return True
+
+    def _close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def close(self) -> None:
+        self._close()
+
+    def _start(self, start: Position | None) -> None:
+        if start is None:
+            self._open(self.path)
+            return
+        st = _stat(self.path)
+        if st is not None and (st.st_dev, st.st_ino) == (start.dev, start.ino):
+            if st.st_size >= start.offset and _holds(self.path, start.offset, start.tail):
+                self._open(self.path, start.offset, start.tail)
+                return
+            # truncated while we were down: finish its copy, then read it from the start
+            self.truncations += 1
+            self._pending += self._from_copy(start.offset, start.tail, exclude=start.ino)
+            self._open(self.path)
+            return
+        old = self._find_rotated(lambda c, s: (s.st_dev, s.st_ino) == (start.dev, start.ino))
+        if old is not None and self._open(old, start.offset, start.tail):
+            self.notify(f"{self.path}: resuming rotated {old.name} at byte {start.offset}")
+            self._rotated_since = self.clock()
+            return
+        self.notify(
+            f"{self.path}: the checkpointed file (inode {start.ino}) is gone; its unread lines "
+            "are lost, continuing with the current file from its start"
+        )
+        self._open(self.path)
+
+    def _find_rotated(self, accept: Callable[[Path, os.stat_result], bool]) -> Path | None:
+        """The newest sibling ``NAME.*`` / ``NAME-*`` (not compressed) that ``accept`` takes."""
+        base = self.path.name
+        found: list[tuple[float, Path]] = []
+        try:
+            siblings = list(self.path.parent.iterdir())
+        except OSError:
+            return None
+        for cand in siblings:
+            n = cand.name
+            if not (n.startswith(base + ".") or n.startswith(base + "-")) or n.endswith(
+                _COMPRESSED
+            ):
+                continue
+            st = _stat(cand)
+            if st is not None and accept(cand, st):
+                found.append((st.st_mtime, cand))
+        return max(found)[1] if found else None
+
+    def _from_copy(self, read_pos: int, fingerprint: bytes, exclude: int) -> list[Line]:
+        """Lines after ``read_pos`` in a copytruncate copy whose bytes before it match."""
+        copy = self._find_rotated(
+            lambda c, s: (
+                s.st_ino != exclude and s.st_size >= read_pos and _holds(c, read_pos, fingerprint)
+            )
+        )
+        if copy is None:
+            self.notify(
+                f"{self.path}: truncated (copytruncate?) and no copy found; lines written "
+                "between the last read and the truncation are lost"
+            )
+            return []
+        self.notify(f"{self.path}: truncated; finishing its copy {copy.name} first")
+        lines: list[Line] = []
+        with open(copy, "rb") as f:
+            f.seek(read_pos)
+            rest = f.read()
+        _split(read_pos, rest, lines, final=True)
+        return lines
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_lines(self, max_bytes: int = 1 << 20) -> list[Line]:
+        """The complete lines available now (possibly none); never a partial line, except the
+        remainder of a file that was left for good (``complete=False``)."""
+        out, self._pending = self._pending, []
+        if self._f is None and not self._open(self.path):
+            return out
+        assert self._f is not None
+        read_pos = self._offset + len(self._buf)
+        if self._rotated_since is None and self._truncated(read_pos):
+            self.truncations += 1
+            recovered = self._from_copy(read_pos, (self._tail + self._buf)[-TAIL:], self._ino)
+            if self._buf and not recovered:
+                out.append(Line(self._offset, self._buf, complete=False))
+            elif self._buf:  # the copy's lines continue the partial line we hold
+                first = recovered[0]
+                recovered[0] = Line(self._offset, self._buf + first.raw, first.complete)
+            out += recovered
+            self._open(self.path)
+            return out
+        data = self._f.read(max_bytes)
+        if data:
+            self._consume(data, out)
+            return out
+        self._check_rotation(out)
+        return out
+
+    def _truncated(self, read_pos: int) -> bool:
+        assert self._f is not None
+        size = os.fstat(self._f.fileno()).st_size
+        if size < read_pos:
+            return True
+        fp = (self._tail + self._buf)[-TAIL:]
+        return bool(fp) and os.pread(self._f.fileno(), len(fp), read_pos - len(fp)) != fp
+
+    def _consume(self, data: bytes, out: list[Line]) -> None:
+        buf = self._buf + data
+        end = buf.rfind(b"\n") + 1
+        if end == 0:
+            self._buf = buf
+            return
+        _split(self._offset, buf[:end], out, final=False)
+        self._offset += end
+        self._tail = (self._tail + buf[:end])[-TAIL:]
+        self._buf = buf[end:]
+
+    def _check_rotation(self, out: list[Line]) -> None:
+        st = _stat(self.path)
+        if st is not None and (st.st_dev, st.st_ino) == (self._dev, self._ino):
+            return
+        now = self.clock()
+        if self._rotated_since is None:
+            self._rotated_since = now
+            return
+        if now - self._rotated_since < self.rotate_grace or st is None:
+            return  # the writer may still append to the old file; or no successor yet
+        if self._buf:
+            out.append(Line(self._offset, self._buf, complete=False))
+            self._offset += len(self._buf)
+        self.rotations += 1
+        self._open(self.path)
+
+
+def _split(offset: int, data: bytes, out: list[Line], final: bool) -> None:
+    """Append the lines of ``data`` (which starts at ``offset``); a trailing remainder without
+    newline is appended as incomplete only if ``final``."""
+    start = 0
+    n = len(data)
+    while start < n:
+        nl = data.find(b"\n", start)
+        if nl < 0:
+            if final:
+                out.append(Line(offset + start, data[start:], complete=False))
+            return
+        out.append(Line(offset + start, data[start : nl + 1]))
+        start = nl + 1
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
+
+
+def _holds(path: Path, offset: int, fingerprint: bytes) -> bool:
+    """Whether ``path`` has ``fingerprint`` just before ``offset``."""
+    if not fingerprint:
+        return True
+    try:
+        with open(path, "rb") as f:
+            return os.pread(f.fileno(), len(fingerprint), offset - len(fingerprint)) == fingerprint
+    except OSError:
+        return False
+
+
+class ChangeWaiter:
+    """Sleeps until the directory of the followed file changes, or ``timeout`` passes.
+
+    watchdog (inotify on Linux) wakes the follower within milliseconds of a write; when it cannot
+    start (no inotify watches left, unsupported file system) the timeout alone paces a polling
+    loop, so following still works, only with more latency.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._event = threading.Event()
+        self._observer: Any = None
+        try:
+            from watchdog.events import FileSystemEvent, FileSystemEventHandler
+            from watchdog.observers import Observer
+
+            event = self._event
+
+            class _Wake(FileSystemEventHandler):
+                def on_any_event(self, ev: FileSystemEvent) -> None:
+                    event.set()
+
+            observer = Observer()
+            observer.schedule(_Wake(), str(directory), recursive=False)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        except Exception as exc:  # any failure only costs latency: fall back to polling
+            _say(f"file change notification unavailable ({exc}); polling")
+
+    @property
+    def watching(self) -> bool:
+        return self._observer is not None
+
+    def wait(self, timeout: float) -> None:
+        self._event.wait(timeout)
+        self._event.clear()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def close(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None

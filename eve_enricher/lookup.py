@@ -1,0 +1,125 @@
+"""Finding an event's connection in the cache: by wire tuple, then by real tuple, memoized per
+flow, with a bounded wait for rows that are not visible yet.
+
+Why memoize per flow: a flow produces many events (alerts, http, fileinfo, flow) and each SQL
+lookup costs far more than parsing the line; Suricata's ``flow_id`` plus the tuple names one
+flow, so its answer cannot change. Misses are memoized too, once they are final (the event was
+too old for its row to be still on the way, or the wait ran out): that is what keeps non-proxied
+traffic cheap.
+
+Why wait at all: the normalizer commits a connection's row before it forwards the first frame of
+the flow, so a missing row is normally final. Only a reader whose view lags (another host's
+copy, a checkpointed restart racing a new writer) can see an event first; follow mode therefore
+gives events younger than ``wait`` seconds that long for their row, and counts them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from eve_enricher.enrich import (
+    Connection,
+    Event,
+    Tuple4,
+    cache_addr,
+    event_time,
+    lookup_window,
+)
+from normalizer.conn_cache import ConnectionCache
+
+_MISSING = object()
+
+
+class CacheLookup:
+    """``LookupFn`` over a ``ConnectionCache``: wire tuple first, then real tuple."""
+
+    def __init__(self, cache: ConnectionCache) -> None:
+        self.cache = cache
+        self.queries = 0
+
+    def __call__(self, t: Tuple4, ts: float, window: float) -> Connection | None:
+        src, sport, dst, dport = cache_addr(t[0]), t[1], cache_addr(t[2]), t[3]
+        self.queries += 1
+        row = self.cache.lookup_wire(src, sport, dst, dport, ts, window)
+        if row is None:
+            row = self.cache.lookup_real(src, sport, dst, dport, ts, window)
+        return None if row is None else Connection.from_row(row)
+
+
+@dataclass
+class MatchCounters:
+    memo_hits: int = 0
+    lookups: int = 0
+    late: int = 0  # found only after waiting for the row
+    waited_unmatched: int = 0  # waited the full time, no row (also non-proxied live flows)
+
+
+class Matcher:
+    """The connection of an event, memoized per (flow_id, tuple) in a bounded LRU."""
+
+    def __init__(
+        self,
+        lookup: Callable[[Tuple4, float, float], Connection | None],
+        *,
+        wait: float = 0.0,
+        window: float = 3600.0,
+        memo_size: int = 65536,
+        poll: float = 0.05,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.lookup = lookup
+        self.wait = wait
+        self.window = window
+        self.memo_size = memo_size
+        self.poll = poll
+        self.clock = clock
+        self.sleep = sleep
+        self.counters = MatchCounters()
+        self._memo: OrderedDict[tuple[object, ...], Connection | None] = OrderedDict()
+
+    def match(self, event: Event, t: Tuple4) -> Connection | None:
+        flow_id = event.get("flow_id")
+        key = None if flow_id is None else (flow_id, *t)
+        if key is not None:
+            hit = self._memo.get(key, _MISSING)
+            if hit is not _MISSING:
+                self._memo.move_to_end(key)
+                self.counters.memo_hits += 1
+                return hit  # type: ignore[return-value]
+        ts = event_time(event)
+        if ts is None:
+            ts = self.clock()
+        window = lookup_window(event, ts, self.window)
+        self.counters.lookups += 1
+        conn = self.lookup(t, ts, window)
+        if conn is None and self.wait > 0:
+            conn = self._wait_for(t, ts, window)
+        if key is not None:
+            self._memo[key] = conn
+            if len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        return conn
+
+    def _wait_for(self, t: Tuple4, ts: float, window: float) -> Connection | None:
+        """Poll until the row shows up or the event is ``wait`` seconds old (at most ``wait``
+        from now, whatever the clocks say). Sleeps exactly up to each event's own deadline, so
+        a stream of fresh non-proxied events becomes a ``wait``-long delay line, not a stall."""
+        now = self.clock()
+        deadline = min(ts, now) + self.wait
+        if now >= deadline:
+            return None
+        while True:
+            self.sleep(min(self.poll, max(0.0, deadline - now)))
+            self.counters.lookups += 1
+            conn = self.lookup(t, ts, window)
+            if conn is not None:
+                self.counters.late += 1
+                return conn
+            now = self.clock()
+            if now >= deadline:
+                self.counters.waited_unmatched += 1
+                return None

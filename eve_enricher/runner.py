@@ -1,0 +1,104 @@
+"""The two ways to run the line enricher: over a finished file, or following a live one.
+
+Kept apart from the CLI so tests and the benchmark drive them in process; kept apart from
+``follower``/``checkpoint`` so the order of read -> write -> sync -> checkpoint is visible in one
+loop, because exactly-once output depends on nothing else.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from eve_enricher import checkpoint
+from eve_enricher.checkpoint import DurableAppender
+from eve_enricher.follower import ChangeWaiter, FileFollower, Position
+from eve_enricher.stream import LineEnricher, reject_record
+
+
+def enrich_stream(src: BinaryIO, dst: BinaryIO, enricher: LineEnricher) -> None:
+    """Batch: every line of ``src`` (a final line without newline included) to ``dst``."""
+    offset = 0
+    line = enricher.line
+    write = dst.write
+    for raw in src:
+        out = line(raw, offset)
+        if out:
+            write(out)
+        offset += len(raw)
+
+
+def reject_writer(f: BinaryIO | DurableAppender) -> Callable[[int, bytes], None]:
+    """A reject sink writing {"offset", "line"} records to ``f``."""
+
+    def sink(offset: int, raw: bytes) -> None:
+        f.write(reject_record(offset, raw))
+
+    return sink
+
+
+def follow(
+    eve: Path,
+    out_path: Path,
+    make_enricher: Callable[[Callable[[int, bytes], None] | None], LineEnricher],
+    stop: threading.Event,
+    *,
+    reject_path: Path | None = None,
+    checkpoint_path: Path | None = None,
+    poll: float = 1.0,
+    rotate_grace: float = 1.0,
+    on_ready: Callable[[ChangeWaiter, FileFollower], None] | None = None,
+) -> tuple[LineEnricher, FileFollower]:
+    """Follow ``eve`` until ``stop`` is set; every batch is synced, then checkpointed.
+
+    Raises OSError (I/O) and checkpoint.CheckpointError; returns the enricher and follower so
+    the caller can report their counters.
+    """
+    saved = checkpoint.load(checkpoint_path) if checkpoint_path is not None else None
+    start = Position.from_json(saved["input"]) if saved else None
+    out = DurableAppender(out_path, saved["output"] if saved else None)
+    rej = (
+        DurableAppender(reject_path, saved.get("reject") if saved else None)
+        if reject_path is not None
+        else None
+    )
+    enricher = make_enricher(reject_writer(rej) if rej is not None else None)
+    waiter = ChangeWaiter(eve.parent)
+    follower = FileFollower(eve, start, rotate_grace=rotate_grace)
+    if on_ready is not None:
+        on_ready(waiter, follower)
+    position = follower.position
+    try:
+        while True:
+            lines = follower.read_lines()
+            for ln in lines:
+                data = enricher.line(ln.raw, ln.offset)
+                if data:
+                    out.write(data)
+            if lines or follower.position != position:
+                out.sync()
+                if rej is not None:
+                    rej.sync()
+                position = follower.position
+                if checkpoint_path is not None:
+                    checkpoint.save(
+                        checkpoint_path,
+                        position,
+                        out.state(),
+                        rej.state() if rej is not None else None,
+                    )
+            if stop.is_set():
+                break
+            if lines:
+                continue  # more may be waiting: read again before sleeping
+            # with watchdog, the timeout only guards against a missed event
+            waiter.wait(poll if waiter.watching else min(poll, 0.2))
+    finally:
+        waiter.close()
+        follower.close()
+        out.close()
+        if rej is not None:
+            rej.close()
+    return enricher, follower

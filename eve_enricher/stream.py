@@ -1,0 +1,70 @@
+"""One eve line in, the bytes to write out: the per-line policy shared by batch and follow mode.
+
+Why lines stay bytes: an event the enricher does not change is written back exactly as Suricata
+wrote it (byte for byte), so non-proxied traffic is untouched and only enriched events are
+re-serialized. A line that is not a JSON object is never dropped silently and never stops the
+run: it goes to the reject sink as {"offset", "line"} when there is one, else it is passed on
+unchanged; either way it is counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+
+from eve_enricher.enrich import apply, event_tuple
+from eve_enricher.lookup import Matcher
+
+# offset of the line in its input file, the line (without newline) -> None
+RejectSink = Callable[[int, bytes], None]
+
+
+@dataclass
+class LineCounters:
+    lines: int = 0
+    enriched: int = 0
+    unchanged: int = 0  # valid events passed through byte for byte (no tuple, or not proxied)
+    rejected: int = 0  # not a JSON object: to the reject file, or passed through without one
+
+
+def reject_record(offset: int, line: bytes) -> bytes:
+    """The reject file's line for a bad input line (undecodable bytes kept as \\x escapes)."""
+    text = line.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+    return orjson.dumps({"offset": offset, "line": text}, option=orjson.OPT_APPEND_NEWLINE)
+
+
+class LineEnricher:
+    """Turns input lines into output bytes; counts what happened to each."""
+
+    def __init__(self, matcher: Matcher, seed: int = 0, reject: RejectSink | None = None) -> None:
+        self.matcher = matcher
+        self.seed = seed
+        self.reject = reject
+        self.counters = LineCounters()
+
+    def line(self, raw: bytes, offset: int) -> bytes:
+        """Output for one input line (``raw`` with or without its newline; b"" if rejected)."""
+        c = self.counters
+        c.lines += 1
+        try:
+            event = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            event = None
+        if type(event) is not dict:
+            c.rejected += 1
+            if self.reject is not None:
+                self.reject(offset, raw)
+                return b""
+            return raw if raw.endswith(b"\n") else raw + b"\n"
+        t = event_tuple(event)
+        if t is not None:
+            conn = self.matcher.match(event, t)
+            if conn is not None:
+                out = apply(event, conn, self.seed)
+                if out is not None:
+                    c.enriched += 1
+                    return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+        c.unchanged += 1
+        return raw if raw.endswith(b"\n") else raw + b"\n"
