@@ -20,7 +20,7 @@ from typing import NoReturn
 from eve_enricher import runner
 from eve_enricher.checkpoint import CheckpointError
 from eve_enricher.follower import ChangeWaiter, FileFollower
-from eve_enricher.lookup import CacheLookup, Matcher
+from eve_enricher.lookup import CacheLookup, Matcher, TunnelMatcher
 from eve_enricher.stream import LineEnricher, RejectSink
 from normalizer.conn_cache import CacheError, ConnectionCache
 
@@ -123,7 +123,8 @@ def _open_cache(path: Path) -> ConnectionCache:
 def _summary(enricher: LineEnricher, follower: FileFollower | None = None) -> str:
     c, m = enricher.counters, enricher.matcher.counters
     text = (
-        f"{c.lines} lines: {c.enriched} enriched, {c.unchanged} unchanged, {c.rejected} rejected;"
+        f"{c.lines} lines: {c.enriched} enriched ({c.tunneled} tunnel only),"
+        f" {c.unchanged} unchanged, {c.rejected} rejected;"
         f" {m.late} late, {m.waited_unmatched} waited without a row"
     )
     if follower is not None:
@@ -136,7 +137,8 @@ def _make_enricher(
 ) -> Callable[[RejectSink | None], LineEnricher]:
     def make(reject: RejectSink | None) -> LineEnricher:
         matcher = Matcher(CacheLookup(cache), wait=args.wait, window=args.window)
-        return LineEnricher(matcher, seed=args.community_id_seed, reject=reject)
+        tunnels = TunnelMatcher(cache, window=args.window)
+        return LineEnricher(matcher, seed=args.community_id_seed, reject=reject, tunnels=tunnels)
 
     return make
 

@@ -71,6 +71,7 @@ class Connection:
     real_client: Endpoint | None
     real_server: Endpoint | None
     header: dict[str, Any]
+    tunnel: dict[str, Any] | None = None  # set when the connection came through VXLAN/GENEVE
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Connection:
@@ -99,6 +100,7 @@ class Connection:
             real_client=real_client,
             real_server=real_server,
             header=header,
+            tunnel=row.get("tunnel") or None,
         )
 
     def side(self, endpoint: Endpoint) -> int:
@@ -240,6 +242,8 @@ def apply(event: Event, conn: Connection, seed: int = 0) -> Event | None:
         },
         "header": conn.header,
     }
+    if conn.tunnel is not None:
+        out["tunnel"] = conn.tunnel
     return out
 
 

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from eve_enricher.enrich import (
     Connection,
@@ -123,3 +124,54 @@ class Matcher:
             if now >= deadline:
                 self.counters.waited_unmatched += 1
                 return None
+
+
+class TunnelMatcher:
+    """The tunnel of an event that belongs to no proxied connection, memoized per flow.
+
+    Why separate from ``Matcher``: mirrored traffic is mostly not proxied, so this is the only
+    lookup most of its events get; the key includes the event's ``vlan`` ids, because the
+    normalizer tags each VNI's inner frames with its own VLAN id and flows of two mirror
+    sessions may share a 5-tuple. No waiting: a tunnel row is committed before the first frame
+    of its inner flow is forwarded, so a miss is final.
+    """
+
+    def __init__(
+        self,
+        cache: ConnectionCache,
+        *,
+        window: float = 3600.0,
+        memo_size: int = 65536,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cache = cache
+        self.window = window
+        self.memo_size = memo_size
+        self.clock = clock
+        self.lookups = 0
+        self._memo: OrderedDict[tuple[object, ...], dict[str, Any] | None] = OrderedDict()
+
+    def match(self, event: Event, t: Tuple4) -> dict[str, Any] | None:
+        vlan = event.get("vlan")
+        ids = [v for v in vlan if type(v) is int] if type(vlan) is list else []
+        key = (event.get("flow_id"), *t, *ids)
+        hit = self._memo.get(key, _MISSING)
+        if hit is not _MISSING:
+            self._memo.move_to_end(key)
+            return hit  # type: ignore[return-value]
+        ts = event_time(event)
+        if ts is None:
+            ts = self.clock()
+        self.lookups += 1
+        try:
+            row = self.cache.lookup_tunnel(
+                t[0], t[1], t[2], t[3], ids, ts, lookup_window(event, ts, self.window)
+            )
+        except ValueError:  # an address the cache cannot parse: no tunnel
+            row = None
+        tunnel = None if row is None else row["tunnel"]
+        if event.get("flow_id") is not None:
+            self._memo[key] = tunnel
+            if len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        return tunnel

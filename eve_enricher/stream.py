@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import orjson
 
 from eve_enricher.enrich import apply, event_tuple
-from eve_enricher.lookup import Matcher
+from eve_enricher.lookup import Matcher, TunnelMatcher
 
 # offset of the line in its input file, the line (without newline) -> None
 RejectSink = Callable[[int, bytes], None]
@@ -25,6 +25,7 @@ RejectSink = Callable[[int, bytes], None]
 class LineCounters:
     lines: int = 0
     enriched: int = 0
+    tunneled: int = 0  # of the enriched: non-proxied events that only got a ``tunnel``
     unchanged: int = 0  # valid events passed through byte for byte (no tuple, or not proxied)
     rejected: int = 0  # not a JSON object: to the reject file, or passed through without one
 
@@ -38,8 +39,15 @@ def reject_record(offset: int, line: bytes) -> bytes:
 class LineEnricher:
     """Turns input lines into output bytes; counts what happened to each."""
 
-    def __init__(self, matcher: Matcher, seed: int = 0, reject: RejectSink | None = None) -> None:
+    def __init__(
+        self,
+        matcher: Matcher,
+        seed: int = 0,
+        reject: RejectSink | None = None,
+        tunnels: TunnelMatcher | None = None,
+    ) -> None:
         self.matcher = matcher
+        self.tunnels = tunnels
         self.seed = seed
         self.reject = reject
         self.counters = LineCounters()
@@ -66,5 +74,12 @@ class LineEnricher:
                 if out is not None:
                     c.enriched += 1
                     return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+            elif self.tunnels is not None:
+                tunnel = self.tunnels.match(event, t)
+                if tunnel is not None:
+                    event["tunnel"] = tunnel
+                    c.enriched += 1
+                    c.tunneled += 1
+                    return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
         c.unchanged += 1
         return raw if raw.endswith(b"\n") else raw + b"\n"

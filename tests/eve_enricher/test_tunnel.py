@@ -1,0 +1,69 @@
+"""The ``tunnel`` object: events of decapsulated inner flows name the VXLAN/GENEVE tunnel they
+came through, proxied or not, and the VLAN id the normalizer gave the VNI keeps two mirror
+sessions' identical tuples apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from eve_enricher.cli import main
+from normalizer import encap, geneve
+from normalizer.conn_cache import ConnectionCache
+from normalizer.options import Options
+from normalizer.pcap_job import rewrite_file
+from tests.eve_enricher.helpers import T0, alert, event, line
+from tests.normalizer.packets import PROXY4, Conv
+from tests.normalizer.test_engine import V2, conversation
+from tests.normalizer.test_tunnel_pipeline import _write
+
+OUTER = ("10.9.0.1", "10.9.0.2")
+AWS = geneve.aws_options(bytes.fromhex("0a1b2c3d4e5f6071"), bytes(8), b"\xca\xfe\xf0\x0d")
+OTHER = ("192.0.2.9", 41000)
+
+
+def _cache(tmp: Path) -> Path:
+    """A cache filled by the normalizer itself from a GENEVE capture (VNI 9): one proxied inner
+    flow (wire 192.0.2.1:40000 -> 192.0.2.2:80) and one plain inner flow from OTHER."""
+    src, dst, db = tmp / "in.pcap", tmp / "out.pcap", tmp / "c.db"
+    proxied = conversation(Conv(), V2, coalesce=True)
+    other = conversation(Conv(client=OTHER[0], cport=OTHER[1]), b"", coalesce=True)
+    _write(src, [encap.geneve_frame(f[14:], 9, *OUTER, options=AWS) for f in proxied + other])
+    cache = ConnectionCache(db)
+    opts = Options(proxies=(f"{PROXY4}/32",), decapsulate=True, restore_addresses=False)
+    rewrite_file(src, dst, opts, on_events=cache.record, on_tunnels=cache.record_tunnels)
+    cache.close()
+    return db
+
+
+def test_events_name_their_tunnel(tmp_path: Path) -> None:
+    db = _cache(tmp_path)
+    server = ("192.0.2.2", 80)
+    events = [
+        # proxied inner flow: real tuple, proxy object and tunnel
+        alert(("192.0.2.1", 40000), server, vlan=[9]),
+        # plain inner flow on the VNI's VLAN: only the tunnel object
+        event("http", server, OTHER, t=T0 + 1, flow_id=2, vlan=[9]),
+        # same tuple on another VLAN (another mirror session): not this tunnel
+        event("http", server, OTHER, t=T0 + 1, flow_id=3, vlan=[10]),
+        # no VLAN at all: not decapsulated by us
+        event("http", server, OTHER, t=T0 + 1, flow_id=4),
+    ]
+    eve = tmp_path / "eve.json"
+    eve.write_bytes(b"".join(line(e) for e in events))
+    out = tmp_path / "out.json"
+    assert main(["enrich", str(eve), "--cache", str(db), "-o", str(out), "-q"]) == 0
+    got = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert len(got) == 4
+    a, plain, other_vlan, untagged = got
+    assert a["proxy"]["wire"]["src_ip"] == "192.0.2.1"
+    assert a["tunnel"]["type"] == "geneve" and a["tunnel"]["vni"] == 9
+    assert a["tunnel"]["flow_cookie"] == "cafef00d"
+    assert plain["tunnel"]["eni_id"] == "0a1b2c3d4e5f6071" and "proxy" not in plain
+    assert plain["tunnel"]["outer"]["src_ip"] == OUTER[0]
+    assert {k: v for k, v in plain.items() if k != "tunnel"} == events[1]
+    # untouched events are the input bytes
+    lines = out.read_bytes().splitlines(keepends=True)
+    assert lines[2] == line(events[2]) and lines[3] == line(events[3])
+    assert "tunnel" not in other_vlan and "tunnel" not in untagged
