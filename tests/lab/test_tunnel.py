@@ -14,9 +14,11 @@ Also: a snap-length-limited underlay capture is rewritten without error, its cut
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import struct
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -121,6 +123,24 @@ def tunnel_of(db: ConnectionCache, ev: Event) -> dict[str, Any]:
     return tunnel
 
 
+def enriched(out: Path, cache: Path, portless: bool = False) -> list[Event]:
+    """``eve-enricher enrich`` on Suricata's eve.json for ``out`` (the ``suricata`` fixture must
+    have run on it) with the rewrite's cache; asserts every event of a TCP/UDP flow (and with
+    ``portless`` also ICMP ones) names its tunnel."""
+    eve = out.with_suffix(".suricata") / "eve.json"
+    dst = out.with_suffix(".enriched.json")
+    exe = shutil.which("eve-enricher") or str(Path(sys.executable).with_name("eve-enricher"))
+    argv = [exe, "enrich", str(eve), "--cache", str(cache), "-o", str(dst), "-q"]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, f"{' '.join(argv)}\n{p.stdout}{p.stderr}"
+    events = [json.loads(line) for line in dst.read_text().splitlines() if line.strip()]
+    flows = [e for e in events if "vlan" in e and (portless or "src_port" in e)]
+    assert any(e["event_type"] == "alert" for e in flows)
+    for e in flows:
+        assert e.get("tunnel", {}).get("vni") == e["vlan"][0], e
+    return events
+
+
 # -- 1. kernel VXLAN -----------------------------------------------------------------------------
 
 
@@ -172,6 +192,9 @@ def test_vxlan_alerts_map_back_to_their_tunnel(caps: TunnelCaptures, suricata: S
             assert t["outer"]["dest_port"] == 4789
     finally:
         db.close()
+    for e in enriched(out, cache):
+        if "vlan" in e and "src_port" in e:
+            assert e["tunnel"]["type"] == "vxlan" and e["tunnel"]["outer"]["dest_port"] == 4789
 
 
 def test_snaplen_cut_underlay_is_counted_and_passed(
@@ -195,6 +218,17 @@ def test_snaplen_cut_underlay_is_counted_and_passed(
     events = suricata(out)
     assert invalid_checksums(events) == 0
     assert decoder_invalid(events) == 0
+
+
+@pytest.mark.xfail(
+    reason="eve-enricher looks tunnels up only for events with ports; the cache has ICMP rows "
+    "(ports 0) but ICMP/ICMPv6 flow events of inner traffic get no tunnel object yet",
+    strict=False,
+)
+def test_icmp_events_name_their_tunnel(caps: TunnelCaptures, suricata: Suricata) -> None:
+    out, _stats, cache = rewrite(caps.underlay)
+    suricata(out)
+    enriched(out, cache, portless=True)
 
 
 # -- 2. GENEVE with gateway-load-balancer options ------------------------------------------------
@@ -228,6 +262,14 @@ def test_geneve_decap_alerts_equal_the_reference_per_vni(
             assert t["outer"]["dest_port"] == 6081 and "options" not in t
     finally:
         db.close()
+    for e in enriched(out, cache):
+        if e["event_type"] == "alert":
+            t = e["tunnel"]
+            cookie = tunnel_lab.cookie_for(
+                6, e["src_ip"], e["src_port"], e["dest_ip"], e["dest_port"]
+            )
+            assert t["type"] == "geneve" and t["eni_id"] == tunnel_lab.ENI_ID.hex(), e
+            assert t["flow_cookie"] == cookie.hex()
 
 
 # -- 3. VXLAN carrying a PROXY v2 connection ------------------------------------------------------
@@ -268,3 +310,8 @@ def test_vxlan_mirrored_proxy_is_stripped_and_alerts_equal_the_baseline(
         t = json.loads(tunnel)
         assert (t["type"], t["vni"], t["vlan"]) == ("vxlan", vlan[0], vlan[0])
         assert {t["outer"]["src_ip"], t["outer"]["dest_ip"]} == set(tunnel_lab.UNDERLAY)
+    # Alerts name the restored endpoints; the enricher finds their connection and its tunnel.
+    alerts = [e for e in enriched(out, cache) if e["event_type"] == "alert"]
+    assert len(alerts) == expected_alerts(False).total()
+    for e in alerts:
+        assert e["tunnel"]["type"] == "vxlan" and "proxy" in e, e
