@@ -17,6 +17,7 @@ from normalizer.conn_cache import CacheError, ConnectionCache
 from normalizer.counters import Counters
 from normalizer.pcap_io import PcapError
 from normalizer.pcap_job import print_progress, rewrite_file, summary
+from normalizer.rulecheck import command as rulecheck_command
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         help="progress on stderr (default: when stderr is a terminal)",
     )
     _live_parser(sub)
+    rulecheck_command.add_parser(sub)
     return p
 
 
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             return _rewrite(args)
         if args.command == "live":
             return _live(args)
+        if args.command == "test-rules":
+            return rulecheck_command.run(args)
     except ConfigError as exc:
         print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
         return 2
