@@ -67,7 +67,7 @@ def _rule_errors(errors: list[RuleError], args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the subcommand; OSError (unreadable rule file, bad path) is left to the CLI."""
+    """Run the subcommand; a missing rule file, config or capture path is a usage error (2)."""
     from normalizer.rulecheck import junit
     from normalizer.rulecheck.discover import discover
     from normalizer.rulecheck.harness import CaseResult, run_case
@@ -76,12 +76,16 @@ def run(args: argparse.Namespace) -> int:
     from normalizer.rulecheck.suricata import RuleLoadError, bundle_rules
 
     rule_files: list[Path] = args.rules or [DEFAULT_RULES]
-    rules = parse_rules(rule_files)
+    try:
+        rules = parse_rules(rule_files)
+        if args.suricata_config and not args.suricata_config.is_file():
+            raise FileNotFoundError(2, "no such Suricata config", str(args.suricata_config))
+        targets = discover(args.paths or [DEFAULT_CORPUS])
+    except OSError as exc:
+        print(f"{PROG}: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
     if rules.errors:
         return _rule_errors(rules.errors, args)
-    if args.suricata_config and not args.suricata_config.is_file():
-        raise FileNotFoundError(2, "no such Suricata config", str(args.suricata_config))
-    targets = discover(args.paths or [DEFAULT_CORPUS])
     if not targets:
         print(f"{PROG}: no captures found in {args.paths or [DEFAULT_CORPUS]}", file=sys.stderr)
         return 2
@@ -95,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
         bundle = bundle_rules(rule_files, work / "rules.rules")
         results: list[CaseResult] = []
         try:
-            for t in targets:
-                results.append(run_case(t, bundle, work / t.capture.stem, args.suricata_config))
+            for i, t in enumerate(targets, 1):  # numbered: two dirs may hold the same name
+                case_dir = work / f"{i:02d}-{t.capture.stem}"
+                results.append(run_case(t, bundle, case_dir, args.suricata_config))
         except RuleLoadError as exc:
             return _rule_errors(exc.errors, args)
     print(render(results, rules, time.monotonic() - start, args.verbose))

@@ -90,6 +90,21 @@ def test_manifest_errors_exit_2_with_file_and_key(sample_case: Path) -> None:
     assert "Traceback" not in p.stderr
 
 
-def test_bad_path_is_a_usage_error(tmp_path: Path) -> None:
-    p = _run(tmp_path / "nope.pcap")
-    assert p.returncode in (1, 2) and "nope.pcap" in p.stderr and "Traceback" not in p.stderr
+def test_missing_inputs_are_usage_errors(sample_case: Path, tmp_path: Path) -> None:
+    for args in (
+        [tmp_path / "nope.pcap"],
+        [sample_case, "--rules", tmp_path / "nope.rules"],
+        [sample_case, "--suricata-config", tmp_path / "nope.yaml"],
+    ):
+        p = _run(*args)
+        assert p.returncode == 2, args
+        assert "nope." in p.stderr and "Traceback" not in p.stderr
+
+
+@needs_suricata
+def test_explicit_suricata_config_and_kept_outputs(sample_case: Path, tmp_path: Path) -> None:
+    keep = tmp_path / "keep"
+    p = _run(sample_case, "--suricata-config", "/etc/suricata/suricata.yaml", "--keep", keep)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (keep / f"01-{SAMPLE}" / "normalized.pcap").is_file()
+    assert (keep / f"01-{SAMPLE}" / "suricata" / "eve.json").is_file()
