@@ -79,6 +79,7 @@ def test_enrichment_names_the_attacker_when_addresses_are_kept(sample_case: Path
     assert p.returncode == 0, p.stdout + p.stderr
 
 
+@needs_suricata  # manifests are read per capture, after Suricata is known to be there
 def test_manifest_errors_exit_2_with_file_and_key(sample_case: Path) -> None:
     manifest = sample_case / f"{SAMPLE}.yaml"
     manifest.write_text(manifest.read_text().replace("proxies:", "proxy:"))
