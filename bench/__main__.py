@@ -1,5 +1,8 @@
 """``./run bench``: normalizer speed and memory against baselines measured in the same run.
 
+``./run bench live [--rates ...]`` instead measures the live path in the lab (root; see
+bench/live.py): packets/s, Gbit/s, CPU per packet and kernel drops next to Suricata's own capture.
+
 Prints wall times, packets/s, and the ratios the core issue sets as targets: >=100x faster than
 a naive scapy normalizer, <=1.5x tcprewrite's wall time, <=0.5x Suricata's wall time on the
 header-free file, <=400 bytes of memory per tracked flow.
@@ -68,7 +71,14 @@ def bytes_per_flow(flows: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["live"]:
+        from bench import live
+
+        return live.main(argv[1:])
+    ap = argparse.ArgumentParser(
+        prog="python -m bench", epilog="python -m bench live --help: the live benchmark"
+    )
     ap.add_argument("--packets", type=int, default=200_000)
     ap.add_argument(
         "--scapy-packets",
@@ -172,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"  wall vs suricata -r      {ours / su:8.2f}x  (<= 0.5x; Suricata without rules)"
             )
         print(f"  bytes per flow           {per_flow:8.0f}   (<= 400)")
+        from bench import decap  # last section: VXLAN mirror capture, --decap vs suricata -r
+
+        decap.run(work, proxied, flows)
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             for p in (proxied, plain):

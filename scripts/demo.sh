@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on a built-in example: a capture recorded between a real HAProxy and a real
-# nginx decoy (PROXY v2 header with TLVs) is normalized, and real Suricata runs on the capture
-# before and after, with checksum validation on. The two alert tables show what the tool fixes.
+# The pcap demo (./run demo-pcap; ./run demo is the live lab): a capture recorded between a real
+# HAProxy and a real nginx decoy (PROXY v2 header with TLVs) is normalized, and real Suricata runs
+# on the capture before and after, with checksum validation on. The two alert tables show what the
+# tool fixes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PCAP=${1:-pcaps/haproxy-v2-tlv.pcap}
