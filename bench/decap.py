@@ -1,0 +1,110 @@
+"""Decapsulation benchmark: a VXLAN mirror capture through ``rewrite --decap`` vs ``suricata -r``.
+
+Why these baselines: a mirror target runs Suricata on the encapsulated traffic anyway (it
+decodes VXLAN itself, just without the VNI), so the question is what putting the normalizer in
+front costs relative to that. The capture is the main benchmark's proxied file, every frame
+wrapped in VXLAN (UDP 4789, correct UDP checksum) over IPv4, spread over four VNIs (mirror
+sessions) by connection; decap and header stripping both run, as on a mirrored proxy bridge.
+
+``python -m bench.decap [--packets N]`` runs it alone; ``python -m bench`` prints it as its last
+section, reusing the capture it generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.synth import write_pair
+from normalizer.encap import vxlan_frame
+from normalizer.options import Options
+from normalizer.pcap_io import CaptureReader, PcapWriter
+from normalizer.pcap_job import rewrite_file
+
+PROXY_CIDR = "192.0.2.1/32"
+VNIS = (1001, 1002, 1003, 1004)
+UNDERLAY = ("10.99.0.1", "10.99.0.2")
+
+
+def _timed_child(cmd: list[str]) -> tuple[float, int]:
+    """Run a command; return (wall seconds, exit status)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _pid, status, _usage = os.wait4(proc.pid, 0)
+    return time.perf_counter() - t0, os.waitstatus_to_exitcode(status)
+
+
+def write_vxlan(plain: Path, out: Path) -> int:
+    """Wrap every frame of ``plain`` in VXLAN; the VNI follows the client port (one connection,
+    one mirror session; the server port 80 is always the smaller). Returns the packet count."""
+    n = 0
+    with plain.open("rb") as fin, out.open("wb") as fout:
+        reader = CaptureReader(fin, str(plain))
+        writer = PcapWriter(fout, 1, reader.nanosecond)
+        for ts, frame, _orig in reader:
+            ports = frame[34:38]  # untagged IPv4 without options, as synth.py writes
+            port = max(int.from_bytes(ports[:2], "big"), int.from_bytes(ports[2:], "big"))
+            vni = VNIS[port % len(VNIS)]
+            writer.write(ts, vxlan_frame(frame, vni, *UNDERLAY, sport=49152 + port % 16384))
+            n += 1
+    return n
+
+
+def run(work: Path, proxied: Path, flows: int) -> list[tuple[str, float, str]]:
+    """Measure and print the decap section; returns its rows (name, seconds, note)."""
+    encap = work / "vxlan.pcap"
+    t0 = time.perf_counter()
+    packets = write_vxlan(proxied, encap)
+    print(
+        f"\ndecap capture: {packets} VXLAN packets, {len(VNIS)} VNIs, {flows} proxied inner flows, "
+        f"{encap.stat().st_size / 1e6:.1f} MB (wrapped in {time.perf_counter() - t0:.1f}s)"
+    )
+    rows: list[tuple[str, float, str]] = []
+    t0 = time.perf_counter()
+    opts = Options(proxies=(PROXY_CIDR,), decapsulate=True)
+    c = rewrite_file(encap, work / "decap-out.pcap", opts)
+    ours = time.perf_counter() - t0
+    assert c.tunnel_decapsulated == packets and c.tunnel_bad_header == 0, c
+    assert c.headers_stripped.get("proxy-v2") == flows, c
+    rows.append(("normalizer in process, --decap (+ strip)", ours, f"{packets / ours:,.0f} pkt/s"))
+    su = 0.0
+    suricata = shutil.which("suricata")
+    if suricata:
+        logdir = work / "suri-decap"
+        logdir.mkdir(exist_ok=True)
+        rules = Path(__file__).resolve().parent.parent / "suricata" / "rules" / "decoy.rules"
+        for label, rulefile in (("no rules", "/dev/null"), ("decoy.rules", str(rules))):
+            argv = [suricata, "-r", str(encap), "-k", "all", "-l", str(logdir), "-S", rulefile]
+            wall, rc = _timed_child(argv)
+            note = f"{packets / wall:,.0f} pkt/s" if rc == 0 else f"exit {rc}"
+            rows.append((f"suricata -r VXLAN file, {label}", wall, note))
+            su = su or (wall if rc == 0 else 0.0)
+    for name, secs, extra in rows:
+        print(f"  {name:45s} {secs:8.3f} s  {extra}")
+    if su:
+        print(f"  decap wall vs suricata -r {ours / su:8.2f}x  (Suricata without rules)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.decap")
+    ap.add_argument("--packets", type=int, default=200_000)
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="snbench-decap."))
+    try:
+        proxied, plain = work / "proxied.pcap", work / "plain.pcap"
+        _packets, flows = write_pair(proxied, plain, args.packets)
+        run(work, proxied, flows)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
