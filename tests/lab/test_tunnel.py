@@ -220,6 +220,20 @@ def test_snaplen_cut_underlay_is_counted_and_passed(
     assert decoder_invalid(events) == 0
 
 
+def test_icmp_flows_have_tunnel_rows(caps: TunnelCaptures, suricata: Suricata) -> None:
+    """Portless inner flows (the ICMP echo in each VNI) are recorded with ports 0."""
+    out, _stats, cache = rewrite(caps.underlay)
+    icmp = [e for e in suricata(out) if e["event_type"] == "flow" and e["proto"] == "ICMP"]
+    assert sorted(e["vlan"][0] for e in icmp) == sorted(tunnel_lab.VNIS)
+    db = ConnectionCache(cache, readonly=True)
+    try:
+        for e in icmp:
+            row = db.lookup_tunnel(e["src_ip"], 0, e["dest_ip"], 0, e["vlan"], epoch(e))
+            assert row is not None and row["tunnel"]["vni"] == e["vlan"][0], e
+    finally:
+        db.close()
+
+
 @pytest.mark.xfail(
     reason="eve-enricher looks tunnels up only for events with ports; the cache has ICMP rows "
     "(ports 0) but ICMP/ICMPv6 flow events of inner traffic get no tunnel object yet",

@@ -25,6 +25,7 @@ import itertools
 import os
 import struct
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -129,8 +130,22 @@ def curl_argv(conn_index: int, port: int, d: Path) -> list[str]:
     return argv
 
 
+# Two ICMP echo requests (the kernel answers them): portless inner flows, which must be mapped
+# to their tunnel too. A raw socket in Python because iputils-ping is not installed here.
+_PING = (
+    "import socket,struct,sys,time\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP)\n"
+    "for q in (1,2):\n"
+    " h=struct.pack('!BBHHH',8,0,0,0x4c41,q)+b'tunnel-lab'\n"
+    " w=sum(struct.unpack('!%dH'%(len(h)//2),h));w=(w&0xffff)+(w>>16);w=~(w+(w>>16))&0xffff\n"
+    " s.sendto(h[:2]+struct.pack('!H',w)+h[4:],(sys.argv[1],0));time.sleep(0.05)\n"
+    "s.settimeout(2);s.recv(100);s.recv(100)\n"
+)
+
+
 def run_traffic(lab: VxlanLab, d: Path) -> str:
-    """Each connection from both VNIs at once, same local port: identical, overlapping tuples."""
+    """Each connection from both VNIs at once, same local port: identical, overlapping tuples;
+    then an ICMP echo exchange in each VNI."""
     log = []
     for i in range(len(connections(False))):
         procs = [
@@ -146,6 +161,8 @@ def run_traffic(lab: VxlanLab, d: Path) -> str:
             log.append(out.decode())
             if p.returncode:
                 raise RuntimeError(f"curl failed: {out.decode()}")
+    for vni in VNIS:
+        lab.sh(f"client{vni}", sys.executable, "-c", _PING, DECOY[4], timeout=10)
     return "".join(log)
 
 
