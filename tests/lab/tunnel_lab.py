@@ -288,6 +288,18 @@ def _read_pcap(path: Path) -> list[tuple[int, int, bytes]]:
     return out
 
 
+def count_udp(path: Path, port: int) -> tuple[int, int]:
+    """(frames, frames of untagged IPv4 UDP to ``port``) of a capture: what decap must take
+    versus pass (an ARP or neighbour probe may share the underlay with the tunnel)."""
+    frames = _read_pcap(path)
+    hits = 0
+    for _sec, _usec, f in frames:
+        if f[12:14] == b"\x08\x00" and f[23] == 17:
+            udp = 14 + (f[14] & 0x0F) * 4
+            hits += int.from_bytes(f[udp + 2 : udp + 4], "big") == port
+    return len(frames), hits
+
+
 def geneve_wrap(refs: dict[int, Path], out: Path, l3_vnis: frozenset[int]) -> dict[str, int]:
     """Merge the per-VNI reference captures by time into one GENEVE capture.
 
