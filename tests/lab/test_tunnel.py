@@ -8,7 +8,8 @@ Claims, each checked with real Suricata 7 (``-k all``, the decoy rules) on our o
    VNI carrying Ethernet, the other bare IPv4: same equality; the cache names ENI and cookie.
 3. VXLAN carrying a HAProxy ``send-proxy-v2`` connection: the header is stripped on the inner
    flows, alerts equal the header-free baseline, the connections rows carry the tunnel.
-Also: a snap-length-limited underlay capture is rewritten without error, its cuts counted.
+Also: VXLAN over an IPv6 underlay; a snap-length-limited underlay capture is rewritten without
+error, its cuts counted.
 """
 
 from __future__ import annotations
@@ -74,6 +75,20 @@ def caps(lab_ready: None, lab_dir: Path) -> Iterator[TunnelCaptures]:
     geneve = d / "geneve.pcap"
     counts = tunnel_lab.geneve_wrap(inner, geneve, GENEVE_L3)
     yield TunnelCaptures(d, underlay, inner, proxied, baseline, geneve, counts)
+
+
+@pytest.fixture(scope="module")
+def caps6(lab_ready: None, lab_dir: Path) -> tuple[Path, dict[int, Path]]:
+    """The VXLAN traffic again over an IPv6 underlay: (underlay, per-VNI references)."""
+    try:
+        lab = tunnel_lab.Vxlan6Lab()
+        lab.__enter__()
+    except LabError as e:
+        pytest.skip(f"kernel VXLAN over IPv6 between namespaces not available: {e}")
+    try:
+        return tunnel_lab.record(lab, lab_dir / "tunnel6")
+    finally:
+        lab.close()
 
 
 def rewrite(pcap: Path, *extra: str) -> tuple[Path, dict[str, Any], Path]:
@@ -197,6 +212,29 @@ def test_vxlan_alerts_map_back_to_their_tunnel(caps: TunnelCaptures, suricata: S
     for e in enriched(out, cache):
         if "vlan" in e and "src_port" in e:
             assert e["tunnel"]["type"] == "vxlan" and e["tunnel"]["outer"]["dest_port"] == 4789
+
+
+def test_vxlan_over_ipv6_underlay(caps6: tuple[Path, dict[int, Path]], suricata: Suricata) -> None:
+    underlay, inner = caps6
+    out, stats, cache = rewrite(underlay)
+    frames, vxlan = tunnel_lab.count_udp(underlay, 4789)
+    assert vxlan > 0 and stats["tunnel_decapsulated"] == vxlan, stats
+    assert stats["tunnel_passed"] == frames - vxlan and stats["tunnel_bad_header"] == 0
+    events = suricata(out)
+    clean(events)
+    alerts, flows = per_vlan(events), per_vlan(events, "flow")
+    for vni, ref in inner.items():
+        ref_events = suricata(ref)
+        assert alerts_by_sid(alerts[(vni,)]) == alerts_by_sid(ref_events) == expected_alerts(False)
+        assert tcp_tuples(flows[(vni,)]) == tcp_tuples(ref_events)
+    db = ConnectionCache(cache, readonly=True)
+    try:
+        for ev in alerts[(tunnel_lab.VNIS[0],)] + alerts[(tunnel_lab.VNIS[1],)]:
+            t = tunnel_of(db, ev)
+            assert t["vni"] == ev["vlan"][0]
+            assert {t["outer"]["src_ip"], t["outer"]["dest_ip"]} == set(tunnel_lab.UNDERLAY6)
+    finally:
+        db.close()
 
 
 def test_snaplen_cut_underlay_is_counted_and_passed(

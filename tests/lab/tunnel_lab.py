@@ -35,6 +35,7 @@ from tests.lab.netlab import DECOY, GATEWAY_FRONT, Capture, Lab, LabError
 from tests.lab.traffic import WEBSHELL, connections
 
 UNDERLAY = ("10.99.0.1", "10.99.0.2")
+UNDERLAY6 = ("fd99::1", "fd99::2")
 VNIS = (100, 200)
 CLIENT = "192.0.2.1"
 _SEQ = itertools.count()
@@ -43,6 +44,9 @@ _OFFLOADS = ("tx", "off", "tso", "off", "gso", "off", "gro", "off")
 
 class VxlanLab(Lab):
     """Namespaces sensor, vtep, client<vni>, decoy<vni>; closed like ``netlab.Lab``."""
+
+    underlay = UNDERLAY
+    prefix = 24
 
     def start(self) -> None:
         tag = f"snv{os.getpid()}x{next(_SEQ)}"
@@ -68,14 +72,19 @@ class VxlanLab(Lab):
             "netns",
             self.ns["vtep"],
         )
-        for role, dev, addr in (("sensor", "u1", UNDERLAY[0]), ("vtep", "u2", UNDERLAY[1])):
+        ends = (("sensor", "u1", self.underlay[0]), ("vtep", "u2", self.underlay[1]))
+        for role, dev, addr in ends:
             self.sh(role, "ethtool", "-K", dev, *_OFFLOADS)
-            self.ip(role, "addr", "add", f"{addr}/24", "dev", dev)
+            if ":" in addr:  # IPv6 on this port only, without a link-local address (no MLD)
+                self.sh(role, "sysctl", "-qw", f"net.ipv6.conf.{dev}.addr_gen_mode=1")
+                self.sh(role, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0")
+            extra = ["nodad"] if ":" in addr else []
+            self.ip(role, "addr", "add", f"{addr}/{self.prefix}", "dev", dev, *extra)
             self.ip(role, "link", "set", dev, "up")
         for vni in VNIS:
             for side, role, local, remote, inner in (
-                ("sensor", f"client{vni}", *UNDERLAY, CLIENT),
-                ("vtep", f"decoy{vni}", *reversed(UNDERLAY), DECOY[4]),
+                ("sensor", f"client{vni}", *self.underlay, CLIENT),
+                ("vtep", f"decoy{vni}", *reversed(self.underlay), DECOY[4]),
             ):
                 dev = f"vx{vni}"
                 self.ip(
@@ -112,6 +121,13 @@ class VxlanLab(Lab):
         """A view that runs ``role``'s commands in ``real``'s namespace (for services/capture
         helpers written for the proxy lab); its processes are stopped with this lab."""
         return Lab(ns={role: self.ns[real]}, procs=self.procs)
+
+
+class Vxlan6Lab(VxlanLab):
+    """The same with an IPv6 underlay: the kernel's VXLAN over IPv6 (UDP checksum mandatory)."""
+
+    underlay = UNDERLAY6
+    prefix = 64
 
 
 def curl_argv(conn_index: int, port: int, d: Path) -> list[str]:
@@ -289,14 +305,18 @@ def _read_pcap(path: Path) -> list[tuple[int, int, bytes]]:
 
 
 def count_udp(path: Path, port: int) -> tuple[int, int]:
-    """(frames, frames of untagged IPv4 UDP to ``port``) of a capture: what decap must take
+    """(frames, frames of untagged IPv4/IPv6 UDP to ``port``) of a capture: what decap must take
     versus pass (an ARP or neighbour probe may share the underlay with the tunnel)."""
     frames = _read_pcap(path)
     hits = 0
     for _sec, _usec, f in frames:
         if f[12:14] == b"\x08\x00" and f[23] == 17:
             udp = 14 + (f[14] & 0x0F) * 4
-            hits += int.from_bytes(f[udp + 2 : udp + 4], "big") == port
+        elif f[12:14] == b"\x86\xdd" and f[20] == 17:  # no extension headers on the underlay
+            udp = 54
+        else:
+            continue
+        hits += int.from_bytes(f[udp + 2 : udp + 4], "big") == port
     return len(frames), hits
 
 
