@@ -139,22 +139,20 @@ def event_time(event: Event) -> float | None:
         return None
 
 
-def lookup_window(event: Event, ts: float, default: float) -> float:
-    """How far before ``ts`` the connection may have started.
+def reference_time(event: Event, ts: float) -> float:
+    """The time that picks the event's connection among those sharing its tuple: when the
+    flow started if the event says so (alerts and flow events do), else the event's own time.
 
-    ``flow`` events are logged when the flow ends, possibly hours after its header; when the
-    event says when its flow started, the window reaches back to then (plus a minute of slack).
-    """
+    Why: a flow event is written when its flow ends, by which time a later connection with the
+    same tuple may have begun (HAProxy in HTTP mode opens several backend connections for one
+    client connection; with restored addresses they all carry the client's tuple)."""
     flow = event.get("flow")
     if type(flow) is dict:
         start = flow.get("start")
         if type(start) is str:
-            try:
-                started = datetime.fromisoformat(start).timestamp()
-            except ValueError:
-                return default
-            return max(default, ts - started + 60.0)
-    return default
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(start).timestamp()
+    return ts
 
 
 def _remap(obj: dict[str, Any], conn: Connection, client: Endpoint, server: Endpoint) -> None:
@@ -259,7 +257,7 @@ def enrich(event: Event, lookup: LookupFn, seed: int = 0, window: float = 3600.0
     ts = event_time(event)
     if ts is None:
         return None
-    conn = lookup(t, ts, lookup_window(event, ts, window))
+    conn = lookup(t, reference_time(event, ts), window)
     return None if conn is None else apply(event, conn, seed)
 
 
@@ -274,5 +272,5 @@ __all__ = [
     "eve_addr",
     "event_time",
     "event_tuple",
-    "lookup_window",
+    "reference_time",
 ]

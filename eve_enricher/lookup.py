@@ -27,11 +27,17 @@ from eve_enricher.enrich import (
     Tuple4,
     cache_addr,
     event_time,
-    lookup_window,
+    reference_time,
 )
 from normalizer.conn_cache import ConnectionCache
 
 _MISSING = object()
+
+
+def _unordered(t: Tuple4) -> Tuple4:
+    """The tuple with its ends in a fixed order: a flow's events in both directions (a request's
+    http event, the response's fileinfo) share one memo entry and so one connection."""
+    return t if (t[0], t[1]) <= (t[2], t[3]) else (t[2], t[3], t[0], t[1])
 
 
 class CacheLookup:
@@ -84,7 +90,7 @@ class Matcher:
 
     def match(self, event: Event, t: Tuple4) -> Connection | None:
         flow_id = event.get("flow_id")
-        key = None if flow_id is None else (flow_id, *t)
+        key = None if flow_id is None else (flow_id, *_unordered(t))
         if key is not None:
             hit = self._memo.get(key, _MISSING)
             if hit is not _MISSING:
@@ -94,18 +100,19 @@ class Matcher:
         ts = event_time(event)
         if ts is None:
             ts = self.clock()
-        window = lookup_window(event, ts, self.window)
+        ref = reference_time(event, ts)
+        window = self.window
         self.counters.lookups += 1
-        conn = self.lookup(t, ts, window)
+        conn = self.lookup(t, ref, window)
         if conn is None and self.wait > 0:
-            conn = self._wait_for(t, ts, window)
+            conn = self._wait_for(t, ts, ref, window)
         if key is not None:
             self._memo[key] = conn
             if len(self._memo) > self.memo_size:
                 self._memo.popitem(last=False)
         return conn
 
-    def _wait_for(self, t: Tuple4, ts: float, window: float) -> Connection | None:
+    def _wait_for(self, t: Tuple4, ts: float, ref: float, window: float) -> Connection | None:
         """Poll until the row shows up or the event is ``wait`` seconds old (at most ``wait``
         from now, whatever the clocks say). Sleeps exactly up to each event's own deadline, so
         a stream of fresh non-proxied events becomes a ``wait``-long delay line, not a stall."""
@@ -116,7 +123,7 @@ class Matcher:
         while True:
             self.sleep(min(self.poll, max(0.0, deadline - now)))
             self.counters.lookups += 1
-            conn = self.lookup(t, ts, window)
+            conn = self.lookup(t, ref, window)
             if conn is not None:
                 self.counters.late += 1
                 return conn
@@ -154,7 +161,7 @@ class TunnelMatcher:
     def match(self, event: Event, t: Tuple4) -> dict[str, Any] | None:
         vlan = event.get("vlan")
         ids = [v for v in vlan if type(v) is int] if type(vlan) is list else []
-        key = (event.get("flow_id"), *t, *ids)
+        key = (event.get("flow_id"), *_unordered(t), *ids)
         hit = self._memo.get(key, _MISSING)
         if hit is not _MISSING:
             self._memo.move_to_end(key)
@@ -165,7 +172,7 @@ class TunnelMatcher:
         self.lookups += 1
         try:
             row = self.cache.lookup_tunnel(
-                t[0], t[1], t[2], t[3], ids, ts, lookup_window(event, ts, self.window)
+                t[0], t[1], t[2], t[3], ids, reference_time(event, ts), self.window
             )
         except ValueError:  # an address the cache cannot parse: no tunnel
             row = None

@@ -20,6 +20,11 @@ from normalizer.engine import HeaderEvent, Resumable
 from normalizer.headers.base import ProxyHeader
 from normalizer.tunnel_flows import TunnelFlow
 
+# Which of several connections with one tuple an event at ``ts`` belongs to (ports are reused,
+# and with restored addresses several backend connections of one HTTP-mode client connection
+# share the real tuple): the last one started at or before ``ts``; failing that, the first one
+# started after it (a header is seen a round trip after the SYN that Suricata's flow starts at).
+NEAREST_START = "ORDER BY first_seen > ?, abs(first_seen - ?) LIMIT 1"
 SCHEMA_VERSION = 2  # 2: the tunnels table and the trigger filling connections.tunnel
 _NS = 1_000_000_000
 
@@ -109,13 +114,14 @@ class ConnectionCache:
     def lookup_wire(
         self, src: str, sport: int, dst: str, dport: int, ts: float, window: float = 3600.0
     ) -> dict[str, Any] | None:
-        """The connection with this wire tuple (either direction) started last before ``ts``."""
+        """The connection with this wire tuple (either direction) that ``ts`` falls in: the one
+        started last at or before ``ts``, else the first started within a second after it."""
         cur = self._db.execute(
             "SELECT * FROM connections WHERE ((wire_src_ip=? AND wire_src_port=? AND"
             " wire_dst_ip=? AND wire_dst_port=?) OR (wire_src_ip=? AND wire_src_port=? AND"
             " wire_dst_ip=? AND wire_dst_port=?)) AND first_seen <= ? AND first_seen >= ?"
-            " ORDER BY first_seen DESC LIMIT 1",
-            (src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window),
+            f" {NEAREST_START}",
+            (src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window, ts, ts),
         )
         return _first_row(cur)
 
@@ -128,8 +134,8 @@ class ConnectionCache:
             "SELECT * FROM connections WHERE ((real_src_ip=? AND real_src_port=? AND"
             " real_dst_ip=? AND real_dst_port=?) OR (real_src_ip=? AND real_src_port=? AND"
             " real_dst_ip=? AND real_dst_port=?)) AND first_seen <= ? AND first_seen >= ?"
-            " ORDER BY first_seen DESC LIMIT 1",
-            (src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window),
+            f" {NEAREST_START}",
+            (src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window, ts, ts),
         )
         return _first_row(cur)
 

@@ -51,7 +51,7 @@ Frame = bytes | bytearray
 class HeaderEvent:
     """A proxied connection whose header was parsed: what the connection cache records."""
 
-    ts: int
+    ts: int  # ns, when the flow began (its first packet, normally the SYN)
     client: tuple[str, int]  # wire address of the proxy side
     server: tuple[str, int]  # wire address of the backend side
     vlan: bytes
@@ -372,6 +372,9 @@ class Normalizer:
         c = self.counters
         flow.state = ACTIVE
         flow.hdr_len = header.length
+        # The record's time is when the flow began (its SYN), as Suricata's flow.start says, not
+        # when the header completed: the enricher tells connections sharing a tuple apart by it.
+        started = flow.started or ts
         flow.started = 0  # no longer needed; a small int is shared, a timestamp is not
         c.headers_stripped[header.kind] = c.headers_stripped.get(header.kind, 0) + 1
         if self.opts.restore_addresses:
@@ -385,7 +388,7 @@ class Normalizer:
             client, server = (first, second) if flow.client_first else (second, first)
             self.events.append(
                 HeaderEvent(
-                    ts, endpoint_text(client), endpoint_text(server), vlan, header, flow.isn
+                    started, endpoint_text(client), endpoint_text(server), vlan, header, flow.isn
                 )
             )
         else:

@@ -109,8 +109,10 @@ def lookup(
     cur = db.execute(
         "SELECT * FROM tunnels WHERE vlan = ? AND ((src_ip=? AND src_port=? AND dst_ip=? AND"
         " dst_port=?) OR (src_ip=? AND src_port=? AND dst_ip=? AND dst_port=?))"
-        " AND first_seen <= ? AND first_seen >= ? ORDER BY first_seen DESC LIMIT 1",
-        (vlan_text(vlan), src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window),
+        " AND first_seen <= ? AND first_seen >= ? ORDER BY first_seen > ?, abs(first_seen - ?)"
+        " LIMIT 1",
+        (vlan_text(vlan), src, sport, dst, dport, dst, dport, src, sport)
+        + (ts + 1.0, ts - window, ts, ts),
     )
     row = cur.fetchone()
     if row is None:
