@@ -29,7 +29,8 @@ class Spec:
     raw_opts: str = "send-proxy-v2"
     base_opts: str = ""
     gateway: str = "haproxy"  # or "nginx" (stream proxy, PROXY v1 coalesced with data)
-    family: int = 4
+    family: int = 4  # of the captured hop (gateway -> decoy)
+    client_family: int = 0  # of the attacker -> gateway hop; 0: the same as ``family``
     mode: str = "tcp"
     tls: bool = False
     httpchk: bool = False
@@ -48,6 +49,7 @@ class ScenarioCaptures:
     proxy: str  # CIDR of the gateway as the sensor sees it: pass to --proxy
     header: str
     expected: Counter[int]  # sid -> count the baseline must raise
+    client_family: int = 4  # the attacker's (and the gateway front's) address family
 
 
 TLV_OPTS = "ssl,cert-cn,ssl-cipher,cert-sig,cert-key,authority,crc32c,unique-id"
@@ -83,6 +85,11 @@ SPECS = {
         Spec("haproxy-v2-http", "PROXY v2 TCP4, HAProxy in HTTP mode", mode="http"),
         Spec("haproxy-v1-ipv6", "PROXY v1 TCP6", raw_opts="send-proxy", family=6),
         Spec("haproxy-v2-ipv6", "PROXY v2 TCP6", family=6),
+        Spec(
+            "haproxy-v2-v6client",
+            "PROXY v2 TCP6 over an IPv4 hop (IPv6 attacker, IPv4 gateway -> decoy)",
+            client_family=6,
+        ),
         Spec("nginx-v1", "PROXY v1 TCP4 coalesced with first request bytes", gateway="nginx"),
         Spec(
             "haproxy-v2-synloss",
@@ -157,7 +164,7 @@ def record(lab: Lab, spec: Spec, outdir: Path) -> ScenarioCaptures:
         try:
             with lab.capture(pcap) as cap:
                 time.sleep(spec.pre)
-                run_traffic(lab, d, spec.family, tls, spec.bulk)
+                run_traffic(lab, d, spec.client_family or spec.family, tls, spec.bulk)
                 time.sleep(0.5)  # let FIN/ACKs of the last connection pass the capture point
         finally:
             lab.stop_all()
@@ -170,6 +177,7 @@ def record(lab: Lab, spec: Spec, outdir: Path) -> ScenarioCaptures:
         f"{GATEWAY_BACK[spec.family]}/{plen}",
         spec.header,
         expected_alerts(spec.bulk),
+        spec.client_family or spec.family,
     )
 
 
@@ -213,6 +221,12 @@ def haproxy_v2_ipv6(lab: Lab, outdir: Path) -> ScenarioCaptures:
     return record(lab, SPECS["haproxy-v2-ipv6"], outdir)
 
 
+def haproxy_v2_v6client(lab: Lab, outdir: Path) -> ScenarioCaptures:
+    """IPv6 attacker, IPv4 gateway <-> decoy: a TCP6 v2 header on an IPv4 connection, so address
+    restoration must rebuild every packet in the other family."""
+    return record(lab, SPECS["haproxy-v2-v6client"], outdir)
+
+
 def nginx_v1(lab: Lab, outdir: Path) -> ScenarioCaptures:
     """nginx stream ``proxy_protocol on``: header and first request bytes in one segment."""
     return record(lab, SPECS["nginx-v1"], outdir)
@@ -247,6 +261,7 @@ SCENARIOS = {
     "haproxy-v2-http": haproxy_v2_http,
     "haproxy-v1-ipv6": haproxy_v1_ipv6,
     "haproxy-v2-ipv6": haproxy_v2_ipv6,
+    "haproxy-v2-v6client": haproxy_v2_v6client,
     "nginx-v1": nginx_v1,
     "haproxy-v2-synloss": haproxy_v2_synloss,
     "haproxy-v2-hdrloss": haproxy_v2_hdrloss,

@@ -46,6 +46,7 @@ HEADERS = {
     "haproxy-v2-http": {V2},
     "haproxy-v1-ipv6": {"v1 TCP6 alone"},
     "haproxy-v2-ipv6": {"v2 PROXY fam=0x21 len=52 alone"},
+    "haproxy-v2-v6client": {"v2 PROXY fam=0x21 len=52 alone"},
     "nginx-v1": {"v1 TCP4 +data"},
     "haproxy-v2-synloss": {V2},
     "haproxy-v2-hdrloss": {V2},
@@ -136,7 +137,8 @@ def test_alerts_name_the_real_attacker(
     assert p.returncode == 0, p.stderr
     alerts = [e for e in suricata(norm) if e.get("event_type") == "alert"]
     assert alerts_by_sid(alerts) == caps.expected
-    ends = (GATEWAY_BACK[fam], DECOY[fam]) if keep else (ATTACKER[fam], GATEWAY_FRONT[fam])
+    cfam = caps.client_family
+    ends = (GATEWAY_BACK[fam], DECOY[fam]) if keep else (ATTACKER[cfam], GATEWAY_FRONT[cfam])
     want = (ipaddress.ip_address(ends[0]), ipaddress.ip_address(ends[1]))  # IPv6 is expanded
     for ev in alerts:
         got = (ipaddress.ip_address(ev["src_ip"]), ipaddress.ip_address(ev["dest_ip"]))
