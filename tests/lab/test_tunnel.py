@@ -8,8 +8,8 @@ Claims, each checked with real Suricata 7 (``-k all``, the decoy rules) on our o
    VNI carrying Ethernet, the other bare IPv4: same equality; the cache names ENI and cookie.
 3. VXLAN carrying a HAProxy ``send-proxy-v2`` connection: the header is stripped on the inner
    flows, alerts equal the header-free baseline, the connections rows carry the tunnel.
-Also: VXLAN over an IPv6 underlay; a snap-length-limited underlay capture is rewritten without
-error, its cuts counted.
+Also: VXLAN over an IPv6 underlay; outer IPv4 fragments made by the kernel (inner MTU = underlay
+MTU) reassembled; a snap-length-limited underlay capture rewritten without error, cuts counted.
 """
 
 from __future__ import annotations
@@ -77,18 +77,29 @@ def caps(lab_ready: None, lab_dir: Path) -> Iterator[TunnelCaptures]:
     yield TunnelCaptures(d, underlay, inner, proxied, baseline, geneve, counts)
 
 
-@pytest.fixture(scope="module")
-def caps6(lab_ready: None, lab_dir: Path) -> tuple[Path, dict[int, Path]]:
-    """The VXLAN traffic again over an IPv6 underlay: (underlay, per-VNI references)."""
+def record_variant(lab_type: type[tunnel_lab.VxlanLab], d: Path) -> tuple[Path, dict[int, Path]]:
+    """The VXLAN traffic in another lab variant: (underlay, per-VNI references)."""
     try:
-        lab = tunnel_lab.Vxlan6Lab()
+        lab = lab_type()
         lab.__enter__()
     except LabError as e:
-        pytest.skip(f"kernel VXLAN over IPv6 between namespaces not available: {e}")
+        pytest.skip(f"{lab_type.__name__}: kernel VXLAN between namespaces not available: {e}")
     try:
-        return tunnel_lab.record(lab, lab_dir / "tunnel6")
+        return tunnel_lab.record(lab, d)
     finally:
         lab.close()
+
+
+@pytest.fixture(scope="module")
+def caps6(lab_ready: None, lab_dir: Path) -> tuple[Path, dict[int, Path]]:
+    """Over an IPv6 underlay."""
+    return record_variant(tunnel_lab.Vxlan6Lab, lab_dir / "tunnel6")
+
+
+@pytest.fixture(scope="module")
+def caps_frag(lab_ready: None, lab_dir: Path) -> tuple[Path, dict[int, Path]]:
+    """With 1500-byte VXLAN devices over a 1500-byte underlay: the kernel fragments."""
+    return record_variant(tunnel_lab.VxlanFragLab, lab_dir / "tunnelfrag")
 
 
 def rewrite(pcap: Path, *extra: str) -> tuple[Path, dict[str, Any], Path]:
@@ -235,6 +246,25 @@ def test_vxlan_over_ipv6_underlay(caps6: tuple[Path, dict[int, Path]], suricata:
             assert {t["outer"]["src_ip"], t["outer"]["dest_ip"]} == set(tunnel_lab.UNDERLAY6)
     finally:
         db.close()
+
+
+def test_kernel_fragmented_outer_packets_are_reassembled(
+    caps_frag: tuple[Path, dict[int, Path]], suricata: Suricata
+) -> None:
+    underlay, inner = caps_frag
+    out, stats, _db = rewrite(underlay)
+    assert stats["tunnel_fragments"] > 0 and stats["tunnel_reassembled"] > 0, stats
+    assert stats["tunnel_frag_limit"] == stats["tunnel_bad_header"] == 0, stats
+    frames = len(tunnel_lab.read_pcap(underlay))
+    got = stats["tunnel_decapsulated"] + stats["tunnel_passed"] + stats["tunnel_fragments"]
+    assert got - stats["tunnel_reassembled"] == frames, stats
+    events = suricata(out)
+    clean(events)
+    alerts, flows = per_vlan(events), per_vlan(events, "flow")
+    for vni, ref in inner.items():
+        ref_events = suricata(ref)
+        assert alerts_by_sid(alerts[(vni,)]) == alerts_by_sid(ref_events) == expected_alerts(False)
+        assert tcp_tuples(flows[(vni,)]) == tcp_tuples(ref_events)
 
 
 def test_snaplen_cut_underlay_is_counted_and_passed(

@@ -47,6 +47,7 @@ class VxlanLab(Lab):
 
     underlay = UNDERLAY
     prefix = 24
+    inner_mtu: int | None = None  # set: VXLAN devices get this MTU, not the underlay's - 50
 
     def start(self) -> None:
         tag = f"snv{os.getpid()}x{next(_SEQ)}"
@@ -102,15 +103,25 @@ class VxlanLab(Lab):
                     remote,
                     "dstport",
                     "4789",
-                    "dev",
-                    "u1" if side == "sensor" else "u2",
+                    # A lower device caps the MTU at its own minus 50; without one, routing
+                    # picks u1/u2 anyway and any MTU is allowed.
+                    *([] if self.inner_mtu else ["dev", "u1" if side == "sensor" else "u2"]),
                 )
+                if self.inner_mtu:
+                    self.ip(side, "link", "set", dev, "mtu", str(self.inner_mtu))
+                    # Inner packets without DF: the tunnel fragments them instead of sending
+                    # "fragmentation needed" back (which would shrink the MSS after one packet).
+                    self.sh(role, "sysctl", "-qw", "net.ipv4.ip_no_pmtu_disc=1")
                 self.ip(side, "link", "set", dev, "netns", self.ns[role])
                 self.sh(role, "ethtool", "-K", dev, *_OFFLOADS)
                 self.ip(role, "addr", "add", f"{inner}/24", "dev", dev)
                 if role.startswith("decoy"):  # the decoy's nginx also listens on its IPv6 address
                     self.ip(role, "addr", "add", f"{DECOY[6]}/64", "dev", dev, "nodad")
                 self.ip(role, "link", "set", dev, "up")
+                if self.inner_mtu:  # a locked route MTU: no path-MTU update shrinks the MSS
+                    net = f"{inner.rsplit('.', 1)[0]}.0/24"
+                    mtu = ["mtu", "lock", str(self.inner_mtu)]
+                    self.ip(role, "route", "replace", net, "dev", dev, *mtu)
         deadline = time.monotonic() + 10  # veth carrier comes up to ~1 s after "set up"
         while any("NO-CARRIER" in self.ip(r, "-br", "link") for r in ("sensor", "vtep")):
             if time.monotonic() > deadline:
@@ -128,6 +139,14 @@ class Vxlan6Lab(VxlanLab):
 
     underlay = UNDERLAY6
     prefix = 64
+
+
+class VxlanFragLab(VxlanLab):
+    """VXLAN devices with the underlay's MTU (1500): full-size inner packets make 1550-byte
+    outer ones, which the kernel fragments on the underlay (VXLAN's outer DF is unset; inner
+    path-MTU discovery is off) -- real outer fragments for reassembly."""
+
+    inner_mtu = 1500
 
 
 def curl_argv(conn_index: int, port: int, d: Path) -> list[str]:
@@ -291,7 +310,7 @@ def geneve_packet(inner: bytes, vni: int, protocol: int, cookie: bytes, ident: i
     return bytes.fromhex("02000000bb0202000000bb01") + b"\x08\x00" + ip + udp
 
 
-def _read_pcap(path: Path) -> list[tuple[int, int, bytes]]:
+def read_pcap(path: Path) -> list[tuple[int, int, bytes]]:
     """(seconds, microseconds, frame) of a classic little-endian microsecond pcap (tcpdump's)."""
     data = path.read_bytes()
     if data[:4] != b"\xd4\xc3\xb2\xa1":
@@ -307,10 +326,12 @@ def _read_pcap(path: Path) -> list[tuple[int, int, bytes]]:
 def count_udp(path: Path, port: int) -> tuple[int, int]:
     """(frames, frames of untagged IPv4/IPv6 UDP to ``port``) of a capture: what decap must take
     versus pass (an ARP or neighbour probe may share the underlay with the tunnel)."""
-    frames = _read_pcap(path)
+    frames = read_pcap(path)
     hits = 0
     for _sec, _usec, f in frames:
         if f[12:14] == b"\x08\x00" and f[23] == 17:
+            if int.from_bytes(f[20:22], "big") & 0x1FFF:  # a later fragment: no UDP header
+                continue
             udp = 14 + (f[14] & 0x0F) * 4
         elif f[12:14] == b"\x86\xdd" and f[20] == 17:  # no extension headers on the underlay
             udp = 54
@@ -330,7 +351,7 @@ def geneve_wrap(refs: dict[int, Path], out: Path, l3_vnis: frozenset[int]) -> di
     frames = sorted(
         (sec, usec, i, vni, f)
         for vni, path in refs.items()
-        for i, (sec, usec, f) in enumerate(_read_pcap(path))
+        for i, (sec, usec, f) in enumerate(read_pcap(path))
     )
     counts = {"packets": 0, "skipped": 0}
     with out.open("wb") as fh:
