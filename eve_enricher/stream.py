@@ -67,7 +67,17 @@ class LineEnricher:
                 return b""
             return raw if raw.endswith(b"\n") else raw + b"\n"
         t = event_tuple(event)
-        if t is not None:
+        if t is None and self.tunnels is not None:
+            # portless (ICMP, ICMPv6): only a tunnel can apply; its row has ports 0
+            src, dst = event.get("src_ip"), event.get("dest_ip")
+            if type(src) is str and type(dst) is str and "vlan" in event:
+                tunnel = self.tunnels.match(event, (src, 0, dst, 0))
+                if tunnel is not None:
+                    event["tunnel"] = tunnel
+                    c.enriched += 1
+                    c.tunneled += 1
+                    return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+        elif t is not None:
             conn = self.matcher.match(event, t)
             if conn is not None:
                 out = apply(event, conn, self.seed)

@@ -13,7 +13,8 @@ from normalizer import encap, geneve
 from normalizer.conn_cache import ConnectionCache
 from normalizer.options import Options
 from normalizer.pcap_job import rewrite_file
-from tests.eve_enricher.helpers import T0, alert, event, line
+from normalizer.tunnel_flows import TunnelFlow
+from tests.eve_enricher.helpers import T0, alert, eve_ts, event, line
 from tests.normalizer.packets import PROXY4, Conv
 from tests.normalizer.test_engine import V2, conversation
 from tests.normalizer.test_tunnel_pipeline import _write
@@ -67,3 +68,24 @@ def test_events_name_their_tunnel(tmp_path: Path) -> None:
     lines = out.read_bytes().splitlines(keepends=True)
     assert lines[2] == line(events[2]) and lines[3] == line(events[3])
     assert "tunnel" not in other_vlan and "tunnel" not in untagged
+
+
+def test_portless_events_name_their_tunnel(tmp_path: Path) -> None:
+    """ICMP has no ports: the normalizer records such inner flows with ports 0."""
+    db = _cache(tmp_path)
+    cache = ConnectionCache(db)
+    tunnel = {"type": "vxlan", "vni": 7, "vlan": 7, "outer": {"src_ip": OUTER[0]}}
+    tunnel["outer"].update({"dest_ip": OUTER[1], "src_port": 0, "dest_port": 4789, "vlan": []})
+    ns = int(T0 * 1e9)
+    flow = TunnelFlow(b"\x00\x07", 1, ("192.0.2.9", 0), ("192.0.2.2", 0), tunnel, ns, ns)
+    cache.record_tunnels([flow])
+    cache.close()
+    ping = {"timestamp": eve_ts(T0 + 1), "flow_id": 9, "event_type": "flow", "vlan": [7]}
+    ping.update({"src_ip": "192.0.2.9", "dest_ip": "192.0.2.2", "proto": "ICMP", "icmp_type": 8})
+    other = {**ping, "vlan": [8]}
+    eve, out = tmp_path / "eve.json", tmp_path / "out.json"
+    eve.write_bytes(line(ping) + line(other))
+    assert main(["enrich", str(eve), "--cache", str(db), "-o", str(out), "-q"]) == 0
+    a, b = out.read_bytes().splitlines(keepends=True)
+    assert orjson.loads(a) == {**ping, "tunnel": tunnel}
+    assert b == line(other)
