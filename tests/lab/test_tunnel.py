@@ -149,10 +149,10 @@ def tunnel_of(db: ConnectionCache, ev: Event) -> dict[str, Any]:
     return tunnel
 
 
-def enriched(out: Path, cache: Path, portless: bool = False) -> list[Event]:
+def enriched(out: Path, cache: Path) -> list[Event]:
     """``eve-enricher enrich`` on Suricata's eve.json for ``out`` (the ``suricata`` fixture must
-    have run on it) with the rewrite's cache; asserts every event of a TCP/UDP flow (and with
-    ``portless`` also ICMP ones) names its tunnel."""
+    have run on it) with the rewrite's cache; asserts every event of an inner flow (TCP, UDP,
+    ICMP: all carry the VLAN id of their VNI) names its tunnel."""
     eve = out.with_suffix(".suricata") / "eve.json"
     dst = out.with_suffix(".enriched.json")
     exe = shutil.which("eve-enricher") or str(Path(sys.executable).with_name("eve-enricher"))
@@ -160,7 +160,7 @@ def enriched(out: Path, cache: Path, portless: bool = False) -> list[Event]:
     p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, f"{' '.join(argv)}\n{p.stdout}{p.stderr}"
     events = [json.loads(line) for line in dst.read_text().splitlines() if line.strip()]
-    flows = [e for e in events if "vlan" in e and (portless or "src_port" in e)]
+    flows = [e for e in events if "vlan" in e]
     assert any(e["event_type"] == "alert" for e in flows)
     for e in flows:
         assert e.get("tunnel", {}).get("vni") == e["vlan"][0], e
@@ -221,7 +221,7 @@ def test_vxlan_alerts_map_back_to_their_tunnel(caps: TunnelCaptures, suricata: S
     finally:
         db.close()
     for e in enriched(out, cache):
-        if "vlan" in e and "src_port" in e:
+        if "vlan" in e:
             assert e["tunnel"]["type"] == "vxlan" and e["tunnel"]["outer"]["dest_port"] == 4789
 
 
@@ -305,15 +305,11 @@ def test_icmp_flows_have_tunnel_rows(caps: TunnelCaptures, suricata: Suricata) -
         db.close()
 
 
-@pytest.mark.xfail(
-    reason="eve-enricher looks tunnels up only for events with ports; the cache has ICMP rows "
-    "(ports 0) but ICMP/ICMPv6 flow events of inner traffic get no tunnel object yet",
-    strict=False,
-)
 def test_icmp_events_name_their_tunnel(caps: TunnelCaptures, suricata: Suricata) -> None:
     out, _stats, cache = rewrite(caps.underlay)
     suricata(out)
-    enriched(out, cache, portless=True)
+    icmp = [e for e in enriched(out, cache) if e.get("proto") == "ICMP"]
+    assert sorted(e["tunnel"]["vni"] for e in icmp) == sorted(tunnel_lab.VNIS)
 
 
 # -- 2. GENEVE with gateway-load-balancer options ------------------------------------------------
