@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         help="packets the (slow) scapy baseline processes; its rate is per packet",
     )
     ap.add_argument("--flows-for-memory", type=int, default=50_000)
+    ap.add_argument("--eve-lines", type=int, default=200_000, help="enricher benchmark size")
     ap.add_argument("--keep", type=Path, help="keep the generated captures in this folder")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="snbench."))
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         from bench import decap  # last section: VXLAN mirror capture, --decap vs suricata -r
 
         decap.run(work, proxied, flows)
+        from bench import enricher  # eve enricher lines/s, and the cache's cost per new flow
+
+        enricher.run(work, args.eve_lines, proxied, flows)
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             for p in (proxied, plain):

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import ipaddress
 import struct
+from functools import lru_cache
 
 TCP, UDP, ICMP, ICMP6, SCTP = 6, 17, 1, 58, 132
 _PORT_PROTOS = frozenset({TCP, UDP, SCTP, ICMP, ICMP6})
@@ -38,9 +39,16 @@ _ICMP6_PAIRS = {
 
 # eve's "proto" strings (Suricata prints known protocols by name, others as the number)
 EVE_PROTOS = {"TCP": TCP, "UDP": UDP, "ICMP": ICMP, "IPV6-ICMP": ICMP6, "SCTP": SCTP}
+_BY_NAME = EVE_PROTOS | {"IPv6-ICMP": ICMP6}  # as Suricata spells them: no upper() per event
 
 
 def proto_number(proto: object) -> int | None:
+    """eve's ``proto`` value ("TCP", "IPv6-ICMP", "47", 6) as a protocol number, None if unknown."""
+    known = _BY_NAME.get(proto) if type(proto) is str else None
+    return known if known is not None else _proto_number(proto)
+
+
+def _proto_number(proto: object) -> int | None:
     """eve's ``proto`` value ("TCP", "IPv6-ICMP", "47", 6) as a protocol number, None if unknown."""
     if isinstance(proto, int):
         return proto if 0 <= proto <= 255 else None
@@ -52,6 +60,14 @@ def proto_number(proto: object) -> int | None:
     return None
 
 
+@lru_cache(maxsize=65536)
+def _packed(addr: str) -> bytes:
+    return ipaddress.ip_address(addr).packed
+
+
+# Every event of a flow in one direction hashes the same tuple: memoized, the hash costs one
+# dict lookup per event instead of two address parses and a SHA-1.
+@lru_cache(maxsize=65536)
 def community_id(
     proto: int,
     saddr: str,
@@ -64,8 +80,8 @@ def community_id(
 
     Raises ValueError for an unparsable address, mixed address families or an out-of-range port.
     """
-    src = ipaddress.ip_address(saddr).packed
-    dst = ipaddress.ip_address(daddr).packed
+    src = _packed(saddr)
+    dst = _packed(daddr)
     if len(src) != len(dst):
         raise ValueError(f"{saddr} and {daddr} are of different address families")
     ports = proto in _PORT_PROTOS and sport is not None and dport is not None

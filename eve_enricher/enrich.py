@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -72,6 +72,25 @@ class Connection:
     real_server: Endpoint | None
     header: dict[str, Any]
     tunnel: dict[str, Any] | None = None  # set when the connection came through VXLAN/GENEVE
+    # the ``proxy`` object per direction (1: client to server, -1: back), built once per flow
+    _proxy: dict[int, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
+    _sides: dict[Tuple4, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def proxy_object(self, side: int) -> dict[str, Any]:
+        """``proxy`` for events in direction ``side``: shared by all of them, read-only."""
+        obj = self._proxy.get(side)
+        if obj is None:
+            a, b = (
+                (self.wire_client, self.wire_server)
+                if side > 0
+                else (self.wire_server, self.wire_client)
+            )
+            obj = {
+                "wire": {"src_ip": a[0], "src_port": a[1], "dest_ip": b[0], "dest_port": b[1]},
+                "header": self.header,
+            }
+            self._proxy[side] = obj
+        return obj
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Connection:
@@ -102,6 +121,17 @@ class Connection:
             header=header,
             tunnel=row.get("tunnel") or None,
         )
+
+    def sides(self, t: Tuple4) -> int:
+        """``side`` of the event tuple's source if its destination is the other end, else 0;
+        memoized per spelling of the tuple, since every event of a flow repeats it."""
+        got = self._sides.get(t)
+        if got is None:
+            side = self.side((eve_addr(t[0]), t[1]))
+            got = side if side and self.side((eve_addr(t[2]), t[3])) == -side else 0
+            if len(self._sides) < 8:  # a flow has two directions; spellings are bounded too
+                self._sides[t] = got
+        return got
 
     def side(self, endpoint: Endpoint) -> int:
         """1 if ``endpoint`` is the client (wire or real), -1 if the server, 0 if neither."""
@@ -184,7 +214,7 @@ def _remap_endpoint(
         obj["ip"], obj["port"] = client if side > 0 else server
 
 
-def apply(event: Event, conn: Connection, seed: int = 0) -> Event | None:
+def apply(event: Event, conn: Connection, seed: int = 0, t: Tuple4 | None = None) -> Event | None:
     """The enriched copy of ``event`` (the input is not modified), or None if the event's tuple
     is not this connection's (its ends are not the connection's two ends: keep the event as is).
 
@@ -192,20 +222,18 @@ def apply(event: Event, conn: Connection, seed: int = 0) -> Event | None:
     the real client; src is the backend -> src is the real target); ``alert.flow``, the alert's
     ``flow`` (Suricata 7 logs the flow's tuple there) and ``alert.source`` / ``alert.target``
     likewise; ``community_id`` is recomputed when present; ``proxy`` names the wire tuple (in the
-    event's direction) and the header.
+    event's direction) and the header. ``t``: the event's tuple, if the caller has it already.
     """
-    t = event_tuple(event)
     if t is None:
-        return None
-    side = conn.side((eve_addr(t[0]), t[1]))
-    if side == 0 or conn.side((eve_addr(t[2]), t[3])) != -side:
+        t = event_tuple(event)
+        if t is None:
+            return None
+    side = conn.sides(t)
+    if side == 0:
         return None
     client = conn.real_client or conn.wire_client
     server = conn.real_server or conn.wire_server
     src, dst = (client, server) if side > 0 else (server, client)
-    wsrc, wdst = (
-        (conn.wire_client, conn.wire_server) if side > 0 else (conn.wire_server, conn.wire_client)
-    )
     out = dict(event)
     out["src_ip"], out["src_port"] = src
     out["dest_ip"], out["dest_port"] = dst
@@ -231,15 +259,7 @@ def apply(event: Event, conn: Connection, seed: int = 0) -> Event | None:
         # an address the hash cannot take keeps Suricata's value
         with contextlib.suppress(ValueError):
             out["community_id"] = community_id(proto, src[0], dst[0], src[1], dst[1], seed)
-    out["proxy"] = {
-        "wire": {
-            "src_ip": wsrc[0],
-            "src_port": wsrc[1],
-            "dest_ip": wdst[0],
-            "dest_port": wdst[1],
-        },
-        "header": conn.header,
-    }
+    out["proxy"] = conn.proxy_object(side)
     if conn.tunnel is not None:
         out["tunnel"] = conn.tunnel
     return out

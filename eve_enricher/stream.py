@@ -80,7 +80,7 @@ class LineEnricher:
         elif t is not None:
             conn = self.matcher.match(event, t)
             if conn is not None:
-                out = apply(event, conn, self.seed)
+                out = apply(event, conn, self.seed, t)
                 if out is not None:
                     c.enriched += 1
                     return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
