@@ -78,6 +78,12 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--midstream", help="flows whose SYN was not captured: pass or drop")
     p.add_argument("--max-flows", type=int, metavar="N", help="flow table size")
     p.add_argument(
+        "--cache-retention",
+        type=float,
+        metavar="SECONDS",
+        help="how long connection cache rows are kept (default 7 days)",
+    )
+    p.add_argument(
         "--keep-addresses",
         action="store_const",
         const=False,
@@ -105,6 +111,7 @@ def _options(args: argparse.Namespace) -> Any:
             "max_flows": args.max_flows,
             "restore_addresses": args.restore_addresses,
             "decapsulate": args.decapsulate,
+            "cache_retention": args.cache_retention,
         },
     )
 
@@ -123,6 +130,10 @@ def _rewrite(args: argparse.Namespace) -> int:
             resume=cache.resumable if cache else None,
             on_tunnels=cache.record_tunnels if cache else None,
         )
+        if cache is not None:
+            newest = cache.newest()
+            if newest is not None:
+                cache.expire(newest - options.cache_retention)
     except PcapError as exc:
         print(
             f"suricata-normalizer: {exc}; the packets before it were written to {args.output}",

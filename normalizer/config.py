@@ -128,6 +128,7 @@ _FIELDS = {
     "vxlan_ports": _ports,
     "geneve_ports": _ports,
     "vni_vlan": _vni_vlan,
+    "cache_retention": _positive_number,
 }
 
 

@@ -104,6 +104,11 @@ class ConnectionCache:
                 )
         return len(rows)
 
+    def newest(self) -> float | None:
+        """When the newest recorded connection began (epoch seconds), None if there is none."""
+        row = self._db.execute("SELECT max(last_seen) FROM connections").fetchone()
+        return None if row[0] is None else float(row[0])
+
     def expire(self, older_than: float) -> int:
         """Delete rows last seen before ``older_than`` (epoch seconds): the retention policy."""
         with self._db:

@@ -45,6 +45,7 @@ from normalizer.options import Options
 from normalizer.pipeline import Pipeline
 from normalizer.tap import MAX_MTU, Tap
 
+_EXPIRE_EVERY = 60.0  # seconds between connection cache retention runs
 _GC_EVERY = 60.0  # seconds between young-generation collections (the loop makes no cycles)
 
 
@@ -85,7 +86,8 @@ class LiveNormalizer:
         )
         self._retired: list[dict[str, Any]] = []  # counters of engines replaced by reloads
         self.reloads = 0
-        self.cache_writes = self.cache_rows = self.cache_errors = 0
+        self.cache_writes = self.cache_rows = self.cache_errors = self.cache_expired = 0
+        self._next_expiry = 0.0
         self.cache_seconds = self.cache_seconds_max = 0.0
         self.pipe = self._new_pipeline()
         self._stop = False
@@ -147,6 +149,7 @@ class LiveNormalizer:
             cache_writes=self.cache_writes,
             cache_rows=self.cache_rows,
             cache_errors=self.cache_errors,
+            cache_expired=self.cache_expired,
             cache_write_seconds=self.cache_seconds,
             cache_write_seconds_max=self.cache_seconds_max,
             reloads=self.reloads,
@@ -161,6 +164,14 @@ class LiveNormalizer:
         if self.tap.check():
             print(f"suricata-normalizer: tap {self.tap.name} was gone, recreated", file=sys.stderr)
         self.capture.stats()
+        now = time.time()
+        if self.cache is not None and now >= self._next_expiry:
+            self._next_expiry = now + _EXPIRE_EVERY
+            try:
+                self.cache_expired += self.cache.expire(now - self.options.cache_retention)
+            except sqlite3.Error as exc:
+                self.cache_errors += 1
+                print(f"suricata-normalizer: cache expiry failed: {exc}", file=sys.stderr)
 
     def _do_reload(self) -> None:
         self._reload = False

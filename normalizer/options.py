@@ -42,3 +42,7 @@ class Options:
     geneve_ports: tuple[int, ...] = (6081,)
     # VNI -> 802.1Q id for inner frames; VNIs not listed get the default mapping.
     vni_vlan: tuple[tuple[int, int], ...] = ()
+    # Connection cache retention (an adapter setting, kept here so one config file holds all):
+    # seconds a row is kept after its connection began; rewrite counts back from the newest row
+    # (so an old capture's rows survive), live from the wall clock, once a minute.
+    cache_retention: float = 7 * 86400.0

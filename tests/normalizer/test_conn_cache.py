@@ -153,3 +153,24 @@ def test_restart_mid_capture_keeps_open_flows_normalized(tmp_path: Path, keep: b
     # without the cache, the second half would pass untouched, still shifted by the header
     assert main(["rewrite", str(tmp_path / "b.pcap"), "-o", str(tmp_path / "b2.out"), *flags]) == 0
     assert _read(tmp_path / "b2.out") == frames[5:]
+
+
+def test_rewrite_applies_retention_from_the_newest_row(tmp_path: Path) -> None:
+    """Rows older than the retention before the newest connection go; an old capture's own
+    rows stay, however long ago it was recorded."""
+    src, db = tmp_path / "in.pcap", tmp_path / "c.db"
+    with src.open("wb") as fh:
+        w = PcapWriter(fh, 1)
+        for i, f in enumerate(conversation(Conv(), V2, coalesce=False)):
+            w.write(1_000_000_000 * 1_000_000_000 + i * 1000, f)  # 2001-09-09
+    cache = ConnectionCache(db)
+    old, recent = 1_000_000_000 - 3 * 86400, 1_000_000_000 - 3600
+    cache.record([_event(old * 10**9, port=1), _event(recent * 10**9, port=2)])
+    cache.close()
+    argv = ["rewrite", str(src), "-o", str(tmp_path / "out.pcap"), "--proxy", "192.0.2.1/32"]
+    assert main([*argv, "--cache", str(db), "--cache-retention", "86400", "-q"]) == 0
+    cache = ConnectionCache(db, readonly=True)
+    ports = sorted(r[0] for r in cache._db.execute("SELECT wire_src_port FROM connections"))
+    assert ports == [2, Conv().cport]
+    cache.close()
+    assert main([*argv, "--cache", str(db), "--cache-retention", "0", "-q"]) == 2
