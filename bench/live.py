@@ -2,12 +2,16 @@
 
 HAProxy (PROXY v2) -> bridge -> nginx, offloads off on every veth (netlab), one curl download
 per rate step (``--limit-rate``, 1448-byte segments), from a sparse file so disk never limits.
-Two captures of the same bridge port, one after the other, never competing for the CPU:
+Three variants per step, one after the other (each with its own download), all pinned to the
+same core with taskset:
 
-* ``normalizer``: ``suricata-normalizer live`` pinned to one core with taskset, writing the tap
-  (nobody reads it, so this measures our capture + rewrite + tap write path alone);
+* ``normalizer``: ``suricata-normalizer live`` alone, writing the tap (nobody reads it, so this
+  measures our capture + rewrite + tap write path);
 * ``suricata``: Suricata 7 itself with af-packet on the bridge port (the capture it would do
-  without us), with the lab rules, pinned to the same core.
+  without us), with the lab rules;
+* ``pipeline``: the deployment, the normalizer plus Suricata reading its tap, sharing the core;
+  a step is lossy if either ring dropped, a tap write failed, or Suricata saw fewer frames than
+  were written into the tap (``suricata_missing``).
 
 HAProxy, nginx and curl run on the other cores (``--no-isolate``: anywhere).
 
@@ -19,7 +23,10 @@ fastest step whose kernel drop counter (and, for us, tap write errors) stayed 0.
 
 On a small machine the "max" step may be bounded by the traffic generator rather than by the
 capture; ``cpu_share`` (CPU seconds per second of the capturing process) shows how much
-headroom the capture had. Other load on the machine makes every number noisy.
+headroom the capture had, ``waited_share`` (seconds per second its threads were runnable but
+had no CPU, from /proc/PID/task/*/schedstat) shows when other load starved it: drops with a low
+``cpu_share`` and a high ``waited_share`` are the machine, not the capture's speed. Other load on
+the machine makes every number noisy; ``--nice -10`` gives the captures priority.
 """
 
 from __future__ import annotations
@@ -27,19 +34,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.lab.live_demo import start_live, start_suricata, stop_live, stop_suricata
-from tests.lab.netlab import GATEWAY_FRONT, Lab
+from tests.lab.live_demo import TAP, start_live, start_suricata, stop_live, stop_suricata
+from tests.lab.netlab import GATEWAY_FRONT, Lab, LabError, stop
 from tests.lab.netlab import run as run_cmd
 from tests.lab.services import make_webroot, start_decoy, start_haproxy
 
 RATES_MB = (25, 50, 100, 150, 200, 0)  # MB/s of HTTP payload; 0 = unlimited
 SECONDS = 5.0
+
+
+def _waited(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that just ended
+    return total / 1e9
 
 
 def _cpu(pid: int) -> float:
@@ -62,6 +81,14 @@ def _file(www: Path, size: int) -> None:
             fh.truncate(size)  # sparse: nginx sends zeros from the page cache
 
 
+def lab_stop_extra(lab: Lab) -> None:
+    """Stop what a failed variant left running (normalizer, Suricata), keep HAProxy and nginx."""
+    for p in list(lab.procs):
+        if any(name in str(p.args) for name in ("suricata", "snl0")):
+            stop(p)
+            lab.procs.remove(p)
+
+
 def _pin_lab(lab: Lab, others: str) -> None:
     """Move every process of the gateway and decoy namespaces (HAProxy, nginx) to ``others``.
 
@@ -74,13 +101,134 @@ def _pin_lab(lab: Lab, others: str) -> None:
             run_cmd(["taskset", "-a", "-p", "-c", others, pid])
 
 
+Row = dict[str, Any]
+
+
+def _suricata_stats(events: list[dict[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = [e["stats"] for e in events if e["event_type"] == "stats"][-1]
+    return found
+
+
+class _Step:
+    """One rate step: the download, and how each capture variant is measured on it."""
+
+    def __init__(
+        self,
+        lab: Lab,
+        d: Path,
+        mb: int,
+        size: int,
+        others: str,
+        pin: list[str],
+        suricata_pin: list[str],
+    ):
+        self.lab, self.d, self.mb, self.size, self.others, self.pin = lab, d, mb, size, others, pin
+        self.suricata_pin = suricata_pin
+
+    def _row(self, elapsed: float, packets: int, wire_bytes: int) -> Row:
+        return {
+            "offered_MBps": self.mb or "max",
+            "seconds": round(elapsed, 2),
+            "pps": round(packets / elapsed),
+            "payload_gbps": round(self.size * 8 / elapsed / 1e9, 3),
+            "wire_gbps": round(wire_bytes * 8 / elapsed / 1e9, 3),
+        }
+
+    def _download(self) -> float:
+        return _download(self.lab, self.size, self.mb * 1_000_000, self.others)
+
+    def normalizer(self) -> Row:
+        """Our capture alone (the tap is not read), pinned to the core."""
+        live = start_live(self.lab, self.d, f"live{self.mb}", None, wrap=self.pin)
+        cpu0, w0 = _cpu(live.proc.pid), _waited(live.proc.pid)
+        elapsed = self._download()
+        time.sleep(0.3)  # ring block timeout + last tap writes
+        cpu, waited = _cpu(live.proc.pid) - cpu0, _waited(live.proc.pid) - w0
+        c = stop_live(self.lab, live)
+        row = self._row(elapsed, c["kernel_packets"], c["tap_bytes"])
+        row["kernel_drops"] = c["kernel_drops"]
+        row["tap_write_errors"] = c["tap_write_errors"]
+        row["us_per_packet"] = round(cpu / max(1, c["ring_frames"]) * 1e6, 2)
+        row["cpu_share"] = round(cpu / elapsed, 2)
+        row["waited_share"] = round(waited / elapsed, 2)
+        return row
+
+    def suricata(self) -> Row:
+        """Suricata's own af-packet capture of the same bridge port, pinned to the core."""
+        suri = start_suricata(self.lab, self.d, iface="sg", wrap=self.pin)
+        cpu0, w0 = _cpu(suri.pid), _waited(suri.pid)
+        elapsed = self._download()
+        time.sleep(0.3)
+        cpu, waited = _cpu(suri.pid) - cpu0, _waited(suri.pid) - w0
+        stats = _suricata_stats(stop_suricata(self.lab, suri, self.d, iface="sg"))
+        cap = stats["capture"]
+        row = self._row(elapsed, cap["kernel_packets"], stats["decoder"]["bytes"])
+        row["kernel_drops"] = cap["kernel_drops"]
+        row["us_per_packet"] = round(cpu / max(1, cap["kernel_packets"]) * 1e6, 2)
+        row["cpu_share"] = round(cpu / elapsed, 2)
+        row["waited_share"] = round(waited / elapsed, 2)
+        return row
+
+    def _tap_frames(self, port: str) -> int:
+        text = self.lab.sh("sensor", "curl", "-sS", f"http://127.0.0.1:{port}/metrics")
+        for line in text.splitlines():
+            if line.startswith("suricata_normalizer_tap_frames_total "):
+                return int(float(line.split()[1]))
+        raise LabError(f"no tap_frames metric in {text[:300]!r}")
+
+    def pipeline(self) -> Row:
+        """The deployment: the normalizer and Suricata reading its tap, both on the one core.
+
+        Losses anywhere count: the normalizer's ring, its tap writes, Suricata's ring on the tap.
+        """
+        port = "9109"
+        live = start_live(
+            self.lab, self.d, f"pipe{self.mb}", None, "--metrics-port", port, wrap=self.pin
+        )
+        suri = start_suricata(self.lab, self.d, iface=TAP, wrap=self.suricata_pin)
+        # Frames written before Suricata's capture ran (IPv6 chatter of the lab's veths) are
+        # not Suricata's to see: count from here.
+        before = self._tap_frames(port)
+        n0, s0, w0 = _cpu(live.proc.pid), _cpu(suri.pid), _waited(live.proc.pid)
+        elapsed = self._download()
+        time.sleep(0.5)
+        ncpu, scpu = _cpu(live.proc.pid) - n0, _cpu(suri.pid) - s0
+        waited = _waited(live.proc.pid) - w0
+        c = stop_live(self.lab, live)
+        stats = _suricata_stats(stop_suricata(self.lab, suri, self.d, iface=TAP))
+        seen = stats["capture"]["kernel_packets"]
+        row = self._row(elapsed, c["kernel_packets"], c["tap_bytes"])
+        row["kernel_drops"] = c["kernel_drops"]
+        row["tap_write_errors"] = c["tap_write_errors"]
+        row["suricata_drops"] = stats["capture"]["kernel_drops"]
+        row["suricata_missing"] = c["tap_frames"] - before - seen
+        row["us_per_packet"] = round((ncpu + scpu) / max(1, c["ring_frames"]) * 1e6, 2)
+        row["normalizer_us"] = round(ncpu / max(1, c["ring_frames"]) * 1e6, 2)
+        row["suricata_us"] = round(scpu / max(1, seen) * 1e6, 2)
+        row["cpu_share"] = round((ncpu + scpu) / elapsed, 2)
+        row["waited_share"] = round(waited / elapsed, 2)  # the normalizer's
+        return row
+
+
+VARIANTS = ("normalizer", "suricata", "pipeline")
+
+
 def run(
-    core: int, seconds: float, rates: tuple[int, ...], isolate: bool = True, nice: int = 0
-) -> dict[str, list[dict[str, Any]]]:
-    results: dict[str, list[dict[str, Any]]] = {"normalizer": [], "suricata": []}
+    core: int,
+    seconds: float,
+    rates: tuple[int, ...],
+    isolate: bool = True,
+    nice: int = 0,
+    variants: tuple[str, ...] = VARIANTS,
+    pipeline_suricata_cpus: str = "",
+) -> dict[str, list[Row]]:
+    results: dict[str, list[Row]] = {v: [] for v in variants}
     cpus = os.sched_getaffinity(0)
     others = ",".join(str(c) for c in sorted(cpus - {core})) if isolate else ""
     pin = ["taskset", "-c", str(core)] + (["nice", "-n", str(nice)] if nice else [])
+    suricata_pin = (
+        ["taskset", "-c", pipeline_suricata_cpus] + pin[3:] if pipeline_suricata_cpus else []
+    )
     with tempfile.TemporaryDirectory(prefix="snl-bench-") as tmp, Lab() as lab:
         d = Path(tmp)
         www = make_webroot(d / "www")
@@ -89,55 +237,19 @@ def run(
         if others:
             _pin_lab(lab, others)
         for mb in rates:
-            rate = mb * 1_000_000
-            size = int((rate or 400_000_000) * seconds)
+            size = int((mb * 1_000_000 or 400_000_000) * seconds)
             _file(www, size)
-            # Our capture, pinned to one core.
-            live = start_live(lab, d, f"live{mb}", None, wrap=pin)
-            cpu0 = _cpu(live.proc.pid)
-            elapsed = _download(lab, size, rate, others)
-            time.sleep(0.3)  # ring block timeout + last tap writes
-            cpu1 = _cpu(live.proc.pid)
-            c = stop_live(lab, live)
-            pkts = c["kernel_packets"]
-            results["normalizer"].append(
-                {
-                    "offered_MBps": mb or "max",
-                    "seconds": round(elapsed, 2),
-                    "pps": round(pkts / elapsed),
-                    "payload_gbps": round(size * 8 / elapsed / 1e9, 3),
-                    "wire_gbps": round(c["tap_bytes"] * 8 / elapsed / 1e9, 3),
-                    "kernel_drops": c["kernel_drops"],
-                    "tap_write_errors": c["tap_write_errors"],
-                    "us_per_packet": round((cpu1 - cpu0) / max(1, c["ring_frames"]) * 1e6, 2),
-                    "cpu_share": round((cpu1 - cpu0) / elapsed, 2),
-                }
-            )
-            print("normalizer", results["normalizer"][-1], file=sys.stderr)
-            # Suricata's own capture of the same bridge port, same traffic.
-            suri = start_suricata(lab, d, iface="sg", wrap=pin)
-            scpu0 = _cpu(suri.pid)
-            elapsed = _download(lab, size, rate, others)
-            time.sleep(0.3)
-            scpu1 = _cpu(suri.pid)
-            events = stop_suricata(lab, suri, d, iface="sg")
-            stats = [e["stats"] for e in events if e["event_type"] == "stats"][-1]
-            cap = stats["capture"]
-            results["suricata"].append(
-                {
-                    "offered_MBps": mb or "max",
-                    "seconds": round(elapsed, 2),
-                    "pps": round(cap["kernel_packets"] / elapsed),
-                    "payload_gbps": round(size * 8 / elapsed / 1e9, 3),
-                    "wire_gbps": round(stats["decoder"]["bytes"] * 8 / elapsed / 1e9, 3),
-                    "kernel_drops": cap["kernel_drops"],
-                    "us_per_packet": round(
-                        (scpu1 - scpu0) / max(1, cap["kernel_packets"]) * 1e6, 2
-                    ),
-                    "cpu_share": round((scpu1 - scpu0) / elapsed, 2),
-                }
-            )
-            print("suricata  ", results["suricata"][-1], file=sys.stderr)
+            step = _Step(lab, d, mb, size, others, pin, suricata_pin or pin)
+            for variant in variants:
+                try:
+                    row = getattr(step, variant)()
+                except (LabError, subprocess.SubprocessError) as exc:
+                    # A start-up timeout on a loaded machine should not cost the whole run.
+                    print(f"{variant} at {mb} MB/s failed, once more: {exc}", file=sys.stderr)
+                    lab_stop_extra(lab)
+                    row = getattr(step, variant)()
+                results[variant].append(row)
+                print(f"{variant:10s}", row, file=sys.stderr)
             (www / f"f{size}.bin").unlink()
     return results
 
@@ -151,7 +263,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def _clean(row: dict[str, Any]) -> bool:
-    return row["kernel_drops"] == 0 and not row.get("tap_write_errors")
+    losses = ("tap_write_errors", "suricata_drops", "suricata_missing")
+    return row["kernel_drops"] == 0 and not any(row.get(k) for k in losses)
 
 
 def best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -201,6 +314,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default=",".join(map(str, RATES_MB)), help="MB/s list, 0 = max")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"which captures to measure (default {','.join(VARIANTS)})",
+    )
+    p.add_argument(
+        "--pipeline-suricata-cpus",
+        default="",
+        metavar="CPUS",
+        help="taskset list for Suricata in the pipeline variant (default: the --core)",
+    )
+    p.add_argument(
         "--nice",
         type=int,
         default=0,
@@ -219,11 +343,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.core not in os.sched_getaffinity(0):
         print(f"bench.live: core {args.core} is not available", file=sys.stderr)
         return 2
-    results = run(args.core, args.seconds, rates, isolate=not args.no_isolate, nice=args.nice)
+    variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        print(f"bench.live: unknown variants {sorted(unknown)}", file=sys.stderr)
+        return 2
+    results = run(
+        args.core,
+        args.seconds,
+        rates,
+        isolate=not args.no_isolate,
+        nice=args.nice,
+        variants=variants,
+        pipeline_suricata_cpus=args.pipeline_suricata_cpus,
+    )
     for name, rows in results.items():
         where = "" if args.no_isolate else ", HAProxy/nginx/curl on the other cores"
         where += f", nice {args.nice}" if args.nice else ""
-        print(f"\n{name} capture of the bridge port, pinned to core {args.core}{where}:")
+        what = {
+            "normalizer": "normalizer alone on the bridge port",
+            "suricata": "Suricata's own capture of the bridge port",
+            "pipeline": "normalizer + Suricata on its tap (us_per_packet, cpu_share: both)",
+        }[name]
+        pinned = f"pinned to core {args.core}"
+        if name == "pipeline" and args.pipeline_suricata_cpus:
+            pinned += f", Suricata to {args.pipeline_suricata_cpus}"
+        print(f"\n{what}, {pinned}{where}:")
         print(table(rows))
         print(report(rows))
     if args.json:

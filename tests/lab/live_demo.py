@@ -121,7 +121,7 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
         if log.exists() and text in log.read_text(errors="replace"):
             return
         if proc.poll() is not None:
-            raise LabError(f"{proc.args} exited {proc.returncode}: {log.read_text()[-2000:]}")
+            raise LabError(f"{proc.args!r} exited {proc.returncode}: {log.read_text()[-2000:]}")
         time.sleep(0.05)
     raise LabError(f"{text!r} not in {log} after {timeout}s: {log.read_text()[-2000:]}")
 
