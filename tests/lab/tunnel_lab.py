@@ -344,9 +344,9 @@ def count_udp(path: Path, port: int) -> tuple[int, int]:
 def geneve_wrap(refs: dict[int, Path], out: Path, l3_vnis: frozenset[int]) -> dict[str, int]:
     """Merge the per-VNI reference captures by time into one GENEVE capture.
 
-    VNIs in ``l3_vnis`` carry the inner IPv4 packet without Ethernet (protocol 0x0800, as a
-    gateway load balancer sends it); the others carry Ethernet (0x6558). Frames that are not
-    IPv4 (ARP) are left out of L3 VNIs, as a load balancer never sees them. Returns counts.
+    VNIs in ``l3_vnis`` carry the inner IP packet without Ethernet (protocol 0x0800 or 0x86DD,
+    as a gateway load balancer sends it); the others carry Ethernet (0x6558). Frames that are
+    not IP (ARP) are left out of L3 VNIs, as a load balancer never sees them. Returns counts.
     """
     frames = sorted(
         (sec, usec, i, vni, f)
@@ -357,14 +357,18 @@ def geneve_wrap(refs: dict[int, Path], out: Path, l3_vnis: frozenset[int]) -> di
     with out.open("wb") as fh:
         fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
         for sec, usec, _i, vni, f in frames:
-            if f[12:14] != b"\x08\x00":
-                if vni in l3_vnis:
-                    counts["skipped"] += 1
-                    continue
-                cookie = bytes(4)
-            else:
+            etype = int.from_bytes(f[12:14], "big")
+            if etype == 0x0800:
                 cookie = flow_cookie(f)
-            inner, proto = (f[14:], 0x0800) if vni in l3_vnis else (f, 0x6558)
+            elif etype == 0x86DD:  # the vx devices' own ICMPv6 (MLD, ND): sorted addresses
+                a, b = f[22:38], f[38:54]
+                cookie = zlib.crc32(min(a, b) + max(a, b)).to_bytes(4, "big")
+            elif vni in l3_vnis:
+                counts["skipped"] += 1
+                continue
+            else:
+                cookie = bytes(4)
+            inner, proto = (f[14:], etype) if vni in l3_vnis else (f, 0x6558)
             pkt = geneve_packet(inner, vni, proto, cookie, counts["packets"])
             fh.write(struct.pack("<IIII", sec, usec, len(pkt), len(pkt)) + pkt)
             counts["packets"] += 1
