@@ -44,6 +44,7 @@ from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.options import Options
 from normalizer.pipeline import Pipeline
 from normalizer.tap import MAX_MTU, Tap
+from normalizer.tunnel_flows import TunnelFlow
 
 _EXPIRE_EVERY = 60.0  # seconds between connection cache retention runs
 _GC_EVERY = 60.0  # seconds between young-generation collections (the loop makes no cycles)
@@ -87,6 +88,7 @@ class LiveNormalizer:
         self._retired: list[dict[str, Any]] = []  # counters of engines replaced by reloads
         self.reloads = 0
         self.cache_writes = self.cache_rows = self.cache_errors = self.cache_expired = 0
+        self.cache_tunnel_rows = 0  # rows of the tunnels table (--decap)
         self._next_expiry = 0.0
         self.cache_seconds = self.cache_seconds_max = 0.0
         self.pipe = self._new_pipeline()
@@ -101,14 +103,24 @@ class LiveNormalizer:
             LINKTYPE_ETHERNET,
             on_events=self._record if self.cache else None,
             resume=self.cache.resumable if self.cache else None,
+            on_tunnels=self._record_tunnels if self.cache else None,
         )
 
     def _record(self, events: list[HeaderEvent]) -> None:
         """Cache write, timed; a failing cache is counted, never stops the traffic."""
         assert self.cache is not None
+        self.cache_rows += self._write(self.cache.record, events)
+
+    def _record_tunnels(self, flows: list[TunnelFlow]) -> None:
+        """Tunnel rows of decapsulated inner flows (--decap), written like connection rows."""
+        assert self.cache is not None
+        self.cache_tunnel_rows += self._write(self.cache.record_tunnels, flows)
+
+    def _write(self, write: Callable[[Any], int], rows: Any) -> int:
         t0 = time.perf_counter()
+        written = 0
         try:
-            self.cache_rows += self.cache.record(events)
+            written = write(rows)
         except sqlite3.Error as exc:
             self.cache_errors += 1
             print(f"suricata-normalizer: cache write failed: {exc}", file=sys.stderr)
@@ -116,6 +128,7 @@ class LiveNormalizer:
         self.cache_writes += 1
         self.cache_seconds += dt
         self.cache_seconds_max = max(self.cache_seconds_max, dt)
+        return written
 
     def _forward(self, frames: Iterable[tuple[int, Frame]]) -> None:
         write = self.tap.write
@@ -148,6 +161,7 @@ class LiveNormalizer:
             tap_recreated=tap.recreated,
             cache_writes=self.cache_writes,
             cache_rows=self.cache_rows,
+            cache_tunnel_rows=self.cache_tunnel_rows,
             cache_errors=self.cache_errors,
             cache_expired=self.cache_expired,
             cache_write_seconds=self.cache_seconds,

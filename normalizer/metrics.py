@@ -59,6 +59,7 @@ _PLAIN = (
     ("tap_recreated", "tap_recreated", "Times the tap device was recreated"),
     ("cache_writes", "cache_writes", "Transactions written to the connection cache"),
     ("cache_rows", "cache_rows", "Connections recorded in the cache"),
+    ("cache_tunnel_rows", "cache_tunnel_rows", "Decapsulated inner flows recorded in the cache"),
     ("cache_errors", "cache_errors", "Cache writes that failed"),
     ("cache_expired", "cache_expired_rows", "Cache rows removed by retention"),
     ("cache_write_seconds", "cache_write_seconds", "Time spent in cache writes"),

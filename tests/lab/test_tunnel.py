@@ -38,6 +38,7 @@ from tests.lab.suricata_run import (
     app_layer_failed,
     decoder_invalid,
     invalid_checksums,
+    run_suricata,
 )
 from tests.lab.test_lab import normalizer_cli
 from tests.lab.traffic import connections, expected_alerts
@@ -161,12 +162,16 @@ def tunnel_of(db: ConnectionCache, ev: Event) -> dict[str, Any]:
     return tunnel
 
 
-def enriched(out: Path, cache: Path) -> list[Event]:
-    """``eve-enricher enrich`` on Suricata's eve.json for ``out`` (the ``suricata`` fixture must
-    have run on it) with the rewrite's cache; asserts every event of an inner flow (TCP, UDP,
-    ICMP: all carry the VLAN id of their VNI) names its tunnel."""
-    eve = out.with_suffix(".suricata") / "eve.json"
-    dst = out.with_suffix(".enriched.json")
+def eve_of(out: Path) -> Path:
+    """Where the ``suricata`` fixture left the eve.json of a pcap it analysed."""
+    return out.with_suffix(".suricata") / "eve.json"
+
+
+def enriched(eve: Path, cache: Path) -> list[Event]:
+    """``eve-enricher enrich`` on a Suricata eve.json with the normalizer's cache; asserts
+    every event of an inner flow (TCP, UDP, ICMP: all carry the VLAN id of their VNI) names
+    its tunnel."""
+    dst = eve.with_name("enriched.json")
     exe = shutil.which("eve-enricher") or str(Path(sys.executable).with_name("eve-enricher"))
     argv = [exe, "enrich", str(eve), "--cache", str(cache), "-o", str(dst), "-q"]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
@@ -235,7 +240,7 @@ def test_vxlan_alerts_map_back_to_their_tunnel(caps: TunnelCaptures, suricata: S
             assert t["outer"]["dest_port"] == 4789
     finally:
         db.close()
-    for e in enriched(out, cache):
+    for e in enriched(eve_of(out), cache):
         if "vlan" in e:
             assert e["tunnel"]["type"] == "vxlan" and e["tunnel"]["outer"]["dest_port"] == 4789
 
@@ -325,7 +330,7 @@ def test_icmp_flows_have_tunnel_rows(caps: TunnelCaptures, suricata: Suricata) -
 def test_icmp_events_name_their_tunnel(caps: TunnelCaptures, suricata: Suricata) -> None:
     out, _stats, cache = rewrite(caps.underlay)
     suricata(out)
-    icmp = [e for e in enriched(out, cache) if e.get("proto") == "ICMP"]
+    icmp = [e for e in enriched(eve_of(out), cache) if e.get("proto") == "ICMP"]
     assert sorted(e["tunnel"]["vni"] for e in icmp) == sorted(tunnel_lab.VNIS)
 
 
@@ -361,7 +366,7 @@ def test_geneve_decap_alerts_equal_the_reference_per_vni(
             assert t["outer"]["dest_port"] == 6081 and "options" not in t
     finally:
         db.close()
-    for e in enriched(out, cache):
+    for e in enriched(eve_of(out), cache):
         if e["event_type"] == "alert":
             t = e["tunnel"]
             cookie = tunnel_lab.cookie_for(
@@ -410,7 +415,56 @@ def test_vxlan_mirrored_proxy_is_stripped_and_alerts_equal_the_baseline(
         assert (t["type"], t["vni"], t["vlan"]) == ("vxlan", vlan[0], vlan[0])
         assert {t["outer"]["src_ip"], t["outer"]["dest_ip"]} == set(tunnel_lab.UNDERLAY)
     # Alerts name the restored endpoints; the enricher finds their connection and its tunnel.
-    alerts = [e for e in enriched(out, cache) if e["event_type"] == "alert"]
+    alerts = [e for e in enriched(eve_of(out), cache) if e["event_type"] == "alert"]
     assert len(alerts) == expected_alerts(False).total()
     for e in alerts:
         assert e["tunnel"]["type"] == "vxlan" and "proxy" in e, e
+
+
+# -- 4. the live path: a mirror target's underlay port -> normalizer --decap -> tap -> Suricata --
+
+
+def test_live_decap_on_the_underlay_port(lab_ready: None, lab_dir: Path) -> None:
+    """``suricata-normalizer live --decap`` on the mirror target's port, Suricata on the tap:
+    per VNI the alerts and flows of the unencapsulated references, nothing lost, and the
+    enricher names the tunnel of every event."""
+    from tests.lab import live_demo
+
+    d = lab_dir / "tunnel-live"
+    d.mkdir(parents=True, exist_ok=True)
+    cache, stats = d / "live.db", d / "live.json"
+    try:
+        lab = tunnel_lab.VxlanLab()
+        lab.__enter__()
+    except LabError as e:
+        pytest.skip(f"kernel VXLAN between namespaces not available: {e}")
+    try:
+        argv = [*live_demo.NORMALIZER, "live", "--iface", "u1", "--tap", live_demo.TAP, "--decap"]
+        argv += ["--proxy", NO_PROXY, "--stats-json", str(stats), "--cache", str(cache)]
+        live = lab.spawn("sensor", argv, d / "live.log")
+        live_demo._wait_for(d / "live.log", "live on", live, 15)
+        suri = live_demo.start_suricata(lab, d)
+        lab.procs.remove(live)  # record() stops its own services; these two are stopped here
+        lab.procs.remove(suri)
+        try:
+            _underlay, inner = tunnel_lab.record(lab, d)
+            live_demo.settle()
+        finally:
+            lab.procs += [live, suri]
+        counters = live_demo.stop_live(lab, live_demo.Live(live, d / "live.log", stats))
+        events = live_demo.stop_suricata(lab, suri, d)
+    finally:
+        lab.close()
+    assert counters["tunnel_decapsulated"] > 0 and counters["tunnel_bad_header"] == 0, counters
+    assert counters["kernel_drops"] == 0 and counters["tap_write_errors"] == 0, counters
+    assert counters["tap_frames"] == counters["packets_out"] == counters["packets_in"]
+    assert live_demo.kernel_drops(events) == 0
+    assert invalid_checksums(events) == 0 and decoder_invalid(events) == 0
+    alerts, flows = per_vlan(events), per_vlan(events, "flow")
+    for vni, ref in inner.items():
+        ref_events = run_suricata(ref, outdir=ref.with_suffix(".suricata"))
+        assert alerts_by_sid(alerts[(vni,)]) == alerts_by_sid(ref_events) == expected_alerts(False)
+        assert tcp_tuples(flows[(vni,)]) == tcp_tuples(ref_events)
+    live_events = enriched(d / "suricata-snl0" / "eve.json", cache)
+    assert all(e["tunnel"]["type"] == "vxlan" for e in live_events if "vlan" in e)
+    assert counters["cache_tunnel_rows"] >= len(tcp_tuples(events)) > 0
