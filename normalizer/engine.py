@@ -191,7 +191,8 @@ class Normalizer:
         self._next_sweep = now + _SWEEP_EVERY
         c = self.counters
         for key, flow in self.table:
-            if flow.state == PENDING and now - flow.started > self._pending:
+            hold = flow.hold
+            if hold is not None and now - hold.started > self._pending:
                 c.hold_timeout += 1
                 self._give_up(flow)
             if (flow.closed_at and now - flow.closed_at > self._closed) or (
@@ -240,7 +241,6 @@ class Normalizer:
         flow.release()
         flow.state = ACTIVE
         flow.hdr_len = header.length
-        flow.started = 0
         if self.opts.restore_addresses:
             flow.real = real_endpoints(header)
         self.table.put(key, flow)
@@ -249,7 +249,7 @@ class Normalizer:
 
     @property
     def held_packets(self) -> int:
-        return sum(len(flow.held or ()) for _key, flow in self.table)
+        return sum(len(flow.hold.frames) for _key, flow in self.table if flow.hold is not None)
 
     # -- flow lifecycle -----------------------------------------------------------------------
 
@@ -285,7 +285,8 @@ class Normalizer:
     def _give_up(self, flow: Flow) -> None:
         """Leave the flow as captured: forward what was held, untouched, in arrival order."""
         flow.state = 2  # PASSING
-        self._held_total -= flow.held_bytes
+        if flow.hold is not None:
+            self._held_total -= flow.hold.nbytes
         held = flow.release()
         self.counters.passed_unparsed_flow += len(held)
         for ts, frame in held:
@@ -303,15 +304,16 @@ class Normalizer:
         flags: int,
         ts: int,
     ) -> None:
-        assert flow.held is not None and flow.buf is not None
+        hold = flow.hold
+        assert hold is not None
         c = self.counters
-        flow.held.append((ts, frame))
-        flow.held_bytes += len(frame)
+        hold.frames.append((ts, frame))
+        hold.nbytes += len(frame)
         self._held_total += len(frame)
         if from_client and f.end > f.payload and self._assemble(flow, frame, f, flags):
             try:
                 result = parse_header(
-                    bytes(flow.buf), self.opts.header_kinds, self.opts.custom_magic
+                    bytes(hold.buf), self.opts.header_kinds, self.opts.custom_magic
                 )
             except HeaderError:
                 c.header_malformed += 1
@@ -321,7 +323,7 @@ class Normalizer:
                 self._resolve(key, flow, result, ts)
                 return
         if flags & (FIN | RST):
-            if flow.buf:
+            if hold.buf:
                 c.header_truncated += 1
             else:
                 c.header_missing += 1
@@ -329,8 +331,8 @@ class Normalizer:
             return
         o = self.opts
         if (
-            len(flow.held) > o.max_hold_packets
-            or flow.held_bytes > o.max_hold_bytes
+            len(hold.frames) > o.max_hold_packets
+            or hold.nbytes > o.max_hold_bytes
             or self._held_total > o.max_total_hold_bytes
         ):
             c.hold_overflow += 1
@@ -338,12 +340,13 @@ class Normalizer:
 
     def _assemble(self, flow: Flow, frame: bytes, f: TcpFrame, flags: int) -> bool:
         """Extend the contiguous header prefix with this segment and any held ones it connects."""
-        assert flow.buf is not None and flow.held is not None
+        hold = flow.hold
+        assert hold is not None
         grew = self._extend(flow, frame, f, flags)
         progress = grew
-        while progress and len(flow.held) > 1:
+        while progress and len(hold.frames) > 1:
             progress = False
-            for _ts, other in flow.held:
+            for _ts, other in hold.frames:
                 g = locate_tcp(other, self.linktype)
                 if g is None or g.end == g.payload:
                     continue
@@ -354,8 +357,8 @@ class Normalizer:
         return grew
 
     def _extend(self, flow: Flow, frame: bytes, f: TcpFrame, flags: int) -> bool:
-        assert flow.buf is not None
-        buf = flow.buf
+        assert flow.hold is not None
+        buf = flow.hold.buf
         seq = _U32.unpack_from(frame, f.tcp + 4)[0]
         start = (seq + (1 if flags & SYN else 0) - flow.isn - 1) & MASK
         have = len(buf)
@@ -374,8 +377,8 @@ class Normalizer:
         flow.hdr_len = header.length
         # The record's time is when the flow began (its SYN), as Suricata's flow.start says, not
         # when the header completed: the enricher tells connections sharing a tuple apart by it.
-        started = flow.started or ts
-        flow.started = 0  # no longer needed; a small int is shared, a timestamp is not
+        hold = flow.hold
+        started = hold.started if hold is not None else ts
         c.headers_stripped[header.kind] = c.headers_stripped.get(header.kind, 0) + 1
         if self.opts.restore_addresses:
             flow.real = real_endpoints(header)
@@ -393,7 +396,8 @@ class Normalizer:
             )
         else:
             c.events_dropped += 1
-        self._held_total -= flow.held_bytes
+        if hold is not None:
+            self._held_total -= hold.nbytes
         for hts, hframe in flow.release():
             g = locate_tcp(hframe, self.linktype)
             assert g is not None  # it was located when held
