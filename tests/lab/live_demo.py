@@ -297,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     got, want = alerts_by_sid(r.events), expected_alerts(False)
     alerts = r.alerts()
+    if alerts and "proxy" in alerts[0]:
+        print(f"the enricher's proxy object on the first alert: {json.dumps(alerts[0]['proxy'])}")
     named = sum(1 for e in alerts if e["src_ip"] == ATTACKER[4] and "proxy" in e)
     c = r.counters
     print(
