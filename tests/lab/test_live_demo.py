@@ -10,6 +10,7 @@ the namespaces are gone afterwards.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -25,7 +26,11 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 
 def _our_namespaces() -> set[str]:
-    return {line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line}
+    """Namespaces this process created (netlab names them snl<pid>x<n>...); others' runs on the
+    same machine come and go meanwhile."""
+    mine = f"snl{os.getpid()}x"
+    names = (line.split()[0] for line in run(["ip", "netns", "list"]).splitlines() if line)
+    return {n for n in names if n.startswith(mine)}
 
 
 def test_demo_enriched_alerts_name_attacker_and_proxy_hop(lab_ready: None, tmp_path: Path) -> None:
