@@ -214,7 +214,9 @@ def _remap_endpoint(
         obj["ip"], obj["port"] = client if side > 0 else server
 
 
-def apply(event: Event, conn: Connection, seed: int = 0, t: Tuple4 | None = None) -> Event | None:
+def apply(
+    event: Event, conn: Connection, seed: int = 0, t: Tuple4 | None = None, copy: bool = True
+) -> Event | None:
     """The enriched copy of ``event`` (the input is not modified), or None if the event's tuple
     is not this connection's (its ends are not the connection's two ends: keep the event as is).
 
@@ -222,7 +224,8 @@ def apply(event: Event, conn: Connection, seed: int = 0, t: Tuple4 | None = None
     the real client; src is the backend -> src is the real target); ``alert.flow``, the alert's
     ``flow`` (Suricata 7 logs the flow's tuple there) and ``alert.source`` / ``alert.target``
     likewise; ``community_id`` is recomputed when present; ``proxy`` names the wire tuple (in the
-    event's direction) and the header. ``t``: the event's tuple, if the caller has it already.
+    event's direction) and the header. ``t``: the event's tuple, if the caller has it already;
+    ``copy=False``: the caller owns ``event`` (freshly parsed), so it is changed in place.
     """
     if t is None:
         t = event_tuple(event)
@@ -234,21 +237,24 @@ def apply(event: Event, conn: Connection, seed: int = 0, t: Tuple4 | None = None
     client = conn.real_client or conn.wire_client
     server = conn.real_server or conn.wire_server
     src, dst = (client, server) if side > 0 else (server, client)
-    out = dict(event)
+    out = dict(event) if copy else event
     out["src_ip"], out["src_port"] = src
     out["dest_ip"], out["dest_port"] = dst
 
     flow = out.get("flow")
     if type(flow) is dict and "src_ip" in flow:
-        out["flow"] = flow = dict(flow)
+        if copy:
+            out["flow"] = flow = dict(flow)
         _remap(flow, conn, client, server)
     alert = out.get("alert")
     if type(alert) is dict:
-        out["alert"] = alert = dict(alert)
+        if copy:
+            out["alert"] = alert = dict(alert)
         for key in ("flow", "source", "target"):
             sub = alert.get(key)
             if type(sub) is dict:
-                alert[key] = sub = dict(sub)
+                if copy:
+                    alert[key] = sub = dict(sub)
                 if key == "flow":
                     _remap(sub, conn, client, server)
                 else:

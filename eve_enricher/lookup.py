@@ -50,9 +50,7 @@ class CacheLookup:
     def __call__(self, t: Tuple4, ts: float, window: float) -> Connection | None:
         src, sport, dst, dport = cache_addr(t[0]), t[1], cache_addr(t[2]), t[3]
         self.queries += 1
-        row = self.cache.lookup_wire(src, sport, dst, dport, ts, window)
-        if row is None:
-            row = self.cache.lookup_real(src, sport, dst, dport, ts, window)
+        row = self.cache.lookup_any(src, sport, dst, dport, ts, window)
         return None if row is None else Connection.from_row(row)
 
 
@@ -65,7 +63,9 @@ class MatchCounters:
 
 
 class Matcher:
-    """The connection of an event, memoized per (flow_id, tuple) in a bounded LRU."""
+    """The connection of an event, memoized per (flow_id, tuple) in a bounded FIFO (plain dict
+    order: cheaper per event than an LRU's reordering; a flow that falls out is looked up again,
+    with the same answer)."""
 
     def __init__(
         self,
@@ -86,7 +86,7 @@ class Matcher:
         self.clock = clock
         self.sleep = sleep
         self.counters = MatchCounters()
-        self._memo: OrderedDict[tuple[object, ...], Connection | None] = OrderedDict()
+        self._memo: dict[tuple[object, ...], Connection | None] = {}
 
     def match(self, event: Event, t: Tuple4) -> Connection | None:
         flow_id = event.get("flow_id")
@@ -94,7 +94,6 @@ class Matcher:
         if key is not None:
             hit = self._memo.get(key, _MISSING)
             if hit is not _MISSING:
-                self._memo.move_to_end(key)
                 self.counters.memo_hits += 1
                 return hit  # type: ignore[return-value]
         ts = event_time(event)
@@ -107,9 +106,10 @@ class Matcher:
         if conn is None and self.wait > 0:
             conn = self._wait_for(t, ts, ref, window)
         if key is not None:
-            self._memo[key] = conn
-            if len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
+            memo = self._memo
+            memo[key] = conn
+            if len(memo) > self.memo_size:  # forget the oldest flow: a miss only costs a lookup
+                del memo[next(iter(memo))]
         return conn
 
     def _wait_for(self, t: Tuple4, ts: float, ref: float, window: float) -> Connection | None:

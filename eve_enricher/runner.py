@@ -22,12 +22,15 @@ def enrich_stream(src: BinaryIO, dst: BinaryIO, enricher: LineEnricher) -> None:
     """Batch: every line of ``src`` (a final line without newline included) to ``dst``."""
     offset = 0
     line = enricher.line
-    write = dst.write
+    batch: list[bytes] = []
+    add = batch.append
     for raw in src:
-        out = line(raw, offset)
-        if out:
-            write(out)
+        add(line(raw, offset))
         offset += len(raw)
+        if len(batch) >= 1024:  # one write call per batch, not per line
+            dst.writelines(batch)
+            batch.clear()
+    dst.writelines(batch)
 
 
 def reject_writer(f: BinaryIO | DurableAppender) -> Callable[[int, bytes], None]:

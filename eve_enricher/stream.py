@@ -80,11 +80,12 @@ class LineEnricher:
         elif t is not None:
             conn = self.matcher.match(event, t)
             if conn is not None:
-                out = apply(event, conn, self.seed, t)
+                out = apply(event, conn, self.seed, t, copy=False)
                 if out is not None:
                     c.enriched += 1
                     return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
-            elif self.tunnels is not None:
+            elif self.tunnels is not None and "vlan" in event:
+                # decapsulated frames always carry the VLAN id of their VNI (docs/tunnels.md)
                 tunnel = self.tunnels.match(event, t)
                 if tunnel is not None:
                     event["tunnel"] = tunnel
