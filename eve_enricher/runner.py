@@ -7,8 +7,10 @@ loop, because exactly-once output depends on nothing else.
 
 from __future__ import annotations
 
+import gc
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,6 +19,34 @@ from eve_enricher.checkpoint import DurableAppender
 from eve_enricher.follower import ChangeWaiter, FileFollower, Position
 from eve_enricher.stream import LineEnricher, reject_record
 
+_GC_EVERY = 1 << 16  # lines between explicit garbage collections
+
+
+@contextmanager
+def paced_gc() -> Iterator[Callable[[int], None]]:
+    """Automatic garbage collection off; ``collect(lines)`` runs a full one every 65536 lines.
+
+    Why: the per-line work makes no reference cycles (parsed events, tuples, the per-flow memo
+    of cache rows are all freed by reference counting), yet the collector, woken by every few
+    hundred allocations, rescans the growing memo: 10-15% of the run time, measured. A full
+    collection per 65536 lines still bounds memory should a cycle ever appear.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    since = [0]
+
+    def collect(lines: int) -> None:
+        since[0] += lines
+        if since[0] >= _GC_EVERY:
+            since[0] = 0
+            gc.collect()
+
+    try:
+        yield collect
+    finally:
+        if was:
+            gc.enable()
+
 
 def enrich_stream(src: BinaryIO, dst: BinaryIO, enricher: LineEnricher) -> None:
     """Batch: every line of ``src`` (a final line without newline included) to ``dst``."""
@@ -24,13 +54,15 @@ def enrich_stream(src: BinaryIO, dst: BinaryIO, enricher: LineEnricher) -> None:
     line = enricher.line
     batch: list[bytes] = []
     add = batch.append
-    for raw in src:
-        add(line(raw, offset))
-        offset += len(raw)
-        if len(batch) >= 1024:  # one write call per batch, not per line
-            dst.writelines(batch)
-            batch.clear()
-    dst.writelines(batch)
+    with paced_gc() as collect:
+        for raw in src:
+            add(line(raw, offset))
+            offset += len(raw)
+            if len(batch) >= 1024:  # one write call per batch, not per line
+                dst.writelines(batch)
+                collect(len(batch))
+                batch.clear()
+        dst.writelines(batch)
 
 
 def reject_writer(f: BinaryIO | DurableAppender) -> Callable[[int, bytes], None]:
@@ -74,30 +106,32 @@ def follow(
         on_ready(waiter, follower)
     position = follower.position
     try:
-        while True:
-            lines = follower.read_lines()
-            for ln in lines:
-                data = enricher.line(ln.raw, ln.offset)
-                if data:
-                    out.write(data)
-            if lines or follower.position != position:
-                out.sync()
-                if rej is not None:
-                    rej.sync()
-                position = follower.position
-                if checkpoint_path is not None:
-                    checkpoint.save(
-                        checkpoint_path,
-                        position,
-                        out.state(),
-                        rej.state() if rej is not None else None,
-                    )
-            if stop.is_set():
-                break
-            if lines:
-                continue  # more may be waiting: read again before sleeping
-            # with watchdog, the timeout only guards against a missed event
-            waiter.wait(poll if waiter.watching else min(poll, 0.2))
+        with paced_gc() as collect:
+            while True:
+                lines = follower.read_lines()
+                collect(len(lines))
+                for ln in lines:
+                    data = enricher.line(ln.raw, ln.offset)
+                    if data:
+                        out.write(data)
+                if lines or follower.position != position:
+                    out.sync()
+                    if rej is not None:
+                        rej.sync()
+                    position = follower.position
+                    if checkpoint_path is not None:
+                        checkpoint.save(
+                            checkpoint_path,
+                            position,
+                            out.state(),
+                            rej.state() if rej is not None else None,
+                        )
+                if stop.is_set():
+                    break
+                if lines:
+                    continue  # more may be waiting: read again before sleeping
+                # with watchdog, the timeout only guards against a missed event
+                waiter.wait(poll if waiter.watching else min(poll, 0.2))
     finally:
         waiter.close()
         follower.close()
