@@ -27,6 +27,21 @@ from normalizer.tunnel_flows import TunnelFlow
 # share the real tuple): the last one started at or before ``ts``; failing that, the first one
 # started after it (a header is seen a round trip after the SYN that Suricata's flow starts at).
 NEAREST_START = "ORDER BY first_seen > ?, abs(first_seen - ?) LIMIT 1"
+
+
+def _tuple_terms(kind: str) -> str:
+    one = f"({kind}_src_ip=? AND {kind}_src_port=? AND {kind}_dst_ip=? AND {kind}_dst_port=?)"
+    return f"{one} OR {one}"
+
+
+# Lookups by wire tuple, real tuple, or either; each tuple in both directions (indexed, see
+# EXPLAIN QUERY PLAN: one index search per term), restricted to the time window.
+_LOOKUPS: dict[tuple[str, ...], str] = {
+    kinds: "SELECT * FROM connections WHERE ("
+    + " OR ".join(_tuple_terms(k) for k in kinds)
+    + f") AND first_seen <= ? AND first_seen >= ? {NEAREST_START}"
+    for kinds in (("wire",), ("real",), ("wire", "real"))
+}
 SCHEMA_VERSION = 2  # 2: the tunnels table and the trigger filling connections.tunnel
 _NS = 1_000_000_000
 
@@ -123,44 +138,27 @@ class ConnectionCache:
     ) -> dict[str, Any] | None:
         """The connection with this wire tuple (either direction) that ``ts`` falls in: the one
         started last at or before ``ts``, else the first started within a second after it."""
-        cur = self._db.execute(
-            "SELECT * FROM connections WHERE ((wire_src_ip=? AND wire_src_port=? AND"
-            " wire_dst_ip=? AND wire_dst_port=?) OR (wire_src_ip=? AND wire_src_port=? AND"
-            " wire_dst_ip=? AND wire_dst_port=?)) AND first_seen <= ? AND first_seen >= ?"
-            f" {NEAREST_START}",
-            (src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window, ts, ts),
-        )
-        return _first_row(cur)
+        return self._lookup(("wire",), (src, sport, dst, dport), ts, window)
 
     def lookup_real(
         self, src: str, sport: int, dst: str, dport: int, ts: float, window: float = 3600.0
     ) -> dict[str, Any] | None:
         """Like ``lookup_wire``, by the real (client, target) tuple: for events of flows whose
         addresses the normalizer restored, so they no longer name the wire endpoints."""
-        cur = self._db.execute(
-            "SELECT * FROM connections WHERE ((real_src_ip=? AND real_src_port=? AND"
-            " real_dst_ip=? AND real_dst_port=?) OR (real_src_ip=? AND real_src_port=? AND"
-            " real_dst_ip=? AND real_dst_port=?)) AND first_seen <= ? AND first_seen >= ?"
-            f" {NEAREST_START}",
-            (src, sport, dst, dport, dst, dport, src, sport, ts + 1.0, ts - window, ts, ts),
-        )
-        return _first_row(cur)
+        return self._lookup(("real",), (src, sport, dst, dport), ts, window)
 
     def lookup_any(
         self, src: str, sport: int, dst: str, dport: int, ts: float, window: float = 3600.0
     ) -> dict[str, Any] | None:
         """``lookup_wire`` and ``lookup_real`` in one query (the enricher's per-flow lookup:
         one round trip instead of two for traffic that is not proxied)."""
-        t = (src, sport, dst, dport, dst, dport, src, sport)
-        cur = self._db.execute(
-            "SELECT * FROM connections WHERE ((wire_src_ip=? AND wire_src_port=? AND"
-            " wire_dst_ip=? AND wire_dst_port=?) OR (wire_src_ip=? AND wire_src_port=? AND"
-            " wire_dst_ip=? AND wire_dst_port=?) OR (real_src_ip=? AND real_src_port=? AND"
-            " real_dst_ip=? AND real_dst_port=?) OR (real_src_ip=? AND real_src_port=? AND"
-            " real_dst_ip=? AND real_dst_port=?)) AND first_seen <= ? AND first_seen >= ?"
-            f" {NEAREST_START}",
-            (*t, *t, ts + 1.0, ts - window, ts, ts),
-        )
+        return self._lookup(("wire", "real"), (src, sport, dst, dport), ts, window)
+
+    def _lookup(
+        self, kinds: tuple[str, ...], t: tuple[str, int, str, int], ts: float, window: float
+    ) -> dict[str, Any] | None:
+        both = (*t, t[2], t[3], t[0], t[1])  # the tuple in either direction
+        cur = self._db.execute(_LOOKUPS[kinds], (*both * len(kinds), ts + 1.0, ts - window, ts, ts))
         return _first_row(cur)
 
     def resumable(

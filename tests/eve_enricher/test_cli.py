@@ -19,16 +19,7 @@ from tests.eve_enricher.helpers import (
     alert,
     event,
     line,
-    record,
-    v2_header,
 )
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "conn.db"
-    record(path, v2_header())
-    return path
 
 
 def _lines(path: Path) -> list[bytes]:

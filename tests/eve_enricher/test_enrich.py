@@ -31,13 +31,6 @@ from tests.eve_enricher.helpers import (
 )
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "conn.db"
-    record(path, v2_header())
-    return path
-
-
 def _enricher(db: Path, wait: float = 0.0) -> LineEnricher:
     return LineEnricher(Matcher(CacheLookup(ConnectionCache(db, readonly=True)), wait=wait))
 
