@@ -142,6 +142,25 @@ def flow_protos(events: list[Event], everything: bool = False) -> Counter[str]:
     )
 
 
+def assert_like_references(
+    events: list[Event],
+    inner: dict[int, Path],
+    suricata: Suricata,
+    protos: bool | None = False,
+) -> dict[tuple[int, ...], list[Event]]:
+    """Per VNI (its VLAN id), the alerts and TCP flows of our output are exactly those of the
+    unencapsulated reference capture; ``protos``: also flow events by protocol (True: all of
+    them, see flow_protos; None: skip). Returns the alerts per VLAN for further checks."""
+    alerts, flows = per_vlan(events), per_vlan(events, "flow")
+    for vni, ref in inner.items():
+        ref_events = suricata(ref)
+        assert alerts_by_sid(alerts[(vni,)]) == alerts_by_sid(ref_events) == expected_alerts(False)
+        assert tcp_tuples(flows[(vni,)]) == tcp_tuples(ref_events)  # not merged across VNIs
+        if protos is not None:
+            assert flow_protos(flows[(vni,)], protos) == flow_protos(ref_events, protos)
+    return alerts
+
+
 def clean(events: list[Event]) -> None:
     assert invalid_checksums(events) == 0
     assert decoder_invalid(events) == 0
@@ -253,12 +272,7 @@ def test_vxlan_over_ipv6_underlay(caps6: tuple[Path, dict[int, Path]], suricata:
     assert stats["tunnel_passed"] == frames - vxlan and stats["tunnel_bad_header"] == 0
     events = suricata(out)
     clean(events)
-    alerts, flows = per_vlan(events), per_vlan(events, "flow")
-    for vni, ref in inner.items():
-        ref_events = suricata(ref)
-        assert alerts_by_sid(alerts[(vni,)]) == alerts_by_sid(ref_events) == expected_alerts(False)
-        assert tcp_tuples(flows[(vni,)]) == tcp_tuples(ref_events)
-        assert flow_protos(flows[(vni,)]) == flow_protos(ref_events)
+    alerts = assert_like_references(events, inner, suricata)
     db = ConnectionCache(cache, readonly=True)
     try:
         for ev in alerts[(tunnel_lab.VNIS[0],)] + alerts[(tunnel_lab.VNIS[1],)]:
@@ -281,12 +295,7 @@ def test_kernel_fragmented_outer_packets_are_reassembled(
     assert got - stats["tunnel_reassembled"] == frames, stats
     events = suricata(out)
     clean(events)
-    alerts, flows = per_vlan(events), per_vlan(events, "flow")
-    for vni, ref in inner.items():
-        ref_events = suricata(ref)
-        assert alerts_by_sid(alerts[(vni,)]) == alerts_by_sid(ref_events) == expected_alerts(False)
-        assert tcp_tuples(flows[(vni,)]) == tcp_tuples(ref_events)
-        assert flow_protos(flows[(vni,)]) == flow_protos(ref_events)
+    assert_like_references(events, inner, suricata)
 
 
 def test_snaplen_cut_underlay_is_counted_and_passed(
@@ -346,12 +355,7 @@ def test_geneve_decap_alerts_equal_the_reference_per_vni(
     assert stats["tunnel_bad_header"] == 0
     events = suricata(out)
     clean(events)
-    alerts, flows = per_vlan(events), per_vlan(events, "flow")
-    for vni, ref in caps.inner.items():
-        ref_events = suricata(ref)
-        assert alerts_by_sid(alerts[(vni,)]) == alerts_by_sid(ref_events) == expected_alerts(False)
-        assert tcp_tuples(flows[(vni,)]) == tcp_tuples(ref_events)
-        assert flow_protos(flows[(vni,)], True) == flow_protos(ref_events, True)
+    alerts = assert_like_references(events, caps.inner, suricata, protos=True)
     db = ConnectionCache(cache, readonly=True)
     try:
         for ev in alerts[(tunnel_lab.VNIS[0],)] + alerts[(tunnel_lab.VNIS[1],)]:
@@ -460,11 +464,9 @@ def test_live_decap_on_the_underlay_port(lab_ready: None, lab_dir: Path) -> None
     assert counters["tap_frames"] == counters["packets_out"] == counters["packets_in"]
     assert live_demo.kernel_drops(events) == 0
     assert invalid_checksums(events) == 0 and decoder_invalid(events) == 0
-    alerts, flows = per_vlan(events), per_vlan(events, "flow")
-    for vni, ref in inner.items():
-        ref_events = run_suricata(ref, outdir=ref.with_suffix(".suricata"))
-        assert alerts_by_sid(alerts[(vni,)]) == alerts_by_sid(ref_events) == expected_alerts(False)
-        assert tcp_tuples(flows[(vni,)]) == tcp_tuples(ref_events)
+    assert_like_references(
+        events, inner, lambda ref: run_suricata(ref, outdir=ref.with_suffix(".suricata")), None
+    )
     live_events = enriched(d / "suricata-snl0" / "eve.json", cache)
     assert all(e["tunnel"]["type"] == "vxlan" for e in live_events if "vlan" in e)
     assert counters["cache_tunnel_rows"] >= len(tcp_tuples(events)) > 0
