@@ -51,3 +51,11 @@ def test_normalizer_unit_is_notify_with_watchdog_and_least_capabilities() -> Non
 def test_example_config_is_valid() -> None:
     options = build_options(load_file(ROOT / "suricata" / "config.toml"), {})
     assert options.proxies == ("192.0.2.1/32",)
+
+
+def test_enricher_unit_checkpoints_and_rejects() -> None:
+    """Without --checkpoint a restarted follower would start the file over (duplicates)."""
+    text = (UNITS / "eve-enricher.service").read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert " follow " in exec_start and "--checkpoint /var/lib/eve-enricher/" in exec_start
+    assert "--reject" in exec_start and "StateDirectory=eve-enricher" in text
