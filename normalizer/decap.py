@@ -23,10 +23,8 @@ from normalizer.checksum import checksum, pseudo_header_sum
 from normalizer.counters import Counters
 from normalizer.frame import (
     LINKTYPE_ETHERNET,
-    LINKTYPE_LINUX_SLL,
-    LINKTYPE_LINUX_SLL2,
-    LINKTYPE_LOOP,
-    LINKTYPE_NULL,
+    SYNTH_MACS,
+    as_ethernet,
     l3_offset,
 )
 from normalizer.ipfrag import Held, Reassembler
@@ -35,27 +33,11 @@ from normalizer.tunnel import TunnelRef, VlanMap
 
 Out = tuple[int, bytes, TunnelRef | None]
 
-SYNTH_MACS = bytes.fromhex("020000000002020000000001")  # locally administered dst, src
 _IPV4 = b"\x08\x00"
 _IPV6 = b"\x86\xdd"
-_UNKNOWN = b"\x88\xb5"  # IEEE local experimental ethertype: bytes kept, decoded by nobody
 _V6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options
 _UDP = 17
 _NS = 1_000_000_000
-
-
-def as_ethernet(frame: bytes, linktype: int) -> bytes:
-    """The frame with its link header replaced by a synthesized Ethernet one."""
-    if linktype == LINKTYPE_ETHERNET:
-        return frame
-    if linktype == LINKTYPE_LINUX_SLL and len(frame) >= 16:
-        return SYNTH_MACS + frame[14:16] + frame[16:]
-    if linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
-        return SYNTH_MACS + frame[0:2] + frame[20:]
-    body = frame[4:] if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP) else frame
-    version = body[0] >> 4 if body else 0
-    etype = _IPV4 if version == 4 else _IPV6 if version == 6 else _UNKNOWN
-    return SYNTH_MACS + etype + body
 
 
 class Decapsulator:

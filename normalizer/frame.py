@@ -147,3 +147,23 @@ def locate_tcp(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> TcpFrame | No
     if payload < tcp + 20 or payload > end:
         return None
     return TcpFrame(ip, tcp, payload, end, vlan)
+
+
+SYNTH_MACS = bytes.fromhex("020000000002020000000001")  # locally administered dst, src
+_IPV4 = b"\x08\x00"
+_IPV6 = b"\x86\xdd"
+_UNKNOWN = b"\x88\xb5"  # IEEE local experimental ethertype: bytes kept, decoded by nobody
+
+
+def as_ethernet(frame: bytes, linktype: int) -> bytes:
+    """The frame with its link header replaced by a synthesized Ethernet one."""
+    if linktype == LINKTYPE_ETHERNET:
+        return frame
+    if linktype == LINKTYPE_LINUX_SLL and len(frame) >= 16:
+        return SYNTH_MACS + frame[14:16] + frame[16:]
+    if linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
+        return SYNTH_MACS + frame[0:2] + frame[20:]
+    body = frame[4:] if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP) else frame
+    version = body[0] >> 4 if body else 0
+    etype = _IPV4 if version == 4 else _IPV6 if version == 6 else _UNKNOWN
+    return SYNTH_MACS + etype + body

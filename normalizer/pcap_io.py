@@ -11,7 +11,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from normalizer.frame import SUPPORTED_LINKTYPES
+from normalizer.frame import LINKTYPE_ETHERNET, SUPPORTED_LINKTYPES, as_ethernet
 
 
 class PcapError(Exception):
@@ -31,8 +31,12 @@ _CHUNK = 1 << 20
 class CaptureReader:
     """Iterates (ts_ns, frame, orig_len) over a pcap or pcapng file.
 
-    ``linktype`` is known once the first interface is declared (immediately for pcap). A pcapng
-    file mixing link types is refused: the core decodes one link type per input.
+    ``linktype`` is known once the first interface is declared (immediately for pcap). The core
+    decodes one link type per input, so a pcapng file whose interfaces differ (Wireshark on an
+    Ethernet port and on loopback, say) is read as Ethernet: every other interface's frames get
+    a synthesized Ethernet header (``converted`` counts them). That is decided when the first
+    packet is read; an interface of another type declared later, when the frames already read
+    were not Ethernet, is an error.
     """
 
     def __init__(self, fh: BinaryIO, name: str = "<capture>") -> None:
@@ -40,6 +44,8 @@ class CaptureReader:
         self.name = name
         self.nanosecond = False
         self.linktype: int | None = None
+        self.converted = 0  # frames given an Ethernet header (pcapng with mixed link types)
+        self._started = False  # a packet was handed out: linktype is fixed
         head = fh.read(4)
         if len(head) < 4:
             raise PcapError(f"{name}: empty or truncated file (no capture header)")
@@ -66,14 +72,18 @@ class CaptureReader:
         self.nanosecond = scale == 1
 
     def _set_linktype(self, linktype: int) -> None:
+        if linktype not in SUPPORTED_LINKTYPES:
+            raise PcapError(f"{self.name}: unsupported link type {linktype}")
         if self.linktype is None:
-            if linktype not in SUPPORTED_LINKTYPES:
-                raise PcapError(f"{self.name}: unsupported link type {linktype}")
             self.linktype = linktype
         elif linktype != self.linktype:
-            raise PcapError(
-                f"{self.name}: interfaces with different link types ({self.linktype}, {linktype})"
-            )
+            if not self._started:
+                self.linktype = LINKTYPE_ETHERNET
+            elif self.linktype != LINKTYPE_ETHERNET:
+                raise PcapError(
+                    f"{self.name}: an interface with link type {linktype} declared after packets"
+                    f" of link type {self.linktype}"
+                )
 
     def __iter__(self) -> Iterator[tuple[int, bytes, int]]:
         if self.format == "pcap":
@@ -146,18 +156,30 @@ class CaptureReader:
             if btype == 1:  # interface description
                 linktype = struct.unpack_from(endian + "H", body, 0)[0]
                 self._set_linktype(linktype)
-                ifaces.append(_if_options(body[8:], endian))
+                ifaces.append((linktype, *_if_options(body[8:], endian)[1:]))
             elif btype == 6:  # enhanced packet
                 ifid, hi, lo, caplen, origlen = struct.unpack_from(endian + "IIIII", body, 0)
                 if ifid >= len(ifaces) or 20 + caplen > len(body):
                     raise PcapError(f"{self.name}: packet block names unknown interface {ifid}")
-                yield _ticks_to_ns((hi << 32) | lo, ifaces[ifid]), body[20 : 20 + caplen], origlen
+                frame = body[20 : 20 + caplen]
+                if ifaces[ifid][0] != self.linktype:
+                    frame, origlen = self._as_ethernet(frame, ifaces[ifid][0], origlen)
+                self._started = True
+                yield _ticks_to_ns((hi << 32) | lo, ifaces[ifid]), frame, origlen
             elif btype == 3:  # simple packet: no timestamp
                 if not ifaces:
                     raise PcapError(f"{self.name}: simple packet block before any interface")
                 origlen = struct.unpack_from(endian + "I", body, 0)[0]
                 data = body[4 : 4 + origlen]
+                if ifaces[0][0] != self.linktype:
+                    data, origlen = self._as_ethernet(data, ifaces[0][0], origlen)
+                self._started = True
                 yield 0, data, origlen
+
+    def _as_ethernet(self, frame: bytes, linktype: int, origlen: int) -> tuple[bytes, int]:
+        out = as_ethernet(frame, linktype)
+        self.converted += 1
+        return out, origlen + len(out) - len(frame)
 
 
 def _if_options(opts: bytes, endian: str) -> tuple[int, int, int]:

@@ -92,3 +92,39 @@ def test_corrupt_record_length() -> None:
     head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
     with pytest.raises(PcapError, match="corrupt"):
         _read(head + struct.pack("<IIII", 0, 0, 0xFFFFFFF0, 10))
+
+
+def _pcapng(ifaces: list[int], packets: list[tuple[int, bytes]]) -> bytes:
+    """A little-endian pcapng: one section, these interface link types, (iface, frame) EPBs."""
+
+    def block(btype: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        n = 12 + len(body)
+        return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+    out = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    for lt in ifaces:
+        out += block(1, struct.pack("<HHI", lt, 0, 0))
+    for i, (iface, frame) in enumerate(packets):
+        out += block(6, struct.pack("<IIIII", iface, 0, i, len(frame), len(frame)) + frame)
+    return out
+
+
+def test_pcapng_with_mixed_link_types_is_read_as_ethernet() -> None:
+    """Wireshark capturing an Ethernet port and a raw-IP tunnel at once: one Ethernet stream."""
+    raw_ip = FRAMES[1][14:]
+    r = CaptureReader(io.BytesIO(_pcapng([1, 101], [(0, FRAMES[0]), (1, raw_ip)])))
+    got = list(r)
+    assert r.linktype == 1 and r.converted == 1
+    assert got[0][1] == FRAMES[0]
+    assert got[1][1][12:14] == b"\x08\x00" and got[1][1][14:] == raw_ip
+    assert got[1][2] == len(raw_ip) + 14  # origlen follows the new header
+
+
+def test_pcapng_interface_of_another_type_after_packets_is_an_error() -> None:
+    raw_ip = FRAMES[1][14:]
+    data = _pcapng([101], [(0, raw_ip)])
+    more = _pcapng([1], [])  # a second section header would reset; splice only its IDB
+    idb = more[more.index(struct.pack("<I", 1), 28) :]
+    with pytest.raises(PcapError, match="declared after packets"):
+        _read(data + idb)
