@@ -429,7 +429,10 @@ class Normalizer:
                     set_u32(out, f, 4, new_seq)
                 else:
                     cut = min(n - start, plen)
-                    if cut == plen and not flags & (FIN | RST):
+                    # A segment of nothing but header bytes goes, unless its flags matter: a
+                    # SYN carrying the header (TCP Fast Open) stays, bare, or the flow has no
+                    # handshake for Suricata to track.
+                    if cut == plen and not flags & (FIN | RST | SYN):
                         c.header_only_dropped += 1
                         return
                     out = trim_payload(frame, f, cut, new_seq)

@@ -323,3 +323,31 @@ def test_local_and_unknown_headers_keep_wire_addresses() -> None:
     out, eng = run(conversation(c, unknown, coalesce=True), restore_addresses=True)
     assert out == plain(c)
     assert eng.counters.addresses_restored == 0
+
+
+def test_header_in_a_tcp_fast_open_syn() -> None:
+    """HAProxy with ``tfo`` on a server line sends the header as SYN data: the SYN must stay (a
+    Suricata without it never tracks the flow), its payload goes; the server's ack of the SYN
+    data maps back onto the bare SYN."""
+    c = Conv()
+    n = len(V2)
+    frames = [
+        c.seg(True, 0, None, V2, flags="S"),
+        c.seg(False, 0, n, flags="SA"),
+        c.seg(True, n, 0),
+        c.seg(True, n, 0, REQ, "PA"),
+        c.seg(False, 0, n + len(REQ), RESP, "PA"),
+        c.seg(True, n + len(REQ), len(RESP), flags="FA"),
+        c.seg(False, len(RESP), n + len(REQ) + 1, flags="FA"),
+        c.seg(True, n + len(REQ) + 1, len(RESP) + 1),
+    ]
+    out, eng = run(frames)
+    assert eng.counters.headers_stripped == {"proxy-v2": 1}
+    assert eng.counters.header_only_dropped == 0
+    for got, want in zip(out, plain(c), strict=True):
+        assert_valid(got)
+        assert got == want
+    # restored: the bare SYN already names the real client and target
+    restored, _eng = run(frames, restore_addresses=True)
+    syn = Ether(restored[0])
+    assert (syn[IP].src, syn[TCP].flags, len(syn[TCP].payload)) == ("203.0.113.7", "S", 0)
