@@ -305,7 +305,8 @@ def live_summary(c: dict[str, Any]) -> str:
         f"capture: {c['kernel_packets']} packets, {c['kernel_drops']} dropped by the kernel, "
         f"{c['capture_truncated']} truncated; tap: {c['tap_frames']} frames written, "
         f"{c['tap_write_errors']} write errors, recreated {c['tap_recreated']} times; "
-        f"cache: {c['cache_rows']} connections in {c['cache_writes']} writes "
-        f"(max {c['cache_write_seconds_max'] * 1000:.1f} ms), {c['cache_errors']} errors; "
+        f"cache: {c['cache_rows']} connections and {c.get('cache_tunnel_rows', 0)} tunnel flows"
+        f" in {c['cache_writes']} writes (max {c['cache_write_seconds_max'] * 1000:.1f} ms),"
+        f" {c.get('cache_expired', 0)} expired, {c['cache_errors']} errors; "
         f"reloads {c['reloads']}"
     )
