@@ -16,10 +16,9 @@ gives events younger than ``wait`` seconds that long for their row, and counts t
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from eve_enricher.enrich import (
     Connection,
@@ -40,16 +39,32 @@ def _unordered(t: Tuple4) -> Tuple4:
     return t if (t[0], t[1]) <= (t[2], t[3]) else (t[2], t[3], t[0], t[1])
 
 
+V = TypeVar("V")
+
+
+class FlowMemo(dict[tuple[object, ...], V]):
+    """Answers per flow, bounded: beyond ``size`` entries the oldest is forgotten (plain dict
+    order, cheaper per event than an LRU's reordering; a flow that falls out is looked up
+    again, with the same answer)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def remember(self, key: tuple[object, ...], value: V) -> None:
+        self[key] = value
+        if len(self) > self.size:
+            del self[next(iter(self))]
+
+
 class CacheLookup:
     """``LookupFn`` over a ``ConnectionCache``: wire tuple first, then real tuple."""
 
     def __init__(self, cache: ConnectionCache) -> None:
         self.cache = cache
-        self.queries = 0
 
     def __call__(self, t: Tuple4, ts: float, window: float) -> Connection | None:
         src, sport, dst, dport = cache_addr(t[0]), t[1], cache_addr(t[2]), t[3]
-        self.queries += 1
         row = self.cache.lookup_any(src, sport, dst, dport, ts, window)
         return None if row is None else Connection.from_row(row)
 
@@ -63,9 +78,7 @@ class MatchCounters:
 
 
 class Matcher:
-    """The connection of an event, memoized per (flow_id, tuple) in a bounded FIFO (plain dict
-    order: cheaper per event than an LRU's reordering; a flow that falls out is looked up again,
-    with the same answer)."""
+    """The connection of an event, memoized per (flow_id, tuple) in a ``FlowMemo``."""
 
     def __init__(
         self,
@@ -81,12 +94,11 @@ class Matcher:
         self.lookup = lookup
         self.wait = wait
         self.window = window
-        self.memo_size = memo_size
         self.poll = poll
         self.clock = clock
         self.sleep = sleep
         self.counters = MatchCounters()
-        self._memo: dict[tuple[object, ...], Connection | None] = {}
+        self._memo: FlowMemo[Connection | None] = FlowMemo(memo_size)
 
     def match(self, event: Event, t: Tuple4) -> Connection | None:
         flow_id = event.get("flow_id")
@@ -106,10 +118,7 @@ class Matcher:
         if conn is None and self.wait > 0:
             conn = self._wait_for(t, ts, ref, window)
         if key is not None:
-            memo = self._memo
-            memo[key] = conn
-            if len(memo) > self.memo_size:  # forget the oldest flow: a miss only costs a lookup
-                del memo[next(iter(memo))]
+            self._memo.remember(key, conn)
         return conn
 
     def _wait_for(self, t: Tuple4, ts: float, ref: float, window: float) -> Connection | None:
@@ -153,32 +162,27 @@ class TunnelMatcher:
     ) -> None:
         self.cache = cache
         self.window = window
-        self.memo_size = memo_size
         self.clock = clock
-        self.lookups = 0
-        self._memo: OrderedDict[tuple[object, ...], dict[str, Any] | None] = OrderedDict()
+        self._memo: FlowMemo[dict[str, Any] | None] = FlowMemo(memo_size)
 
     def match(self, event: Event, t: Tuple4) -> dict[str, Any] | None:
         vlan = event.get("vlan")
         ids = [v for v in vlan if type(v) is int] if type(vlan) is list else []
-        key = (event.get("flow_id"), *_unordered(t), *ids)
+        flow_id = event.get("flow_id")
+        key = (flow_id, *_unordered(t), *ids)
         hit = self._memo.get(key, _MISSING)
         if hit is not _MISSING:
-            self._memo.move_to_end(key)
             return hit  # type: ignore[return-value]
         ts = event_time(event)
         if ts is None:
             ts = self.clock()
-        self.lookups += 1
         try:
             row = self.cache.lookup_tunnel(
                 t[0], t[1], t[2], t[3], ids, reference_time(event, ts), self.window
             )
         except ValueError:  # an address the cache cannot parse: no tunnel
             row = None
-        tunnel = None if row is None else row["tunnel"]
-        if event.get("flow_id") is not None:
-            self._memo[key] = tunnel
-            if len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
+        tunnel: dict[str, Any] | None = None if row is None else row["tunnel"]
+        if flow_id is not None:
+            self._memo.remember(key, tunnel)
         return tunnel

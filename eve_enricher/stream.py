@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from eve_enricher.enrich import apply, event_tuple
+from eve_enricher.enrich import Event, Tuple4, apply, event_tuple
 from eve_enricher.lookup import Matcher, TunnelMatcher
 
 # offset of the line in its input file, the line (without newline) -> None
@@ -67,17 +67,7 @@ class LineEnricher:
                 return b""
             return raw if raw.endswith(b"\n") else raw + b"\n"
         t = event_tuple(event)
-        if t is None and self.tunnels is not None:
-            # portless (ICMP, ICMPv6): only a tunnel can apply; its row has ports 0
-            src, dst = event.get("src_ip"), event.get("dest_ip")
-            if type(src) is str and type(dst) is str and "vlan" in event:
-                tunnel = self.tunnels.match(event, (src, 0, dst, 0))
-                if tunnel is not None:
-                    event["tunnel"] = tunnel
-                    c.enriched += 1
-                    c.tunneled += 1
-                    return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
-        elif t is not None:
+        if t is not None:
             conn = self.matcher.match(event, t)
             if conn is not None:
                 out = apply(event, conn, self.seed, t, copy=False)
@@ -86,11 +76,25 @@ class LineEnricher:
                     return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
             elif self.tunnels is not None and "vlan" in event:
                 # decapsulated frames always carry the VLAN id of their VNI (docs/tunnels.md)
-                tunnel = self.tunnels.match(event, t)
-                if tunnel is not None:
-                    event["tunnel"] = tunnel
-                    c.enriched += 1
-                    c.tunneled += 1
-                    return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+                tagged = self._with_tunnel(self.tunnels, event, t)
+                if tagged:
+                    return tagged
+        elif self.tunnels is not None and "vlan" in event:
+            # portless (ICMP, ICMPv6): only a tunnel can apply; its row has ports 0
+            src, dst = event.get("src_ip"), event.get("dest_ip")
+            if type(src) is str and type(dst) is str:
+                tagged = self._with_tunnel(self.tunnels, event, (src, 0, dst, 0))
+                if tagged:
+                    return tagged
         c.unchanged += 1
         return raw if raw.endswith(b"\n") else raw + b"\n"
+
+    def _with_tunnel(self, tunnels: TunnelMatcher, event: Event, t: Tuple4) -> bytes:
+        """The event with its ``tunnel`` object, or b"" when no tunnel is known for it."""
+        tunnel = tunnels.match(event, t)
+        if tunnel is None:
+            return b""
+        event["tunnel"] = tunnel
+        self.counters.enriched += 1
+        self.counters.tunneled += 1
+        return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
