@@ -11,9 +11,7 @@ header-free file, <=400 bytes of memory per tracked flow.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,24 +20,11 @@ from pathlib import Path
 
 from bench.scapy_baseline import scapy_normalize
 from bench.synth import write_pair
+from bench.timing import timed_child
 from normalizer.options import Options
 from normalizer.pcap_job import rewrite_file
 
 PROXY_CIDR = "192.0.2.1/32"
-
-
-def _timed_child(cmd: list[str]) -> tuple[float, int, int]:
-    """Run a command; return (wall seconds, exit status, peak RSS in KiB of the child)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if proc.stderr is not None:
-        err = proc.stderr.read()
-        proc.stderr.close()
-        if status:
-            sys.stderr.write(err.decode(errors="replace")[-2000:])
-    return wall, os.waitstatus_to_exitcode(status), usage.ru_maxrss
 
 
 def bytes_per_flow(flows: int) -> float:
@@ -114,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         cli = shutil.which("suricata-normalizer") or str(
             Path(sys.executable).parent / "suricata-normalizer"
         )
-        wall, rc, rss = _timed_child(
+        wall, rc, rss = timed_child(
             [
                 cli,
                 "rewrite",
@@ -143,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         tcprewrite = shutil.which("tcprewrite")
         tr = 0.0
         if tcprewrite:
-            tr, rc, _ = _timed_child(
+            tr, rc, _ = timed_child(
                 [
                     tcprewrite,
                     "--seed",
@@ -164,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             rules = Path(__file__).resolve().parent.parent / "suricata" / "rules" / "decoy.rules"
             for label, rulefile in (("no rules", "/dev/null"), ("decoy.rules", str(rules))):
                 argv = [suricata, "-r", str(plain), "-k", "all", "-l", str(logdir), "-S", rulefile]
-                wall, rc, _ = _timed_child(argv)
+                wall, rc, _ = timed_child(argv)
                 status = "" if rc == 0 else f"exit {rc}"
                 rows.append((f"suricata -r header-free file, {label}", wall, status))
                 su = su or wall

@@ -13,15 +13,14 @@ section, reusing the capture it generated.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench.synth import write_pair
+from bench.timing import timed_child
 from normalizer.encap import vxlan_frame
 from normalizer.options import Options
 from normalizer.pcap_io import CaptureReader, PcapWriter
@@ -30,14 +29,6 @@ from normalizer.pcap_job import rewrite_file
 PROXY_CIDR = "192.0.2.1/32"
 VNIS = (1001, 1002, 1003, 1004)
 UNDERLAY = ("10.99.0.1", "10.99.0.2")
-
-
-def _timed_child(cmd: list[str]) -> tuple[float, int]:
-    """Run a command; return (wall seconds, exit status)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _pid, status, _usage = os.wait4(proc.pid, 0)
-    return time.perf_counter() - t0, os.waitstatus_to_exitcode(status)
 
 
 def write_vxlan(plain: Path, out: Path) -> int:
@@ -81,7 +72,7 @@ def run(work: Path, proxied: Path, flows: int) -> list[tuple[str, float, str]]:
         rules = Path(__file__).resolve().parent.parent / "suricata" / "rules" / "decoy.rules"
         for label, rulefile in (("no rules", "/dev/null"), ("decoy.rules", str(rules))):
             argv = [suricata, "-r", str(encap), "-k", "all", "-l", str(logdir), "-S", rulefile]
-            wall, rc = _timed_child(argv)
+            wall, rc, _rss = timed_child(argv)
             note = f"{packets / wall:,.0f} pkt/s" if rc == 0 else f"exit {rc}"
             rows.append((f"suricata -r VXLAN file, {label}", wall, note))
             su = su or (wall if rc == 0 else 0.0)

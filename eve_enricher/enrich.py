@@ -32,7 +32,6 @@ Tuple4 = tuple[str, int, str, int]
 LookupFn = Callable[[Tuple4, float, float], "Connection | None"]
 
 _IP_FAMILIES = frozenset({"TCP4", "TCP6", "UDP4", "UDP6"})
-_TUPLE_KEYS = ("src_ip", "src_port", "dest_ip", "dest_port")
 
 
 @lru_cache(maxsize=65536)

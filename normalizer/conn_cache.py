@@ -25,7 +25,8 @@ from normalizer.tunnel_flows import TunnelFlow
 # Which of several connections with one tuple an event at ``ts`` belongs to (ports are reused,
 # and with restored addresses several backend connections of one HTTP-mode client connection
 # share the real tuple): the last one started at or before ``ts``; failing that, the first one
-# started after it (a header is seen a round trip after the SYN that Suricata's flow starts at).
+# started within the second after it (a live Suricata stamps the tap's copy of a packet a little
+# after the normalizer saw it on the bridge).
 NEAREST_START = "ORDER BY first_seen > ?, abs(first_seen - ?) LIMIT 1"
 
 
@@ -122,7 +123,8 @@ class ConnectionCache:
         return len(rows)
 
     def newest(self) -> float | None:
-        """When the newest recorded connection began (epoch seconds), None if there is none."""
+        """The latest ``last_seen`` in the cache (epoch seconds), None if it is empty: where
+        ``rewrite`` counts retention back from."""
         row = self._db.execute("SELECT max(last_seen) FROM connections").fetchone()
         return None if row[0] is None else float(row[0])
 
