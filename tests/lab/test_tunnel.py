@@ -61,14 +61,21 @@ class TunnelCaptures:
     geneve_counts: dict[str, int]
 
 
+def entered(lab_type: type[tunnel_lab.VxlanLab]) -> tunnel_lab.VxlanLab:
+    """A started lab of this kind, or the test skipped where the kernel cannot build it; the
+    caller closes it."""
+    try:
+        lab = lab_type()
+        lab.__enter__()
+    except LabError as e:
+        pytest.skip(f"{lab_type.__name__}: kernel VXLAN between namespaces not available: {e}")
+    return lab
+
+
 @pytest.fixture(scope="module")
 def caps(lab_ready: None, lab_dir: Path) -> Iterator[TunnelCaptures]:
     d = lab_dir / "tunnel"
-    try:
-        lab = tunnel_lab.VxlanLab()
-        lab.__enter__()
-    except LabError as e:
-        pytest.skip(f"kernel VXLAN between namespaces not available: {e}")
+    lab = entered(tunnel_lab.VxlanLab)
     try:
         underlay, inner = tunnel_lab.record(lab, d)
         proxied, baseline = tunnel_lab.record_proxied(lab, d)
@@ -81,11 +88,7 @@ def caps(lab_ready: None, lab_dir: Path) -> Iterator[TunnelCaptures]:
 
 def record_variant(lab_type: type[tunnel_lab.VxlanLab], d: Path) -> tuple[Path, dict[int, Path]]:
     """The VXLAN traffic in another lab variant: (underlay, per-VNI references)."""
-    try:
-        lab = lab_type()
-        lab.__enter__()
-    except LabError as e:
-        pytest.skip(f"{lab_type.__name__}: kernel VXLAN between namespaces not available: {e}")
+    lab = entered(lab_type)
     try:
         return tunnel_lab.record(lab, d)
     finally:
@@ -437,11 +440,7 @@ def test_live_decap_on_the_underlay_port(lab_ready: None, lab_dir: Path) -> None
     d = lab_dir / "tunnel-live"
     d.mkdir(parents=True, exist_ok=True)
     cache, stats = d / "live.db", d / "live.json"
-    try:
-        lab = tunnel_lab.VxlanLab()
-        lab.__enter__()
-    except LabError as e:
-        pytest.skip(f"kernel VXLAN between namespaces not available: {e}")
+    lab = entered(tunnel_lab.VxlanLab)
     try:
         argv = [*live_demo.NORMALIZER, "live", "--iface", "u1", "--tap", live_demo.TAP, "--decap"]
         argv += ["--proxy", NO_PROXY, "--stats-json", str(stats), "--cache", str(cache)]
