@@ -32,10 +32,15 @@ from typing import Any
 
 from normalizer.conn_cache import ConnectionCache
 from tests.eve_enricher.schema import schema_errors
+from tests.lab.suricata_run import run_suricata
 
 BIN = Path(sys.executable).parent
 Event = dict[str, Any]
 _BYTES = ("bytes_toserver", "bytes_toclient")
+FIXED_INSPECTION = (
+    *("--set", "stream.reassembly.randomize-chunk-size=no"),
+    *("--set", "app-layer.protocols.http.libhtp.default-config.randomize-inspection-sizes=no"),
+)
 
 
 @dataclass(frozen=True)
@@ -64,22 +69,15 @@ def enrich_mode(raw: Path, proxy: str, work: Path, keep: bool) -> tuple[list[Eve
     argv = [str(BIN / "suricata-normalizer"), "rewrite", str(raw), "-o", str(norm)]
     argv += ["--proxy", proxy, "--cache", str(db), "-q"] + (["--keep-addresses"] if keep else [])
     _run(argv)
-    rules = Path(__file__).resolve().parents[2] / "suricata" / "rules" / "decoy.rules"
     # Suricata inspects streams and HTTP bodies in randomly sized chunks by default, so where in
     # a long body an alert fires varies from run to run; fixed sizes make the modes comparable.
-    _run(
-        ["suricata", "-r", str(norm), "-k", "all", "-S", str(rules), "-l", str(d)]
-        + ["--set", "stream.reassembly.randomize-chunk-size=no"]
-        + ["--set", "app-layer.protocols.http.libhtp.default-config.randomize-inspection-sizes=no"]
-        + ["--runmode", "single"]
-    )
+    original = run_suricata(norm, outdir=d, extra=FIXED_INSPECTION)
     out = d / "enriched.json"
     _run(
         [str(BIN / "eve-enricher"), "enrich", str(d / "eve.json"), "--cache", str(db)]
         + ["-o", str(out), "-q"]
     )
-    load = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
-    return load(d / "eve.json"), load(out)
+    return original, [json.loads(x) for x in out.read_text().splitlines()]
 
 
 def _ends(ev: Event) -> frozenset[tuple[str, int]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,20 @@ class SuricataError(RuntimeError):
 
 
 def run_suricata(
-    pcap: Path, rules: Path = RULES, outdir: Path | None = None, checksum_validation: bool = True
+    pcap: Path,
+    rules: Path = RULES,
+    outdir: Path | None = None,
+    checksum_validation: bool = True,
+    extra: Sequence[str] = (),
 ) -> list[Event]:
-    """Run ``suricata -r pcap`` into ``outdir`` (default: beside the pcap); return eve events."""
+    """Run ``suricata -r pcap`` into ``outdir`` (default: beside the pcap); return eve events.
+    ``extra``: more command-line arguments (``--set key=value`` overrides)."""
     outdir = outdir or pcap.with_suffix(".suricata")
     outdir.mkdir(parents=True, exist_ok=True)
     eve = outdir / "eve.json"
     eve.unlink(missing_ok=True)
     argv = ["suricata", "-r", str(pcap), "-k", "all" if checksum_validation else "none"]
-    argv += ["-S", str(rules), "-l", str(outdir), "--runmode", "single"]
+    argv += ["-S", str(rules), "-l", str(outdir), "--runmode", "single", *extra]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     if p.returncode != 0 or not eve.exists():
         raise SuricataError(f"{' '.join(argv)} -> rc {p.returncode}\n{p.stderr}{p.stdout}")
