@@ -89,3 +89,23 @@ def test_portless_events_name_their_tunnel(tmp_path: Path) -> None:
     a, b = out.read_bytes().splitlines(keepends=True)
     assert orjson.loads(a) == {**ping, "tunnel": tunnel}
     assert b == line(other)
+
+
+def test_forged_tunnel_fields_pass_through_unchanged(tmp_path: Path) -> None:
+    """Garbage where a tunnel lookup reads (vlan not a list of ints, addresses that are not
+    addresses, no ports and no addresses) is no tunnel: every line comes out as it went in."""
+    db = _cache(tmp_path)
+    server = ("192.0.2.2", 80)
+    base = event("http", server, OTHER, t=T0 + 1, flow_id=2)
+    events = [
+        {**base, "vlan": "9"},
+        {**base, "vlan": [None, "9", 1.5]},
+        {**base, "src_ip": "not-an-address", "vlan": [9]},
+        {**base, "src_ip": "192.0.2.2\x00", "dest_ip": "::::", "vlan": [9], "flow_id": 3},
+        {k: v for k, v in base.items() if k not in ("src_port", "dest_port")} | {"vlan": [9]},
+        {"event_type": "flow", "vlan": [9], "src_ip": 7, "dest_ip": None},
+    ]
+    eve, out = tmp_path / "eve.json", tmp_path / "out.json"
+    eve.write_bytes(b"".join(line(e) for e in events))
+    assert main(["enrich", str(eve), "--cache", str(db), "-o", str(out), "-q"]) == 0
+    assert out.read_bytes() == eve.read_bytes()
