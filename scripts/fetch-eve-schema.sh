@@ -10,17 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=.cache/suricata-eve-schema.json
 [ -s "$OUT" ] && exit 0
-SRC=/etc/apt/sources.list.d/debian.sources
 work=$(mktemp -d /tmp/eve-schema.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/lists/partial" .cache
-awk 'BEGIN{RS=""; FS="\n"} NR==1 {
-       for (i = 1; i <= NF; i++) {
-         if ($i ~ /^Types:/) print "Types: deb-src"
-         else if ($i ~ /^Suites:/) print "Suites: sid"
-         else print $i
-       }
-       exit }' "$SRC" > "$work/src.sources"
+scripts/apt-stanza.sh sid deb-src > "$work/src.sources"
 APT=(-o "Dir::Etc::SourceList=$work/src.sources" -o Dir::Etc::SourceParts=/dev/null
      -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::archives=$work" -o APT::Sandbox::User=root)
 apt-get "${APT[@]}" update -q >/dev/null

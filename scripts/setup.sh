@@ -7,7 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SRC=/etc/apt/sources.list.d/debian.sources
 BPO=/etc/apt/sources.list.d/bookworm-backports.sources
 APT_PKGS=(suricata tcpdump haproxy nginx-light libnginx-mod-stream curl iproute2 nftables tcpreplay procps kmod ethtool openssl)
 
@@ -17,13 +16,9 @@ for p in "${APT_PKGS[@]}"; do
 done
 if [ "$need_apt" = 1 ] || ! suricata -V 2>/dev/null | grep -q "version 7"; then
   if [ ! -f "$BPO" ]; then
-    [ -f "$SRC" ] || { echo "setup: $SRC not found; cannot derive the backports source" >&2; exit 1; }
     # First stanza only (up to the first blank line), Suites replaced.
-    awk 'BEGIN{RS=""; FS="\n"} NR==1 {
-           for (i = 1; i <= NF; i++) {
-             if ($i ~ /^Suites:/) print "Suites: bookworm-backports"; else print $i
-           }
-           exit }' "$SRC" > "$BPO"
+    scripts/apt-stanza.sh bookworm-backports > "$BPO.tmp"
+    mv "$BPO.tmp" "$BPO"
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
