@@ -156,7 +156,7 @@ class CaptureReader:
             if btype == 1:  # interface description
                 linktype = struct.unpack_from(endian + "H", body, 0)[0]
                 self._set_linktype(linktype)
-                ifaces.append((linktype, *_if_options(body[8:], endian)[1:]))
+                ifaces.append((linktype, *_if_options(body[8:], endian)))
             elif btype == 6:  # enhanced packet
                 ifid, hi, lo, caplen, origlen = struct.unpack_from(endian + "IIIII", body, 0)
                 if ifid >= len(ifaces) or 20 + caplen > len(body):
@@ -182,7 +182,8 @@ class CaptureReader:
         return out, origlen + len(out) - len(frame)
 
 
-def _if_options(opts: bytes, endian: str) -> tuple[int, int, int]:
+def _if_options(opts: bytes, endian: str) -> tuple[int, int]:
+    """(timestamp ticks per second, offset in seconds) from an interface block's options."""
     ticks = 1_000_000
     offset = 0
     i = 0
@@ -197,7 +198,7 @@ def _if_options(opts: bytes, endian: str) -> tuple[int, int, int]:
         elif code == 14 and length >= 8:  # if_tsoffset
             offset = struct.unpack(endian + "q", value[:8])[0]
         i += 4 + ((length + 3) & ~3)
-    return 0, ticks, offset
+    return ticks, offset
 
 
 def _ticks_to_ns(ticks: int, iface: tuple[int, int, int]) -> int:
