@@ -282,12 +282,16 @@ class Normalizer:
         if not flow.closed_at and (flow.fins & 4 or flow.fins & 3 == 3):
             flow.closed_at = ts
 
+    def _release(self, flow: Flow) -> list[tuple[int, bytes]]:
+        """The flow's held frames, no longer counted against the total hold bound."""
+        if flow.hold is not None:
+            self._held_total -= flow.hold.nbytes
+        return flow.release()
+
     def _give_up(self, flow: Flow) -> None:
         """Leave the flow as captured: forward what was held, untouched, in arrival order."""
         flow.state = 2  # PASSING
-        if flow.hold is not None:
-            self._held_total -= flow.hold.nbytes
-        held = flow.release()
+        held = self._release(flow)
         self.counters.passed_unparsed_flow += len(held)
         for ts, frame in held:
             self._emit(ts, frame)
@@ -396,9 +400,7 @@ class Normalizer:
             )
         else:
             c.events_dropped += 1
-        if hold is not None:
-            self._held_total -= hold.nbytes
-        for hts, hframe in flow.release():
+        for hts, hframe in self._release(flow):
             g = locate_tcp(hframe, self.linktype)
             assert g is not None  # it was located when held
             from_client = from_first(hframe, g) == flow.client_first
