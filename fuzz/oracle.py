@@ -1,0 +1,149 @@
+"""What must hold whatever the input: the fuzz target's independent view of a run.
+
+Trust, as the issue defines it: a frame is *trusted* when its IP source is a configured proxy
+and, if it arrived inside a VXLAN/GENEVE tunnel, the tunnel's outer source is a configured peer.
+A frame is *untouchable* when neither IP endpoint is a proxy and it is not a tunnel packet from
+a peer (in decap mode): it must come out exactly as it went in. A connection-cache row may only
+name addresses that some trusted frame's bytes carry: packed (v2, gateway header) or as text
+(v1), in one segment or across the segments of one flow (arrival or sequence order).
+
+This module decodes frames with ``fuzz.wire`` only, never with the normalizer's own parser.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import struct
+from dataclasses import dataclass, field
+
+from fuzz.wire import GENEVE_PORT, VXLAN_PORT, decode, l3_start
+
+_TOKEN = re.compile(rb"[0-9A-Fa-f:.]{2,45}")
+
+
+class Nets:
+    def __init__(self, cidrs: tuple[str, ...]) -> None:
+        self._nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+    def __contains__(self, addr: bytes | str) -> bool:
+        try:
+            a = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(a.version == n.version and a in n for n in self._nets)
+
+
+FlowId = tuple[bytes, int, bytes, int]
+
+
+@dataclass
+class Trusted:
+    """Bytes of trusted client streams, to test cache rows against."""
+
+    segments: list[bytes] = field(default_factory=list)
+    flows: dict[FlowId, list[tuple[int, bytes]]] = field(default_factory=dict)
+
+    def add(self, key: FlowId, seq: int, payload: bytes) -> None:
+        if payload:
+            self.segments.append(payload)
+            self.flows.setdefault(key, []).append((seq, payload))
+
+    def blobs(self) -> list[bytes]:
+        out = list(self.segments)
+        for segs in self.flows.values():
+            if len(segs) > 1:
+                out.append(b"".join(p for _s, p in segs))
+                out.append(b"".join(p for _s, p in sorted(segs, key=lambda x: x[0])))
+        return out
+
+    def carries(self, addr: str, blobs: list[bytes]) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:  # a UNIX path: its bytes as sent
+            raw = addr.encode("utf-8", "surrogateescape")
+            return any(raw in b for b in blobs)
+        if any(ip.packed in b for b in blobs):
+            return True
+        text = str(ip)
+        for b in blobs:
+            for tok in _TOKEN.findall(b):
+                try:
+                    if str(ipaddress.ip_address(tok.decode())) == text:
+                        return True
+                except ValueError:
+                    continue
+        return False
+
+
+class Oracle:
+    def __init__(
+        self,
+        proxies: tuple[str, ...],
+        peers: tuple[str, ...],
+        decap: bool,
+        linktype: int,
+    ) -> None:
+        self.proxies = Nets(proxies)
+        self.peers = Nets(peers)
+        self.decap = decap
+        self.linktype = linktype
+        self.trusted = Trusted()
+
+    def observe(self, frame: bytes) -> bool:
+        """Note a frame's trusted bytes; True if it must come out byte-identical."""
+        s = decode(frame, self.linktype)
+        if s is None:
+            return not self.decap or self.linktype == 1
+        if self.decap and s.proto == 17:
+            ip = l3_start(frame, self.linktype)
+            assert ip is not None
+            if frame[ip] >> 4 == 4 and struct.unpack_from("!H", frame, ip + 6)[0] & 0x3FFF:
+                self._fragment(frame, s.src)  # held for reassembly: order not kept
+                return False
+            if s.dport in (VXLAN_PORT, GENEVE_PORT):
+                if s.src in self.peers:
+                    self._inner(s.payload, s.dport)
+                    return False
+                return True  # a tunnel from anyone else is passed as captured
+        if s.src in self.proxies:
+            if s.proto == 6 and len(frame) >= s.l4 + 8:
+                seq = struct.unpack_from("!I", frame, s.l4 + 4)[0]
+                self.trusted.add((s.src, s.sport, s.dst, s.dport), seq, s.payload)
+            return False
+        if s.dst in self.proxies:
+            return False
+        return not self.decap or self.linktype == 1
+
+    def _fragment(self, frame: bytes, outer_src: bytes) -> None:
+        if outer_src in self.peers:  # whatever it reassembles to came from a peer
+            self.trusted.add((outer_src, 0, b"", 0), 0, frame)
+
+    def _inner(self, udp_payload: bytes, dport: int) -> None:
+        if dport == VXLAN_PORT:
+            inner, lt = udp_payload[8:], 1
+        else:
+            if len(udp_payload) < 8:
+                return
+            opt = (udp_payload[0] & 0x3F) * 4
+            proto = struct.unpack_from("!H", udp_payload, 2)[0]
+            inner, lt = udp_payload[8 + opt :], 1 if proto == 0x6558 else 101
+        s = decode(inner, lt)
+        if s is None or s.proto != 6 or s.src not in self.proxies:
+            return
+        off = s.l4 + 4
+        seq = struct.unpack_from("!I", inner, off)[0] if len(inner) >= off + 4 else 0
+        self.trusted.add((s.src, s.sport, s.dst, s.dport), seq, s.payload)
+
+
+def subsequence_gap(needles: list[bytes], hay: list[bytes]) -> int:
+    """Index into ``needles`` of the first one missing from ``hay`` in order; -1 if all there."""
+    j = 0
+    n = len(hay)
+    for i, want in enumerate(needles):
+        while j < n and hay[j] != want:
+            j += 1
+        if j == n:
+            return i
+        j += 1
+    return -1
