@@ -27,14 +27,38 @@ def crash_class(exc: BaseException) -> str:
         if any(p in fr.filename.replace("\\", "/") for p in _PROJECT):
             where = fr
             break
+    name = type(exc).__qualname__
+    if type(exc).__module__ not in ("builtins", "__main__"):
+        name = f"{type(exc).__module__}.{name}"
     if where is None:
-        return type(exc).__name__
+        return name
     path = where.filename.replace("\\", "/")
     for p in _PROJECT:
         if p in path:
             path = p + path.split(p, 1)[1]
             break
-    return f"{type(exc).__name__} at {path}:{where.lineno} in {where.name}"
+    return f"{name} at {path}:{where.lineno} in {where.name}"
+
+
+def stderr_class(text: str) -> str:
+    """The same class from a traceback printed on stderr by a CLI run."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    last = lines[-1].strip() if lines else "?"
+    name = last.split(":", 1)[0]
+    where = ""
+    for ln in lines:
+        s = ln.strip()
+        if s.startswith('File "') and any(p in s for p in _PROJECT):
+            path = s.split('"')[1]
+            for p in _PROJECT:
+                if p in path:
+                    path = p + path.split(p, 1)[1]
+            rest = s.split('"', 2)[2]  # , line N, in func
+            parts = [x.strip() for x in rest.split(",")]
+            lineno = parts[1].removeprefix("line ") if len(parts) > 1 else "?"
+            func = parts[2].removeprefix("in ") if len(parts) > 2 else "?"
+            where = f" at {path}:{lineno} in {func}"
+    return f"{name}{where}"
 
 
 def traceback_head(exc: BaseException, lines: int = 6) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 from fuzz.findings import crash_class, traceback_head
 from fuzz.oracle import Nets, Oracle, subsequence_gap
-from fuzz.wire import Record, pcap_bytes
+from fuzz.wire import GENEVE_PORT, VXLAN_PORT, Record, decode, pcap_bytes
 from normalizer.conn_cache import ConnectionCache
 from normalizer.counters import Counters
 from normalizer.options import Options
@@ -163,8 +163,11 @@ def _execute(
     problems += accounting(pipe, len(run.records), len(out))
     gap = subsequence_gap(needles, [f for _ts, f in out])
     if gap >= 0:
+        seen = decode(needles[gap], run.linktype)
+        tunnel = seen is not None and seen.proto == 17 and seen.dport in (VXLAN_PORT, GENEVE_PORT)
         problems.append(Problem(
-            "untrusted frame not passed byte-identical",
+            "tunnel packet from a non-peer not passed as captured" if tunnel and o.decapsulate
+            else "untrusted frame not passed byte-identical",
             f"untouchable frame #{gap} of {len(needles)} missing or altered: {needles[gap][:64].hex()}",
         ))
     if db is not None:

@@ -1,0 +1,276 @@
+"""Hostile capture files through ``rewrite_file`` (the ``rewrite`` command minus argument parsing).
+
+Each file is a packet run written as classic pcap (micro- or nanosecond) or pcapng, often with
+snap-length-truncated records, then maybe corrupted at one record: truncated record header or
+data, an impossible caplen, a pcapng block whose body is shorter than its fixed part, a section
+header shorter than 12 bytes, an unknown interface, an odd total length; or made strange but
+readable: timestamp resolutions (zero, huge, power of two), negative or huge offsets,
+out-of-range timestamps and fractions, simple packet blocks, a second link type.
+
+Checked, per file: no exception but ``PcapError``; ``PcapError`` only where the file is corrupt
+(strange-but-readable files may be refused, never crash); when refused at record k, the output
+holds exactly what the same options make of the first k records (``rewrite`` of the valid
+prefix); when accepted, counters add up, every untouchable record comes out identical with its
+record header (time at the output's resolution, captured and original length), and the cache
+rows pass the same trust checks as packet runs.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fuzz.findings import Findings, crash_class, traceback_head
+from fuzz.oracle import Oracle, subsequence_gap
+from fuzz.packets import Run, cache_rows
+from fuzz.scenarios import pick
+from fuzz.sources import Capture
+from fuzz.wire import (
+    NS,
+    Record,
+    pcap_header,
+    pcap_record,
+    pcapng_block,
+    pcapng_epb,
+    pcapng_idb,
+    pcapng_shb,
+    read_pcap,
+)
+from normalizer.conn_cache import ConnectionCache
+from normalizer.pcap_io import PcapError
+from normalizer.pcap_job import rewrite_file
+
+OK, ERROR = "ok", "error"
+
+
+@dataclass
+class Hostile:
+    kind: str
+    data: bytes
+    expect: frozenset[str]
+    prefix: bytes | None = None  # a valid file of the records before the corruption
+    count: int | None = None  # records a reader must hand out when the file is accepted
+    times: list[int] | None = None  # ns per record as the file states them (None: unchecked)
+    nano: bool = False  # output resolution when accepted
+
+
+def snap(rng: random.Random, records: list[Record]) -> list[Record]:
+    """Some records cut by a snap length (caplen < origlen), as tcpdump -s writes them."""
+    if rng.random() < 0.5:
+        return records
+    cut = rng.choice((60, 96, 128, 200))
+    return [Record(r.ts, r.data[:cut], r.origlen) if rng.random() < 0.5 else r for r in records]
+
+
+def hostile_file(rng: random.Random, run: Run) -> Hostile:
+    recs = snap(rng, run.records[:300])
+    if rng.random() < 0.4:
+        return _pcap(rng, recs, run.linktype)
+    return _pcapng(rng, recs, run.linktype)
+
+
+def _pcap(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
+    nano = rng.random() < 0.5
+    if not nano:
+        recs = [Record(r.ts // 1000 * 1000, r.data, r.origlen) for r in recs]
+    head = pcap_header(lt, nano)
+    body = [pcap_record(r, nano) for r in recs]
+    k = rng.randrange(len(recs) + 1)
+    valid = head + b"".join(body[:k])
+    kind = rng.choice(("valid", "valid", "trunc_header", "trunc_data", "caplen", "frac", "sec", "head"))
+    times = [r.ts for r in recs]
+    if kind == "valid" or k == len(recs) and kind not in ("head",):
+        return Hostile("pcap valid", head + b"".join(body), frozenset({OK}), None, len(recs), times, nano)
+    rec = body[k]
+    if kind == "trunc_header":
+        return Hostile("pcap truncated record header", valid + rec[: rng.randrange(1, 16)], frozenset({ERROR}), valid)
+    if kind == "trunc_data":
+        return Hostile("pcap truncated record", valid + rec[: rng.randrange(16, max(17, len(rec)))], frozenset({ERROR}), valid)
+    if kind == "caplen":
+        bad = bytearray(rec)
+        struct.pack_into("<I", bad, 8, rng.choice((0x4000001, 0xFFFFFFFF, len(rec) + 1000)))
+        return Hostile("pcap impossible caplen", valid + bytes(bad) + b"".join(body[k + 1 :]), frozenset({ERROR}), valid)
+    if kind == "frac":  # a fraction past one second: readable, odd
+        bad = bytearray(rec)
+        struct.pack_into("<I", bad, 4, rng.choice((10**6, 10**9, 0xFFFFFFFF)))
+        return Hostile("pcap fraction out of range", valid + bytes(bad) + b"".join(body[k + 1 :]), frozenset({OK, ERROR}), None, len(recs))
+    if kind == "sec":
+        bad = bytearray(rec)
+        struct.pack_into("<I", bad, 0, rng.choice((0, 0xFFFFFFFF, 0x80000000)))
+        return Hostile("pcap timestamp out of range", valid + bytes(bad) + b"".join(body[k + 1 :]), frozenset({OK, ERROR}), None, len(recs))
+    return Hostile("pcap truncated file header", head[: rng.randrange(0, 24)], frozenset({ERROR}))
+
+
+_RESOLUTIONS = (0, 1, 3, 6, 9, 19, 0x7F, 0x80, 0x81, 0x8A, 0x9E, 0xBF, 0xFF)
+
+
+def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
+    strange = rng.random() < 0.35
+    resol = rng.choice(_RESOLUTIONS) if strange else rng.choice((None, 6, 9, 0x94))
+    offset = rng.choice((None, -1, -(2**40), 2**40, -(2**63), 2**63 - 1)) if strange and rng.random() < 0.5 else None
+    per_s = 10**6 if resol is None else (2 ** (resol & 0x7F) if resol & 0x80 else 10 ** (resol & 0x7F))
+    head = pcapng_shb() + pcapng_idb(lt, resol, offset)
+    ticks = [r.ts * per_s // NS for r in recs]
+    if strange and rng.random() < 0.3:
+        i = rng.randrange(len(ticks)) if ticks else 0
+        if ticks:
+            ticks[i] = rng.choice((2**64 - 1, 2**63, 0))
+    blocks = [pcapng_epb(r, t) for r, t in zip(recs, ticks, strict=True)]
+    times = [t * NS // per_s + (offset or 0) * NS for t in ticks]
+    if strange:
+        return Hostile(f"pcapng odd timestamps (tsresol {resol}, tsoffset {offset})", head + b"".join(blocks), frozenset({OK, ERROR}), None, len(recs))
+    kind = rng.choice(("valid", "valid", "short_body", "shb_short", "bad_total", "iface", "caplen", "idb_short", "spb", "trailer", "trunc"))
+    k = rng.randrange(len(blocks) + 1)
+    valid = head + b"".join(blocks[:k])
+    rest = b"".join(blocks[k:])
+    if kind == "valid" or (k == len(blocks) and kind not in ("shb_short", "idb_short", "spb")):
+        return Hostile("pcapng valid", head + b"".join(blocks), frozenset({OK}), None, len(recs), times, False)
+    if kind == "short_body":
+        body = rng.randbytes(rng.choice((0, 4, 8, 12, 16)))
+        return Hostile("pcapng packet block with a short body", valid + pcapng_block(6, body) + rest, frozenset({ERROR}), valid)
+    if kind == "shb_short":
+        total = rng.choice((0, 4, 8))
+        blk = struct.pack("<II", 0x0A0D0D0A, total) + b"\x4d\x3c\x2b\x1a" + rng.randbytes(rng.randrange(0, 24))
+        return Hostile(f"pcapng section header of length {total}", valid + blk + rest, frozenset({ERROR}), valid if k else None)
+    if kind == "bad_total":
+        blk = bytearray(blocks[k])
+        struct.pack_into("<I", blk, 4, rng.choice((len(blk) + 1, len(blk) - 2, 9, 1 << 24)))
+        return Hostile("pcapng block with a bad total length", valid + bytes(blk) + b"".join(blocks[k + 1 :]), frozenset({ERROR}), valid)
+    if kind == "iface":
+        bad = pcapng_epb(recs[k], ticks[k], ifid=rng.choice((1, 7, 0xFFFFFFFF)))
+        return Hostile("pcapng packet of an unknown interface", valid + bad + b"".join(blocks[k + 1 :]), frozenset({ERROR}), valid)
+    if kind == "caplen":
+        blk = bytearray(blocks[k])
+        struct.pack_into("<I", blk, 20, len(recs[k].data) + rng.choice((1, 100, 0x7FFFFFFF)))
+        return Hostile("pcapng caplen past its block", valid + bytes(blk) + b"".join(blocks[k + 1 :]), frozenset({ERROR}), valid)
+    if kind == "idb_short":
+        blk = pcapng_block(1, rng.randbytes(rng.choice((0, 2, 4))))
+        return Hostile("pcapng interface block with a short body", valid + blk + rest, frozenset({ERROR}), valid if k else None)
+    if kind == "spb":  # simple packet blocks: no timestamp, origlen may exceed the data
+        spbs = b"".join(pcapng_block(3, struct.pack("<I", r.origlen + rng.choice((0, 0, 40))) + r.data) for r in recs[k:])
+        return Hostile("pcapng simple packet blocks", valid + spbs, frozenset({OK, ERROR}), None, len(recs))
+    if kind == "trailer":  # the trailing length disagrees: readers differ, none may crash
+        blk = bytearray(blocks[k])
+        struct.pack_into("<I", blk, len(blk) - 4, len(blk) + 4)
+        return Hostile("pcapng trailing length mismatch", valid + bytes(blk) + b"".join(blocks[k + 1 :]), frozenset({OK, ERROR}), None, len(recs))
+    cut = blocks[k][: rng.randrange(1, len(blocks[k]))]
+    return Hostile("pcapng truncated block", valid + cut, frozenset({ERROR}), valid)
+
+
+Rewrite = Callable[[Path, Path, Run, Path], object]
+
+
+def rewrite(src: Path, dst: Path, run: Run, db: Path) -> object:
+    """``rewrite_file`` with a connection cache, as ``rewrite --cache`` runs it."""
+    cache = ConnectionCache(db)
+    try:
+        return rewrite_file(src, dst, run.options, on_events=cache.record, resume=cache.resumable, on_tunnels=cache.record_tunnels)
+    finally:
+        cache.close()
+
+
+def check_file(h: Hostile, run: Run, work: Path) -> list[tuple[str, str]]:
+    """Problems (class, detail) of one hostile file through ``rewrite_file``."""
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        d = Path(tmp)
+        src, dst, db = d / "in.cap", d / "out.pcap", d / "cache.db"
+        src.write_bytes(h.data)
+        try:
+            counters = rewrite(src, dst, run, db)
+            outcome = OK
+        except PcapError:
+            outcome, counters = ERROR, None
+        except Exception as exc:
+            return [(crash_class(exc), traceback_head(exc))]
+        problems: list[tuple[str, str]] = []
+        if outcome not in h.expect:
+            what = "refused a valid file" if outcome == ERROR else "accepted a corrupt file"
+            problems.append((f"rewrite {what}", h.kind))
+            return problems
+        if outcome == ERROR and h.prefix is not None:
+            p_src, p_dst, p_db = d / "prefix.cap", d / "prefix.pcap", d / "prefix.db"
+            p_src.write_bytes(h.prefix)
+            try:
+                rewrite(p_src, p_dst, run, p_db)
+            except Exception as exc:
+                return [(crash_class(exc), "on the valid prefix: " + traceback_head(exc))]
+            got = dst.read_bytes() if dst.exists() else None
+            if got != p_dst.read_bytes():
+                problems.append(("records before a corrupt one not written as they would be alone", f"{h.kind}: output {'missing' if got is None else f'{len(got)} bytes'}, prefix alone gives {p_dst.stat().st_size}"))
+        if outcome == OK:
+            problems += _accepted(h, run, dst, counters)
+        oracle = Oracle(run.options.proxies, run.peers, run.options.decapsulate, run.linktype)
+        for r in run.records[:300]:
+            oracle.observe(r.data)
+        if outcome == OK or db.exists():
+            problems += [(p.cls, p.detail) for p in cache_rows(db, oracle, run.peers)]
+        return problems
+
+
+def _accepted(h: Hostile, run: Run, dst: Path, counters: object) -> list[tuple[str, str]]:
+    from normalizer.counters import Counters
+
+    assert isinstance(counters, Counters)
+    problems = []
+    try:
+        _lt, nano, out = read_pcap(dst.read_bytes())
+    except ValueError as exc:
+        return [("output is not a valid pcap", f"{h.kind}: {exc}")]
+    c = counters
+    if h.count is not None and not run.options.decapsulate and c.packets_in != h.count:
+        problems.append(("unaccounted packets", f"{h.kind}: {h.count} records in the file, packets_in {c.packets_in}"))
+    if c.packets_in != c.packets_out + c.packets_dropped or len(out) != c.packets_out:
+        problems.append(("unaccounted packets", f"{h.kind}: in {c.packets_in}, out {c.packets_out}, dropped {c.packets_dropped}, records written {len(out)}"))
+    if h.times is not None:
+        oracle = Oracle(run.options.proxies, run.peers, run.options.decapsulate, run.linktype)
+        scale = 1 if nano else 1000
+        recs = _records_as_stated(h, run)
+        want = [(r.ts // scale * scale, r.data, r.origlen) for r in recs if oracle.observe(r.data)]
+        got = [(r.ts, r.data, r.origlen) for r in out]
+        gap = subsequence_gap(want, got)  # type: ignore[arg-type]
+        if gap >= 0:
+            w = want[gap]
+            near = [g for g in got if g[1] == w[1]]
+            problems.append(("untrusted record not passed byte-identical (record header included)",
+                             f"{h.kind}: record ts {w[0]} caplen {len(w[1])} origlen {w[2]}; output has {[(g[0], len(g[1]), g[2]) for g in near[:2]]}"))
+    return problems
+
+
+def _records_as_stated(h: Hostile, run: Run) -> list[Record]:
+    assert h.times is not None
+    recs = run.records[:300]
+    # the file was written from the snapped copy: re-read it to get exactly those records
+    from fuzz.wire import iter_pcap_records
+
+    if h.data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        return list(iter_pcap_records(h.data))
+    out, pos = [], 0
+    data = h.data
+    i = 0
+    while pos + 8 <= len(data):
+        btype, total = struct.unpack_from("<II", data, pos)
+        if btype == 6:
+            caplen, origlen = struct.unpack_from("<II", data, pos + 20)
+            out.append(Record(h.times[i], data[pos + 28 : pos + 28 + caplen], origlen))
+            i += 1
+        pos += total
+    del recs
+    return out
+
+
+def file_tier(seed: int, corpus: list[Capture], n: int, found: Findings, work: Path, log: Callable[..., None]) -> int:
+    done = 0
+    for i in range(n):
+        rng = random.Random(f"{seed}:file:{i}")
+        run = pick(rng, corpus, cache_share=1.0)
+        h = hostile_file(rng, run)
+        for cls, detail in check_file(h, run, work):
+            note = {"file": i, "kind": h.kind, "expect": sorted(h.expect), **run.note()}
+            found.add("file", cls, detail, {"input.cap": h.data, "config.toml": run.note()["config_toml"].encode()}, note)
+        done += 1
+    log(f"fuzz: {done} capture files through rewrite_file, {found.total} findings so far")
+    return done
