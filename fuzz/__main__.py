@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fuzz import cli_runs, eve, files
@@ -21,7 +22,10 @@ from fuzz.findings import Findings
 from fuzz.minimize import ddmin
 from fuzz.packets import HAS_PEERS, Problem, Run, execute
 from fuzz.scenarios import pick
-from fuzz.sources import load_corpus
+from fuzz.sources import Capture, load_corpus
+from fuzz.wire import Record
+
+Log = Callable[..., None]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,12 +42,18 @@ def _count(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__.splitlines()[0])
-    p.add_argument("packets", nargs="?", type=_count, default=1_000_000, help="packets (default 1e6)")
+    p.add_argument(
+        "packets", nargs="?", type=_count, default=1_000_000, help="packets (default 1e6)"
+    )
     p.add_argument("--eve-lines", type=_count, help="eve lines (default packets / 10)")
-    p.add_argument("--files", type=_count, help="hostile capture files in process (default packets / 2000)")
+    p.add_argument(
+        "--files", type=_count, help="hostile capture files in process (default packets / 2000)"
+    )
     p.add_argument("--cli", type=_count, help="real CLI runs (default 40, 12 below 10^5 packets)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--corpus", type=Path, action="append", default=[], help="more pcaps (file or dir)")
+    p.add_argument(
+        "--corpus", type=Path, action="append", default=[], help="more pcaps (file or dir)"
+    )
     p.add_argument("--findings", type=Path, default=ROOT / ".cache" / "fuzz-findings")
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "fuzz", help="cached eve lines")
     p.add_argument("--only", type=int, help="replay just this packet run index (debugging)")
@@ -59,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args.findings.mkdir(parents=True)
     args.work.mkdir(parents=True, exist_ok=True)
     found = Findings(args.findings)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log: Log = _quiet if args.quiet else _say
     corpus = load_corpus([ROOT / "pcaps", *args.corpus])
     log(f"fuzz: seed {args.seed}, corpus {len(corpus)} captures, tunnel peers option: {HAS_PEERS}")
     eve_n = args.eve_lines if args.eve_lines is not None else args.packets // 10
@@ -84,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     report = [f"fuzz: seed {args.seed}, {time.monotonic() - t_start:.1f} s"]
     report += [f"  {k}: {v}" for k, v in stats.items()]
     if found.total:
-        report.append(f"findings: {found.total} in {len(found.counts)} classes (reproducers under {args.findings})")
+        report.append(
+            f"findings: {found.total} in {len(found.counts)} classes"
+            f" (reproducers under {args.findings})"
+        )
         report += found.summary()
     else:
         report.append("findings: none (0 crashes, 0 unaccounted packets or lines)")
@@ -97,7 +110,17 @@ def _tmp_root() -> str | None:
     return str(shm) if shm.is_dir() else None
 
 
-def packet_tier(args: argparse.Namespace, corpus: list, found: Findings, work: Path, log) -> tuple[int, int]:
+def _quiet(*_args: object) -> None:
+    pass
+
+
+def _say(*args: object) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def packet_tier(
+    args: argparse.Namespace, corpus: list[Capture], found: Findings, work: Path, log: Log
+) -> tuple[int, int]:
     target = args.packets
     packets = runs = 0
     index = 0
@@ -131,7 +154,7 @@ def _report(found: Findings, run: Run, p: Problem, index: int, work: Path) -> No
         return
     records = run.records[: p.index + 1] if p.index >= 0 else run.records
 
-    def fails(subset: list) -> bool:
+    def fails(subset: list[Record]) -> bool:
         cand = Run(subset, run.linktype, run.options, run.peers, run.cache)
         return any(q.cls == p.cls for q in execute(cand, work)[0])
 
@@ -139,8 +162,20 @@ def _report(found: Findings, run: Run, p: Problem, index: int, work: Path) -> No
     if not fails(small):
         small = list(records)
     mini = Run(small, run.linktype, run.options, run.peers, run.cache)
-    note = {"run": index, "frames": len(small), "of": len(run.records), "trace": p.trace, **run.note()}
-    found.add("pipeline", p.cls, p.detail, {"input.pcap": mini.pcap(), "config.toml": run.note()["config_toml"].encode()}, note)
+    note = {
+        "run": index,
+        "frames": len(small),
+        "of": len(run.records),
+        "trace": p.trace,
+        **run.note(),
+    }
+    found.add(
+        "pipeline",
+        p.cls,
+        p.detail,
+        {"input.pcap": mini.pcap(), "config.toml": run.note()["config_toml"].encode()},
+        note,
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ BAD_CONFIGS: tuple[tuple[str, str], ...] = (
 
 def _run(argv: list[str], root: Path, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ, PYTHONPATH=str(root))
-    return subprocess.run([sys.executable, *argv], capture_output=True, env=env, timeout=timeout, cwd=root)
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, env=env, timeout=timeout, cwd=root
+    )
 
 
 def cli_tier(
@@ -78,7 +80,13 @@ def cli_tier(
     return done
 
 
-def _traceback(found: Findings, tier: str, p: subprocess.CompletedProcess[bytes], files: dict[str, bytes], note: dict[str, object]) -> bool:
+def _traceback(
+    found: Findings,
+    tier: str,
+    p: subprocess.CompletedProcess[bytes],
+    files: dict[str, bytes],
+    note: dict[str, object],
+) -> bool:
     err = p.stderr.decode("utf-8", "replace")
     if "Traceback (most recent call last)" in err:
         found.add(tier, f"traceback: {stderr_class(err)}", err[-1500:], files, note)
@@ -86,25 +94,60 @@ def _traceback(found: Findings, tier: str, p: subprocess.CompletedProcess[bytes]
     return False
 
 
-def rewrite_run(seed: int, i: int, corpus: list[Capture], found: Findings, work: Path, root: Path) -> None:
+def rewrite_run(
+    seed: int, i: int, corpus: list[Capture], found: Findings, work: Path, root: Path
+) -> None:
     rng = random.Random(f"{seed}:cli:{i}")
     run = pick(rng, corpus, cache_share=1.0)
     h = hostile_file(rng, run)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         d = Path(tmp)
-        src, dst, db, cfg, stats = d / "in.cap", d / "out.pcap", d / "cache.db", d / "n.toml", d / "stats.json"
+        src, dst, db, cfg, stats = (
+            d / "in.cap",
+            d / "out.pcap",
+            d / "cache.db",
+            d / "n.toml",
+            d / "stats.json",
+        )
         src.write_bytes(h.data)
         cfg.write_text(config_toml(run.options))
-        p = _run(["-m", "normalizer.cli", "rewrite", str(src), "-o", str(dst), "--config", str(cfg),
-                  "--cache", str(db), "--stats-json", str(stats), "-q"], root)
+        p = _run(
+            [
+                "-m",
+                "normalizer.cli",
+                "rewrite",
+                str(src),
+                "-o",
+                str(dst),
+                "--config",
+                str(cfg),
+                "--cache",
+                str(db),
+                "--stats-json",
+                str(stats),
+                "-q",
+            ],
+            root,
+        )
         files = {"input.cap": h.data, "config.toml": cfg.read_bytes()}
-        note = {"kind": h.kind, "returncode": p.returncode, "stderr": p.stderr.decode("utf-8", "replace")[-2000:],
-                "command": "suricata-normalizer rewrite input.cap -o out.pcap --config config.toml --cache cache.db"}
+        note = {
+            "kind": h.kind,
+            "returncode": p.returncode,
+            "stderr": p.stderr.decode("utf-8", "replace")[-2000:],
+            "command": "suricata-normalizer rewrite input.cap -o out.pcap --config config.toml"
+            " --cache cache.db",
+        }
         if _traceback(found, "cli", p, files, note):
             return
         expected = {0} if h.expect == {OK} else {1} if h.expect == {ERROR} else {0, 1}
         if p.returncode not in expected:
-            found.add("cli", f"rewrite exit {p.returncode}, expected {sorted(expected)}", f"{h.kind}: {p.stderr[-300:]!r}", files, note)
+            found.add(
+                "cli",
+                f"rewrite exit {p.returncode}, expected {sorted(expected)}",
+                f"{h.kind}: {p.stderr[-300:]!r}",
+                files,
+                note,
+            )
             return
         problems: list[tuple[str, str]] = []
         if p.returncode == 0:
@@ -116,7 +159,9 @@ def rewrite_run(seed: int, i: int, corpus: list[Capture], found: Findings, work:
             p_src.write_bytes(h.prefix)
             rewrite(p_src, p_dst, run, d / "prefix.db")
             if not dst.exists() or dst.read_bytes() != p_dst.read_bytes():
-                problems.append(("rewrite exit 1 without the records before the corrupt one", h.kind))
+                problems.append(
+                    ("rewrite exit 1 without the records before the corrupt one", h.kind)
+                )
         if db.exists():
             oracle = Oracle(run.options.proxies, run.peers, run.options.decapsulate, run.linktype)
             for r in run.records[:300]:
@@ -134,22 +179,47 @@ def config_run(seed: int, i: int, found: Findings, work: Path, root: Path) -> No
         cfg = d / "n.toml"
         text = f'[normalizer]\nproxies = ["192.0.2.1/32"]\n{line}\n'.encode()
         if rng.random() < 0.15:
-            text = b"[normalizer]\n# \xff\xfe not UTF-8\nproxies = [\"192.0.2.1/32\"]\n"
+            text = b'[normalizer]\n# \xff\xfe not UTF-8\nproxies = ["192.0.2.1/32"]\n'
             key = ""
         cfg.write_bytes(text)
         src = root / "pcaps" / "haproxy-v1.pcap"
-        p = _run(["-m", "normalizer.cli", "rewrite", str(src), "-o", str(d / "o.pcap"), "--config", str(cfg), "-q"], root)
+        p = _run(
+            [
+                "-m",
+                "normalizer.cli",
+                "rewrite",
+                str(src),
+                "-o",
+                str(d / "o.pcap"),
+                "--config",
+                str(cfg),
+                "-q",
+            ],
+            root,
+        )
         files = {"config.toml": text}
-        note = {"returncode": p.returncode, "stderr": p.stderr.decode("utf-8", "replace")[-2000:],
-                "command": "suricata-normalizer rewrite pcaps/haproxy-v1.pcap -o o.pcap --config config.toml"}
+        note = {
+            "returncode": p.returncode,
+            "stderr": p.stderr.decode("utf-8", "replace")[-2000:],
+            "command": "suricata-normalizer rewrite pcaps/haproxy-v1.pcap -o o.pcap"
+            " --config config.toml",
+        }
         if _traceback(found, "cli", p, files, note):
             return
         err = p.stderr.decode("utf-8", "replace")
         if p.returncode != 2 or (key and key not in err):
-            found.add("cli", f"config error not exit 2 naming the key ({key or 'file'})", f"{line!r}: exit {p.returncode}: {err[-200:]}", files, note)
+            found.add(
+                "cli",
+                f"config error not exit 2 naming the key ({key or 'file'})",
+                f"{line!r}: exit {p.returncode}: {err[-200:]}",
+                files,
+                note,
+            )
 
 
-def enrich_run(seed: int, i: int, source: EveSource, found: Findings, work: Path, root: Path) -> None:
+def enrich_run(
+    seed: int, i: int, source: EveSource, found: Findings, work: Path, root: Path
+) -> None:
     lines = eve_lines(seed, source, 1500, f"cli-eve:{i}")
     if not lines:
         return
@@ -161,16 +231,45 @@ def enrich_run(seed: int, i: int, source: EveSource, found: Findings, work: Path
         d = Path(tmp)
         eve, out, rej = d / "eve.json", d / "out.json", d / "reject.json"
         eve.write_bytes(data)
-        p = _run(["-m", "eve_enricher.cli", "enrich", str(eve), "--cache", str(source.db), "-o", str(out), "--reject", str(rej), "-q"], root)
+        p = _run(
+            [
+                "-m",
+                "eve_enricher.cli",
+                "enrich",
+                str(eve),
+                "--cache",
+                str(source.db),
+                "-o",
+                str(out),
+                "--reject",
+                str(rej),
+                "-q",
+            ],
+            root,
+        )
         files = {"eve.json": data}
-        note = {"returncode": p.returncode, "stderr": p.stderr.decode("utf-8", "replace")[-2000:],
-                "command": "eve-enricher enrich eve.json --cache CACHE -o out.json --reject reject.json"}
+        note = {
+            "returncode": p.returncode,
+            "stderr": p.stderr.decode("utf-8", "replace")[-2000:],
+            "command": "eve-enricher enrich eve.json --cache CACHE -o out.json"
+            " --reject reject.json",
+        }
         if _traceback(found, "cli", p, files, note):
             return
         if p.returncode != 0:
-            found.add("cli", f"enrich exit {p.returncode} on a damaged eve.json", p.stderr[-300:].decode("utf-8", "replace"), files, note)
+            found.add(
+                "cli",
+                f"enrich exit {p.returncode} on a damaged eve.json",
+                p.stderr[-300:].decode("utf-8", "replace"),
+                files,
+                note,
+            )
             return
-        problem = order_problem(lines, out.read_bytes() if out.exists() else b"", rej.read_bytes() if rej.exists() else b"")
+        problem = order_problem(
+            lines,
+            out.read_bytes() if out.exists() else b"",
+            rej.read_bytes() if rej.exists() else b"",
+        )
         if problem:
             found.add("cli", problem, f"{len(lines)} lines in", files, note)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -35,7 +36,7 @@ from normalizer.conn_cache import ConnectionCache
 from normalizer.options import Options
 from normalizer.pcap_job import rewrite_file
 
-VERSION = 1  # of the cached material; bump when what is cached changes
+VERSION = 2  # of the cached material; bump when what is cached changes
 
 
 @dataclass
@@ -49,9 +50,9 @@ def eve_source(work: Path, root: Path, log: Callable[..., None]) -> EveSource:
     d = work / f"eve-v{VERSION}"
     lines_file, db = d / "eve.json", d / "cache.db"
     if lines_file.exists() and db.exists():
-        lines = [ln for ln in lines_file.read_bytes().splitlines() if ln]
+        cached = [ln for ln in lines_file.read_bytes().splitlines() if ln]
         origin = (d / "origin").read_text().strip() if (d / "origin").exists() else "suricata"
-        return EveSource(db, lines, origin)
+        return EveSource(db, cached, origin)
     d.mkdir(parents=True, exist_ok=True)
     db.unlink(missing_ok=True)
     lines: list[bytes] = []
@@ -67,7 +68,9 @@ def eve_source(work: Path, root: Path, log: Callable[..., None]) -> EveSource:
                 cache = ConnectionCache(db)
                 try:
                     opts = Options(proxies=proxies, decapsulate=decap, restore_addresses=restore)
-                    rewrite_file(pcap, out, opts, on_events=cache.record, on_tunnels=cache.record_tunnels)
+                    rewrite_file(
+                        pcap, out, opts, on_events=cache.record, on_tunnels=cache.record_tunnels
+                    )
                 finally:
                     cache.close()
                 got = _suricata(out, Path(tmp) / f"{pcap.stem}-{restore}", root)
@@ -75,6 +78,7 @@ def eve_source(work: Path, root: Path, log: Callable[..., None]) -> EveSource:
                     origin = "synthesized"
                 else:
                     lines += got
+    lines = canonical_flow_ids(lines)
     if origin != "suricata" or not lines:
         origin = "synthesized"
         lines = synthesized(db)
@@ -124,26 +128,122 @@ def synthesized(db: Path) -> list[bytes]:
         for src, sp, dst, dp in ((ws, wsp, wd, wdp), (rs, rsp, rd, rdp)):
             if src is None:
                 continue
-            ev = {"timestamp": stamp, "flow_id": 1000 + i, "event_type": "alert", "src_ip": src,
-                  "src_port": sp, "dest_ip": dst, "dest_port": dp, "proto": "TCP",
-                  "community_id": "1:x", "alert": {"signature_id": 1, "flow": {"src_ip": src, "src_port": sp, "dest_ip": dst, "dest_port": dp}},
-                  "flow": {"start": stamp, "src_ip": src, "src_port": sp, "dest_ip": dst, "dest_port": dp}}
+            ev = {
+                "timestamp": stamp,
+                "flow_id": 1000 + i,
+                "event_type": "alert",
+                "src_ip": src,
+                "src_port": sp,
+                "dest_ip": dst,
+                "dest_port": dp,
+                "proto": "TCP",
+                "community_id": "1:x",
+                "alert": {
+                    "signature_id": 1,
+                    "flow": {"src_ip": src, "src_port": sp, "dest_ip": dst, "dest_port": dp},
+                },
+                "flow": {
+                    "start": stamp,
+                    "src_ip": src,
+                    "src_port": sp,
+                    "dest_ip": dst,
+                    "dest_port": dp,
+                },
+            }
             out.append(orjson.dumps(ev))
     return out
+
+
+def canonical_flow_ids(lines: list[bytes]) -> list[bytes]:
+    """Suricata's flow ids hash with a random seed per run: number them by first appearance, so
+    one seed gives the same lines on every machine."""
+    ids: dict[bytes, bytes] = {}
+
+    def sub(m: re.Match[bytes]) -> bytes:
+        new = ids.setdefault(m.group(1), str(1_000_000 + len(ids)).encode())
+        return b'"flow_id":' + new
+
+    return [_FLOW_ID.sub(sub, ln) for ln in lines]
+
+
+_FLOW_ID = re.compile(rb'"flow_id":(\d+)')
 
 
 # -- mutation -----------------------------------------------------------------------------
 
 HOSTILE: tuple[Any, ...] = (
-    [], {}, [1, 2], {"a": 1}, None, True, False, 0, -1, 65536, 2**63 - 1, -(2**63), 1.5, 1e308,
-    "", "x" * 3000, "\u0661\u0667", "6\u0966", "TCP", "tcp", "17", "\u0663", "::", "999.1.1.1",
-    "fe80::1%eth0", "2001:db8::1", "1.2.3.4", "\u00e9t\u00e9", "2026-13-45T99:99:99", "nan",
-    [None], [[]], {"start": 5}, {"src_ip": 1}, [4096, "x"], "\u202e",
+    [],
+    {},
+    [1, 2],
+    {"a": 1},
+    None,
+    True,
+    False,
+    0,
+    -1,
+    65536,
+    2**63 - 1,
+    -(2**63),
+    1.5,
+    1e308,
+    "",
+    "x" * 3000,
+    "\u0661\u0667",
+    "6\u0966",
+    "TCP",
+    "tcp",
+    "17",
+    "\u0663",
+    "::",
+    "999.1.1.1",
+    "fe80::1%eth0",
+    "2001:db8::1",
+    "1.2.3.4",
+    "\u00e9t\u00e9",
+    "2026-13-45T99:99:99",
+    "nan",
+    [None],
+    [[]],
+    {"start": 5},
+    {"src_ip": 1},
+    [4096, "x"],
+    "\u202e",
+    "\u00b2",
+    "6\u00b2",
+    "\u2460",
+    "\u0663\u0660\u0660",
+    "9999",
+    " 6",
+    "0x11",
 )
-KEYS = ("flow_id", "proto", "src_ip", "src_port", "dest_ip", "dest_port", "timestamp", "flow",
-        "vlan", "community_id", "event_type", "alert", "tunnel", "app_proto", "in_iface", "proxy")
-NESTED = (("flow", "start"), ("flow", "src_ip"), ("flow", "src_port"), ("flow", "dest_port"),
-          ("alert", "flow"), ("alert", "source"), ("alert", "target"), ("alert", "signature_id"))
+KEYS = (
+    "flow_id",
+    "proto",
+    "src_ip",
+    "src_port",
+    "dest_ip",
+    "dest_port",
+    "timestamp",
+    "flow",
+    "vlan",
+    "community_id",
+    "event_type",
+    "alert",
+    "tunnel",
+    "app_proto",
+    "in_iface",
+    "proxy",
+)
+NESTED = (
+    ("flow", "start"),
+    ("flow", "src_ip"),
+    ("flow", "src_port"),
+    ("flow", "dest_port"),
+    ("alert", "flow"),
+    ("alert", "source"),
+    ("alert", "target"),
+    ("alert", "signature_id"),
+)
 
 
 def mutate_line(rng: random.Random, line: bytes) -> bytes:
@@ -189,14 +289,33 @@ def _one(rng: random.Random, line: bytes) -> bytes:
     if op == 7:
         return mutate(rng, line, -1, rounds=rng.randrange(1, 4))
     if op == 8:
-        return rng.choice((b"", b"[]", b"1", b'"s"', b"null", b"{", b"}", b"\xef\xbb\xbf" + line, line + b"\r", b"{}" * 3))
+        return rng.choice(
+            (
+                b"",
+                b"[]",
+                b"1",
+                b'"s"',
+                b"null",
+                b"{",
+                b"}",
+                b"\xef\xbb\xbf" + line,
+                line + b"\r",
+                b"{}" * 3,
+            )
+        )
     if op == 9:  # bytes that are not UTF-8 inside a string
         i = line.find(b'":"')
-        return line if i < 0 else line[: i + 3] + rng.choice((b"\xff\xfe", b"\xc3", b"\xed\xa0\x80")) + line[i + 3 :]
+        return (
+            line
+            if i < 0
+            else line[: i + 3] + rng.choice((b"\xff\xfe", b"\xc3", b"\xed\xa0\x80")) + line[i + 3 :]
+        )
     if op == 10:  # escapes JSON allows and decoders may not
         esc = rng.choice((b"\\ud800", b"\\udfff\\ud800", b"\\u0000", b"\\\\", b"\\/"))
         return _insert(line, b'"src_ip":"' + esc + b'",')
-    big = rng.choice((b"123456789012345678901234567890", b"-0", b"1e400", b"1E-400", b"0.0000000000000000001"))
+    big = rng.choice(
+        (b"123456789012345678901234567890", b"-0", b"1e400", b"1E-400", b"0.0000000000000000001")
+    )
     key = rng.choice((b"flow_id", b"src_port", b"dest_port", b"proto"))
     return _insert(line, b'"' + key + b'":' + big + b",")
 
@@ -226,7 +345,9 @@ def eve_lines(seed: int, source: EveSource, n: int, salt: str = "eve") -> list[b
     return [mutate_line(rng, rng.choice(base)) + b"\n" for _ in range(n)] if base else []
 
 
-def eve_tier(seed: int, source: EveSource, n: int, found: Findings, work: Path, log: Callable[..., None]) -> int:
+def eve_tier(
+    seed: int, source: EveSource, n: int, found: Findings, work: Path, log: Callable[..., None]
+) -> int:
     cache = ConnectionCache(source.db, readonly=True)
     rejects: list[int] = []
     done = 0
@@ -251,14 +372,21 @@ def eve_tier(seed: int, source: EveSource, n: int, found: Findings, work: Path, 
                 done += 1
     finally:
         cache.close()
-    log(f"fuzz: {done} eve lines through the enricher ({source.origin} base of {len(source.lines)}), {found.total} findings so far")
+    log(
+        f"fuzz: {done} eve lines through the enricher ({source.origin} base of"
+        f" {len(source.lines)}), {found.total} findings so far"
+    )
     return done
 
 
 def line_problem(raw: bytes, out: bytes, rejects: list[int], offset: int) -> str | None:
     if out == b"":
         if rejects != [offset]:
-            return "line neither written nor rejected" if not rejects else "reject record with the wrong offset"
+            return (
+                "line neither written nor rejected"
+                if not rejects
+                else "reject record with the wrong offset"
+            )
         return None
     if rejects:
         return "line both written and rejected"

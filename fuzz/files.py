@@ -30,8 +30,11 @@ from fuzz.packets import Run, cache_rows
 from fuzz.scenarios import pick
 from fuzz.sources import Capture
 from fuzz.wire import (
+    GENEVE_PORT,
     NS,
+    VXLAN_PORT,
     Record,
+    decode,
     pcap_header,
     pcap_record,
     pcapng_block,
@@ -60,8 +63,14 @@ class Hostile:
 
 def snap(rng: random.Random, records: list[Record]) -> list[Record]:
     """Some records cut by a snap length (caplen < origlen), as tcpdump -s writes them."""
-    if rng.random() < 0.5:
+    r = rng.random()
+    if r < 0.4:
         return records
+    if r < 0.7:  # the FCS (or a trailer) was on the wire but not captured: the frame is whole
+        extra = rng.choice((2, 4, 4, 8))
+        return [
+            Record(x.ts, x.data, len(x.data) + extra) if rng.random() < 0.7 else x for x in records
+        ]
     cut = rng.choice((60, 96, 128, 200))
     return [Record(r.ts, r.data[:cut], r.origlen) if rng.random() < 0.5 else r for r in records]
 
@@ -81,27 +90,59 @@ def _pcap(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
     body = [pcap_record(r, nano) for r in recs]
     k = rng.randrange(len(recs) + 1)
     valid = head + b"".join(body[:k])
-    kind = rng.choice(("valid", "valid", "trunc_header", "trunc_data", "caplen", "frac", "sec", "head"))
+    kind = rng.choice(
+        ("valid", "valid", "trunc_header", "trunc_data", "caplen", "frac", "sec", "head")
+    )
     times = [r.ts for r in recs]
-    if kind == "valid" or k == len(recs) and kind not in ("head",):
-        return Hostile("pcap valid", head + b"".join(body), frozenset({OK}), None, len(recs), times, nano)
+    if kind == "valid" or (k == len(recs) and kind not in ("head",)):
+        return Hostile(
+            "pcap valid", head + b"".join(body), frozenset({OK}), None, len(recs), times, nano
+        )
     rec = body[k]
     if kind == "trunc_header":
-        return Hostile("pcap truncated record header", valid + rec[: rng.randrange(1, 16)], frozenset({ERROR}), valid)
+        return Hostile(
+            "pcap truncated record header",
+            valid + rec[: rng.randrange(1, 16)],
+            frozenset({ERROR}),
+            valid,
+        )
     if kind == "trunc_data":
-        return Hostile("pcap truncated record", valid + rec[: rng.randrange(16, max(17, len(rec)))], frozenset({ERROR}), valid)
+        return Hostile(
+            "pcap truncated record",
+            valid + rec[: rng.randrange(16, max(17, len(rec)))],
+            frozenset({ERROR}),
+            valid,
+        )
     if kind == "caplen":
         bad = bytearray(rec)
-        struct.pack_into("<I", bad, 8, rng.choice((0x4000001, 0xFFFFFFFF, len(rec) + 1000)))
-        return Hostile("pcap impossible caplen", valid + bytes(bad) + b"".join(body[k + 1 :]), frozenset({ERROR}), valid)
+        after = b"".join(body[k + 1 :])
+        # beyond any snap length, or past the end of the file
+        struct.pack_into(
+            "<I", bad, 8, rng.choice((0x4000001, 0xFFFFFFFF, len(rec) - 16 + len(after) + 1))
+        )
+        return Hostile(
+            "pcap impossible caplen", valid + bytes(bad) + after, frozenset({ERROR}), valid
+        )
     if kind == "frac":  # a fraction past one second: readable, odd
         bad = bytearray(rec)
         struct.pack_into("<I", bad, 4, rng.choice((10**6, 10**9, 0xFFFFFFFF)))
-        return Hostile("pcap fraction out of range", valid + bytes(bad) + b"".join(body[k + 1 :]), frozenset({OK, ERROR}), None, len(recs))
+        return Hostile(
+            "pcap fraction out of range",
+            valid + bytes(bad) + b"".join(body[k + 1 :]),
+            frozenset({OK, ERROR}),
+            None,
+            len(recs),
+        )
     if kind == "sec":
         bad = bytearray(rec)
         struct.pack_into("<I", bad, 0, rng.choice((0, 0xFFFFFFFF, 0x80000000)))
-        return Hostile("pcap timestamp out of range", valid + bytes(bad) + b"".join(body[k + 1 :]), frozenset({OK, ERROR}), None, len(recs))
+        return Hostile(
+            "pcap timestamp out of range",
+            valid + bytes(bad) + b"".join(body[k + 1 :]),
+            frozenset({OK, ERROR}),
+            None,
+            len(recs),
+        )
     return Hostile("pcap truncated file header", head[: rng.randrange(0, 24)], frozenset({ERROR}))
 
 
@@ -111,8 +152,14 @@ _RESOLUTIONS = (0, 1, 3, 6, 9, 19, 0x7F, 0x80, 0x81, 0x8A, 0x9E, 0xBF, 0xFF)
 def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
     strange = rng.random() < 0.35
     resol = rng.choice(_RESOLUTIONS) if strange else rng.choice((None, 6, 9, 0x94))
-    offset = rng.choice((None, -1, -(2**40), 2**40, -(2**63), 2**63 - 1)) if strange and rng.random() < 0.5 else None
-    per_s = 10**6 if resol is None else (2 ** (resol & 0x7F) if resol & 0x80 else 10 ** (resol & 0x7F))
+    offset = (
+        rng.choice((None, -1, -(2**40), 2**40, -(2**63), 2**63 - 1))
+        if strange and rng.random() < 0.5
+        else None
+    )
+    per_s = (
+        10**6 if resol is None else (2 ** (resol & 0x7F) if resol & 0x80 else 10 ** (resol & 0x7F))
+    )
     head = pcapng_shb() + pcapng_idb(lt, resol, offset)
     ticks = [r.ts * per_s // NS for r in recs]
     if strange and rng.random() < 0.3:
@@ -122,41 +169,108 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
     blocks = [pcapng_epb(r, t) for r, t in zip(recs, ticks, strict=True)]
     times = [t * NS // per_s + (offset or 0) * NS for t in ticks]
     if strange:
-        return Hostile(f"pcapng odd timestamps (tsresol {resol}, tsoffset {offset})", head + b"".join(blocks), frozenset({OK, ERROR}), None, len(recs))
-    kind = rng.choice(("valid", "valid", "short_body", "shb_short", "bad_total", "iface", "caplen", "idb_short", "spb", "trailer", "trunc"))
+        return Hostile(
+            f"pcapng odd timestamps (tsresol {resol}, tsoffset {offset})",
+            head + b"".join(blocks),
+            frozenset({OK, ERROR}),
+            None,
+            len(recs),
+        )
+    kind = rng.choice(
+        (
+            "valid",
+            "valid",
+            "short_body",
+            "shb_short",
+            "bad_total",
+            "iface",
+            "caplen",
+            "idb_short",
+            "spb",
+            "trailer",
+            "trunc",
+        )
+    )
     k = rng.randrange(len(blocks) + 1)
     valid = head + b"".join(blocks[:k])
     rest = b"".join(blocks[k:])
     if kind == "valid" or (k == len(blocks) and kind not in ("shb_short", "idb_short", "spb")):
-        return Hostile("pcapng valid", head + b"".join(blocks), frozenset({OK}), None, len(recs), times, False)
+        return Hostile(
+            "pcapng valid", head + b"".join(blocks), frozenset({OK}), None, len(recs), times, False
+        )
     if kind == "short_body":
         body = rng.randbytes(rng.choice((0, 4, 8, 12, 16)))
-        return Hostile("pcapng packet block with a short body", valid + pcapng_block(6, body) + rest, frozenset({ERROR}), valid)
+        return Hostile(
+            "pcapng packet block with a short body",
+            valid + pcapng_block(6, body) + rest,
+            frozenset({ERROR}),
+            valid,
+        )
     if kind == "shb_short":
         total = rng.choice((0, 4, 8))
-        blk = struct.pack("<II", 0x0A0D0D0A, total) + b"\x4d\x3c\x2b\x1a" + rng.randbytes(rng.randrange(0, 24))
-        return Hostile(f"pcapng section header of length {total}", valid + blk + rest, frozenset({ERROR}), valid if k else None)
+        blk = (
+            struct.pack("<II", 0x0A0D0D0A, total)
+            + b"\x4d\x3c\x2b\x1a"
+            + rng.randbytes(rng.randrange(0, 24))
+        )
+        return Hostile(
+            f"pcapng section header of length {total}",
+            valid + blk + rest,
+            frozenset({ERROR}),
+            valid if k else None,
+        )
     if kind == "bad_total":
-        blk = bytearray(blocks[k])
-        struct.pack_into("<I", blk, 4, rng.choice((len(blk) + 1, len(blk) - 2, 9, 1 << 24)))
-        return Hostile("pcapng block with a bad total length", valid + bytes(blk) + b"".join(blocks[k + 1 :]), frozenset({ERROR}), valid)
+        edit = bytearray(blocks[k])
+        struct.pack_into("<I", edit, 4, rng.choice((len(edit) + 1, len(edit) - 2, 9, 1 << 24)))
+        return Hostile(
+            "pcapng block with a bad total length",
+            valid + bytes(edit) + b"".join(blocks[k + 1 :]),
+            frozenset({ERROR}),
+            valid,
+        )
     if kind == "iface":
         bad = pcapng_epb(recs[k], ticks[k], ifid=rng.choice((1, 7, 0xFFFFFFFF)))
-        return Hostile("pcapng packet of an unknown interface", valid + bad + b"".join(blocks[k + 1 :]), frozenset({ERROR}), valid)
+        return Hostile(
+            "pcapng packet of an unknown interface",
+            valid + bad + b"".join(blocks[k + 1 :]),
+            frozenset({ERROR}),
+            valid,
+        )
     if kind == "caplen":
-        blk = bytearray(blocks[k])
-        struct.pack_into("<I", blk, 20, len(recs[k].data) + rng.choice((1, 100, 0x7FFFFFFF)))
-        return Hostile("pcapng caplen past its block", valid + bytes(blk) + b"".join(blocks[k + 1 :]), frozenset({ERROR}), valid)
+        edit = bytearray(blocks[k])
+        struct.pack_into("<I", edit, 20, len(recs[k].data) + rng.choice((8, 100, 0x7FFFFFFF)))
+        return Hostile(
+            "pcapng caplen past its block",
+            valid + bytes(edit) + b"".join(blocks[k + 1 :]),
+            frozenset({ERROR}),
+            valid,
+        )
     if kind == "idb_short":
         blk = pcapng_block(1, rng.randbytes(rng.choice((0, 2, 4))))
-        return Hostile("pcapng interface block with a short body", valid + blk + rest, frozenset({ERROR}), valid if k else None)
+        return Hostile(
+            "pcapng interface block with a short body",
+            valid + blk + rest,
+            frozenset({ERROR}),
+            valid if k else None,
+        )
     if kind == "spb":  # simple packet blocks: no timestamp, origlen may exceed the data
-        spbs = b"".join(pcapng_block(3, struct.pack("<I", r.origlen + rng.choice((0, 0, 40))) + r.data) for r in recs[k:])
-        return Hostile("pcapng simple packet blocks", valid + spbs, frozenset({OK, ERROR}), None, len(recs))
+        spbs = b"".join(
+            pcapng_block(3, struct.pack("<I", r.origlen + rng.choice((0, 0, 40))) + r.data)
+            for r in recs[k:]
+        )
+        return Hostile(
+            "pcapng simple packet blocks", valid + spbs, frozenset({OK, ERROR}), None, len(recs)
+        )
     if kind == "trailer":  # the trailing length disagrees: readers differ, none may crash
-        blk = bytearray(blocks[k])
-        struct.pack_into("<I", blk, len(blk) - 4, len(blk) + 4)
-        return Hostile("pcapng trailing length mismatch", valid + bytes(blk) + b"".join(blocks[k + 1 :]), frozenset({OK, ERROR}), None, len(recs))
+        edit = bytearray(blocks[k])
+        struct.pack_into("<I", edit, len(edit) - 4, len(edit) + 4)
+        return Hostile(
+            "pcapng trailing length mismatch",
+            valid + bytes(edit) + b"".join(blocks[k + 1 :]),
+            frozenset({OK, ERROR}),
+            None,
+            len(recs),
+        )
     cut = blocks[k][: rng.randrange(1, len(blocks[k]))]
     return Hostile("pcapng truncated block", valid + cut, frozenset({ERROR}), valid)
 
@@ -168,7 +282,14 @@ def rewrite(src: Path, dst: Path, run: Run, db: Path) -> object:
     """``rewrite_file`` with a connection cache, as ``rewrite --cache`` runs it."""
     cache = ConnectionCache(db)
     try:
-        return rewrite_file(src, dst, run.options, on_events=cache.record, resume=cache.resumable, on_tunnels=cache.record_tunnels)
+        return rewrite_file(
+            src,
+            dst,
+            run.options,
+            on_events=cache.record,
+            resume=cache.resumable,
+            on_tunnels=cache.record_tunnels,
+        )
     finally:
         cache.close()
 
@@ -200,7 +321,13 @@ def check_file(h: Hostile, run: Run, work: Path) -> list[tuple[str, str]]:
                 return [(crash_class(exc), "on the valid prefix: " + traceback_head(exc))]
             got = dst.read_bytes() if dst.exists() else None
             if got != p_dst.read_bytes():
-                problems.append(("records before a corrupt one not written as they would be alone", f"{h.kind}: output {'missing' if got is None else f'{len(got)} bytes'}, prefix alone gives {p_dst.stat().st_size}"))
+                problems.append(
+                    (
+                        "records before a corrupt one not written as they would be alone",
+                        f"{h.kind}: output {'missing' if got is None else f'{len(got)} bytes'},"
+                        f" prefix alone gives {p_dst.stat().st_size}",
+                    )
+                )
         if outcome == OK:
             problems += _accepted(h, run, dst, counters)
         oracle = Oracle(run.options.proxies, run.peers, run.options.decapsulate, run.linktype)
@@ -222,9 +349,20 @@ def _accepted(h: Hostile, run: Run, dst: Path, counters: object) -> list[tuple[s
         return [("output is not a valid pcap", f"{h.kind}: {exc}")]
     c = counters
     if h.count is not None and not run.options.decapsulate and c.packets_in != h.count:
-        problems.append(("unaccounted packets", f"{h.kind}: {h.count} records in the file, packets_in {c.packets_in}"))
+        problems.append(
+            (
+                "unaccounted packets",
+                f"{h.kind}: {h.count} records in the file, packets_in {c.packets_in}",
+            )
+        )
     if c.packets_in != c.packets_out + c.packets_dropped or len(out) != c.packets_out:
-        problems.append(("unaccounted packets", f"{h.kind}: in {c.packets_in}, out {c.packets_out}, dropped {c.packets_dropped}, records written {len(out)}"))
+        problems.append(
+            (
+                "unaccounted packets",
+                f"{h.kind}: in {c.packets_in}, out {c.packets_out}, dropped {c.packets_dropped},"
+                f" records written {len(out)}",
+            )
+        )
     if h.times is not None:
         oracle = Oracle(run.options.proxies, run.peers, run.options.decapsulate, run.linktype)
         scale = 1 if nano else 1000
@@ -235,8 +373,20 @@ def _accepted(h: Hostile, run: Run, dst: Path, counters: object) -> list[tuple[s
         if gap >= 0:
             w = want[gap]
             near = [g for g in got if g[1] == w[1]]
-            problems.append(("untrusted record not passed byte-identical (record header included)",
-                             f"{h.kind}: record ts {w[0]} caplen {len(w[1])} origlen {w[2]}; output has {[(g[0], len(g[1]), g[2]) for g in near[:2]]}"))
+            seen = decode(w[1], run.linktype)
+            tunnel = (
+                seen is not None and seen.proto == 17 and seen.dport in (VXLAN_PORT, GENEVE_PORT)
+            )
+            cls = "untrusted record not passed byte-identical (record header included)"
+            if tunnel and run.options.decapsulate:
+                cls = "tunnel packet from a non-peer not passed as captured"
+            problems.append(
+                (
+                    cls,
+                    f"{h.kind}: record ts {w[0]} caplen {len(w[1])} origlen {w[2]};"
+                    f" output has {[(g[0], len(g[1]), g[2]) for g in near[:2]]}",
+                )
+            )
     return problems
 
 
@@ -262,7 +412,9 @@ def _records_as_stated(h: Hostile, run: Run) -> list[Record]:
     return out
 
 
-def file_tier(seed: int, corpus: list[Capture], n: int, found: Findings, work: Path, log: Callable[..., None]) -> int:
+def file_tier(
+    seed: int, corpus: list[Capture], n: int, found: Findings, work: Path, log: Callable[..., None]
+) -> int:
     done = 0
     for i in range(n):
         rng = random.Random(f"{seed}:file:{i}")
@@ -270,7 +422,13 @@ def file_tier(seed: int, corpus: list[Capture], n: int, found: Findings, work: P
         h = hostile_file(rng, run)
         for cls, detail in check_file(h, run, work):
             note = {"file": i, "kind": h.kind, "expect": sorted(h.expect), **run.note()}
-            found.add("file", cls, detail, {"input.cap": h.data, "config.toml": run.note()["config_toml"].encode()}, note)
+            found.add(
+                "file",
+                cls,
+                detail,
+                {"input.cap": h.data, "config.toml": run.note()["config_toml"].encode()},
+                note,
+            )
         done += 1
     log(f"fuzz: {done} capture files through rewrite_file, {found.total} findings so far")
     return done

@@ -22,10 +22,8 @@ def hot_offsets(frame: bytes, linktype: int = 1) -> list[int]:
     if ip is None:
         return list(range(min(len(frame), 20)))
     hot = [ip, ip + 2, ip + 3, ip + 6, ip + 7, ip + 9, ip + 4, ip + 5]
-    if len(frame) > ip and frame[ip] >> 4 == 4:
-        l4 = ip + (frame[ip] & 0x0F) * 4
-    else:
-        l4 = ip + 40
+    v4 = len(frame) > ip and frame[ip] >> 4 == 4
+    l4 = ip + (frame[ip] & 0x0F) * 4 if v4 else ip + 40
     hot += [l4 + 2, l4 + 3, l4 + 4, l4 + 5, l4 + 12, l4 + 13, l4 + 8, l4 + 9]
     hot += [l4 + i for i in range(20, 60)]  # options, payload start, tunnel headers
     if linktype == 1:

@@ -58,16 +58,24 @@ class Run:
         return pcap_bytes(self.records, self.linktype, nano=True)
 
     def note(self) -> dict[str, Any]:
-        return {"linktype": self.linktype, "peers": self.peers, "cache": self.cache,
-                "config_toml": config_toml(self.options)}
+        return {
+            "linktype": self.linktype,
+            "peers": self.peers,
+            "cache": self.cache,
+            "config_toml": config_toml(self.options),
+        }
 
 
-def make_options(rng: random.Random, proxies: tuple[str, ...], peers: tuple[str, ...], decap: bool) -> Options:
+def make_options(
+    rng: random.Random, proxies: tuple[str, ...], peers: tuple[str, ...], decap: bool
+) -> Options:
     from normalizer.headers.detect import ALL_KINDS, HeaderKind
 
     kinds = ALL_KINDS
     if rng.random() < 0.2:
-        kinds = frozenset(k for k in HeaderKind if rng.random() < 0.6) or frozenset({HeaderKind.PROXY_V2})
+        kinds = frozenset(k for k in HeaderKind if rng.random() < 0.6) or frozenset(
+            {HeaderKind.PROXY_V2}
+        )
     small = rng.random() < 0.25
     kw: dict[str, Any] = dict(
         proxies=proxies,
@@ -88,18 +96,34 @@ def make_options(rng: random.Random, proxies: tuple[str, ...], peers: tuple[str,
 
 def config_toml(o: Options) -> str:
     """The options as a ``[normalizer]`` config file, so a reproducer runs through the CLI."""
+
     def val(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):
             return f'"{v}"'
         if isinstance(v, tuple | list | frozenset):
-            return "[" + ", ".join(val(str(x) if not isinstance(x, int) else x) for x in sorted(v, key=str)) + "]"
+            return (
+                "["
+                + ", ".join(
+                    val(str(x) if not isinstance(x, int) else x) for x in sorted(v, key=str)
+                )
+                + "]"
+            )
         return repr(v)
 
-    keys = ["proxies", "header_kinds", "midstream", "restore_addresses", "max_flows",
-            "pending_timeout", "max_hold_packets", "max_hold_bytes", "max_total_hold_bytes",
-            "decapsulate"]
+    keys = [
+        "proxies",
+        "header_kinds",
+        "midstream",
+        "restore_addresses",
+        "max_flows",
+        "pending_timeout",
+        "max_hold_packets",
+        "max_hold_bytes",
+        "max_total_hold_bytes",
+        "decapsulate",
+    ]
     if HAS_PEERS:
         keys.append("tunnel_peers")
     lines = ["[normalizer]"]
@@ -165,11 +189,15 @@ def _execute(
     if gap >= 0:
         seen = decode(needles[gap], run.linktype)
         tunnel = seen is not None and seen.proto == 17 and seen.dport in (VXLAN_PORT, GENEVE_PORT)
-        problems.append(Problem(
-            "tunnel packet from a non-peer not passed as captured" if tunnel and o.decapsulate
-            else "untrusted frame not passed byte-identical",
-            f"untouchable frame #{gap} of {len(needles)} missing or altered: {needles[gap][:64].hex()}",
-        ))
+        problems.append(
+            Problem(
+                "tunnel packet from a non-peer not passed as captured"
+                if tunnel and o.decapsulate
+                else "untrusted frame not passed byte-identical",
+                f"untouchable frame #{gap} of {len(needles)} missing or altered:"
+                f" {needles[gap][:64].hex()}",
+            )
+        )
     if db is not None:
         problems += cache_rows(db, oracle, run.peers)
     else:
@@ -186,13 +214,21 @@ def accounting(pipe: Pipeline, pushed: int, taken: int) -> list[Problem]:
     if pipe.decap is not None:
         if pipe.decap.held_frames:
             bad.append(f"{pipe.decap.held_frames} fragments still held after flush")
-        outer = c.tunnel_decapsulated + c.tunnel_passed + c.tunnel_bad_header + c.tunnel_fragments - c.tunnel_reassembled
+        outer = (
+            c.tunnel_decapsulated
+            + c.tunnel_passed
+            + c.tunnel_bad_header
+            + c.tunnel_fragments
+            - c.tunnel_reassembled
+        )
         if outer != pushed:
             bad.append(f"decap: {pushed} frames pushed but counters account for {outer}")
     elif c.packets_in != pushed:
         bad.append(f"packets_in {c.packets_in} != {pushed} frames pushed")
     if c.packets_in != c.packets_out + c.packets_dropped:
-        bad.append(f"packets_in {c.packets_in} != out {c.packets_out} + dropped {c.packets_dropped}")
+        bad.append(
+            f"packets_in {c.packets_in} != out {c.packets_out} + dropped {c.packets_dropped}"
+        )
     parts = c.passed_not_tcp + c.passed_untracked + c.passed_unparsed_flow + c.rewritten
     if c.packets_out != parts:
         bad.append(f"packets_out {c.packets_out} != sum of pass/rewrite categories {parts}")
@@ -215,7 +251,9 @@ def cache_rows(db: Path, oracle: Oracle, peers: tuple[str, ...]) -> list[Problem
 
 
 def event_addresses(events: list[Any], oracle: Oracle) -> list[Problem]:
-    rows = [(ev.client[0], ev.header.src_addr, ev.header.dst_addr, ev.header.family) for ev in events]
+    rows = [
+        (ev.client[0], ev.header.src_addr, ev.header.dst_addr, ev.header.family) for ev in events
+    ]
     return _check_rows(rows, oracle)
 
 
@@ -224,17 +262,21 @@ def _check_rows(rows: list[tuple[Any, ...]], oracle: Oracle) -> list[Problem]:
     blobs: list[bytes] | None = None
     for wire, src, dst, family in rows:
         if wire not in oracle.proxies:
-            problems.append(Problem("cache row for a connection not from a proxy", f"wire client {wire}"))
+            problems.append(
+                Problem("cache row for a connection not from a proxy", f"wire client {wire}")
+            )
         for addr in (src, dst):
             if addr is None or (family not in _IP_FAMILIES and family != "UNIX"):
                 continue
             if blobs is None:
                 blobs = oracle.trusted.blobs()
             if not oracle.trusted.carries(addr, blobs):
-                problems.append(Problem(
-                    "cache row names an address no trusted header carried",
-                    f"{family} address {addr!r} (wire client {wire})",
-                ))
+                problems.append(
+                    Problem(
+                        "cache row names an address no trusted header carried",
+                        f"{family} address {addr!r} (wire client {wire})",
+                    )
+                )
     return problems[:3]
 
 
@@ -242,5 +284,7 @@ def _check_tunnels(outer: list[str], peers: tuple[str, ...]) -> list[Problem]:
     nets = Nets(peers)
     bad = [a for a in outer if a not in nets]
     if bad:
-        return [Problem("tunnel row for an outer source that is not a peer", f"outer source {bad[0]}")]
+        return [
+            Problem("tunnel row for an outer source that is not a peer", f"outer source {bad[0]}")
+        ]
     return []

@@ -68,7 +68,9 @@ def pick(rng: random.Random, corpus: list[Capture], cache_share: float) -> Run:
     if not decap and rng.random() < 0.2:
         linktype = rng.choice(_LINKTYPES)
         # frames of other shapes (tags, junk) stay as they are: bytes a capture could hold
-        frames = [relink(f, linktype) if f[12:14] in (b"\x08\x00", b"\x86\xdd") else f for f in frames]
+        frames = [
+            relink(f, linktype) if f[12:14] in (b"\x08\x00", b"\x86\xdd") else f for f in frames
+        ]
     frames = mutate_sequence(rng, frames, rate, linktype)
     ts = (ts + timestamps(rng, max(0, len(frames) - len(ts)), ts[-1] if ts else T0))[: len(frames)]
     records = [Record(t, f, len(f)) for t, f in zip(ts, frames, strict=True)]

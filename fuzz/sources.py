@@ -83,7 +83,7 @@ def rand_v6(rng: random.Random) -> str:
 
 def untrusted_host(rng: random.Random, v6: bool) -> bytes:
     if v6:
-        return packed("2001:db8:ff::") [:12] + rng.randbytes(4)
+        return packed("2001:db8:ff::")[:12] + rng.randbytes(4)
     return bytes([198, 18 + rng.randrange(2), rng.randrange(256), rng.randrange(1, 255)])
 
 
@@ -99,12 +99,17 @@ def valid_header(rng: random.Random) -> bytes:
     if kind <= 1:
         return proxy_v1.build(src, dst, sport, dport) if kind == 0 else b"PROXY UNKNOWN\r\n"
     if kind <= 3:
-        exts = [Tlv(rng.randrange(256), rng.randbytes(rng.randrange(12))) for _ in range(rng.randrange(3))]
+        exts = [
+            Tlv(rng.randrange(256), rng.randbytes(rng.randrange(12)))
+            for _ in range(rng.randrange(3))
+        ]
         return custom.build(src, dst, sport, dport, extensions=exts)
     if kind == 4:
         return proxy_v2.build("LOCAL", "UNSPEC", tlvs=_tlvs(rng), with_crc32c=rng.random() < 0.5)
     if kind == 5:  # UNIX sockets: paths are arbitrary bytes, not text
-        paths = [rng.randbytes(rng.randrange(1, 108)).decode("utf-8", "surrogateescape") for _ in "ab"]
+        paths = [
+            rng.randbytes(rng.randrange(1, 108)).decode("utf-8", "surrogateescape") for _ in "ab"
+        ]
         paths = [p.rstrip("\x00") or "x" for p in paths]
         try:
             return proxy_v2.build("PROXY", "UNIX", paths[0], paths[1], tlvs=_tlvs(rng))
@@ -123,7 +128,9 @@ def _tlvs(rng: random.Random) -> list[Tlv]:
         if t == 0x20:  # SSL: client, verify, sub-TLVs
             sub = b"".join(
                 struct.pack("!BH", st, len(v)) + v
-                for st, v in ((rng.choice((0x21, 0x22, 0x23, 0x24, 0x25)), rng.randbytes(rng.randrange(20))),)
+                for st, v in (
+                    (rng.choice((0x21, 0x22, 0x23, 0x24, 0x25)), rng.randbytes(rng.randrange(20))),
+                )
             )
             value = bytes([rng.randrange(8)]) + rng.randbytes(4) + sub
         elif t == 0xEA:
@@ -146,12 +153,30 @@ def hostile_header(rng: random.Random) -> bytes:
         return sig + rng.randbytes(rng.randrange(200))
     if r < 0.55:  # v2 whose length promises more than ever comes
         body = rng.randbytes(rng.randrange(40))
-        return proxy_v2.SIGNATURE + bytes([0x21, rng.choice((0x11, 0x21, 0x31, 0x00))]) + struct.pack("!H", rng.choice((0xFFFF, 12, 11, 0, 216, 300))) + body
+        return (
+            proxy_v2.SIGNATURE
+            + bytes([0x21, rng.choice((0x11, 0x21, 0x31, 0x00))])
+            + struct.pack("!H", rng.choice((0xFFFF, 12, 11, 0, 216, 300)))
+            + body
+        )
     if r < 0.65:  # v1 with odd tokens
-        toks = [b"PROXY", rng.choice((b"TCP4", b"TCP6", b"UNKNOWN", b"tcp4", b"TCP5")),
-                rng.choice((rand_v4(rng).encode(), rand_v6(rng).encode(), b"1.2.3.4.5", b"::ffff:1.2.3.4", b"0x7f.1.1.1", rng.randbytes(8))),
-                rng.choice((rand_v4(rng).encode(), b"999.1.1.1", b"::")),
-                str(rng.randrange(-5, 70000)).encode(), rng.choice((b"80", b"080", b"+80", b"65536"))]
+        toks = [
+            b"PROXY",
+            rng.choice((b"TCP4", b"TCP6", b"UNKNOWN", b"tcp4", b"TCP5")),
+            rng.choice(
+                (
+                    rand_v4(rng).encode(),
+                    rand_v6(rng).encode(),
+                    b"1.2.3.4.5",
+                    b"::ffff:1.2.3.4",
+                    b"0x7f.1.1.1",
+                    rng.randbytes(8),
+                )
+            ),
+            rng.choice((rand_v4(rng).encode(), b"999.1.1.1", b"::")),
+            str(rng.randrange(-5, 70000)).encode(),
+            rng.choice((b"80", b"080", b"+80", b"65536")),
+        ]
         sep = rng.choice((b" ", b"  ", b"\t"))
         end = rng.choice((b"\r\n", b"\n", b"\r", b"", b"\r\n\r\n"))
         return sep.join(toks[: rng.randrange(2, 7)]) + end
@@ -202,17 +227,23 @@ def conversation(
     n = len(header)
 
     def c(off: int, ack: int, fl: int, data: bytes = b"", opts: bytes = b"") -> bytes:
-        return tcp_frame(client, server, cport, sport, ci + 1 + off, si + 1 + ack, fl, data, opts, vlans)
+        return tcp_frame(
+            client, server, cport, sport, ci + 1 + off, si + 1 + ack, fl, data, opts, vlans
+        )
 
     def s(off: int, ack: int, fl: int, data: bytes = b"", opts: bytes = b"") -> bytes:
-        return tcp_frame(server, client, sport, cport, si + 1 + off, ci + 1 + ack, fl, data, opts, vlans)
+        return tcp_frame(
+            server, client, sport, cport, si + 1 + off, ci + 1 + ack, fl, data, opts, vlans
+        )
 
     style = rng.randrange(8)
     out: Frames = []
     if style == 7 and header:  # TCP Fast Open: the header rides in the SYN
         out.append(tcp_frame(client, server, cport, sport, ci, 0, SYN, header, b"", vlans))
     else:
-        out.append(tcp_frame(client, server, cport, sport, ci, 0, SYN, b"", b"\x02\x04\x05\xb4", vlans))
+        out.append(
+            tcp_frame(client, server, cport, sport, ci, 0, SYN, b"", b"\x02\x04\x05\xb4", vlans)
+        )
     out.append(tcp_frame(server, client, sport, cport, si, ci + 1, SYN | ACK, b"", b"", vlans))
     out.append(c(0, 0, ACK))
     if style == 7 and header:
@@ -250,7 +281,9 @@ def conversation(
         out.append(s(sent, got, ACK | PSH, body, opts))
         sent += len(body)
         if i % 2:
-            out.append(c(got, sent, ACK, b"", _sack(rng, si + 1, sent) if rng.random() < 0.1 else b""))
+            out.append(
+                c(got, sent, ACK, b"", _sack(rng, si + 1, sent) if rng.random() < 0.1 else b"")
+            )
     end = rng.randrange(4)
     if end == 0:
         out += [c(got, sent, FIN | ACK), s(sent, got + 1, FIN | ACK), c(got + 1, sent + 1, ACK)]
@@ -274,9 +307,18 @@ def proxied_traffic(rng: random.Random, flows: int, hostile: float) -> Frames:
             convs.append(conversation(rng, a, b, header))
         else:
             vlans = (rng.randrange(4096),) if rng.random() < 0.1 else ()
-            convs.append(conversation(rng, PROXY6 if v6 else PROXY4, BACKEND6 if v6 else BACKEND4, header, vlans=vlans))
+            convs.append(
+                conversation(
+                    rng, PROXY6 if v6 else PROXY4, BACKEND6 if v6 else BACKEND4, header, vlans=vlans
+                )
+            )
         if rng.random() < 0.05:  # other traffic on the wire
-            convs.append([udp_frame(untrusted_host(rng, False), PROXY4, 53, 53, rng.randbytes(30)), b"\xff" * rng.randrange(60)])
+            convs.append(
+                [
+                    udp_frame(untrusted_host(rng, False), PROXY4, 53, 53, rng.randbytes(30)),
+                    b"\xff" * rng.randrange(60),
+                ]
+            )
     return interleave(rng, convs)
 
 
@@ -301,22 +343,47 @@ def interleave(rng: random.Random, convs: list[Frames]) -> Frames:
 
 def tunnelled(rng: random.Random, frames: Frames, trusted: bool) -> Frames:
     """The frames inside VXLAN or GENEVE, from a tunnel peer or from a forged outer source."""
-    src = bytes([10, 99, 0, 1 + rng.randrange(4)]) if trusted else bytes([10, 66, rng.randrange(256), rng.randrange(1, 255)])
+    src = (
+        bytes([10, 99, 0, 1 + rng.randrange(4)])
+        if trusted
+        else bytes([10, 66, rng.randrange(256), rng.randrange(1, 255)])
+    )
     dst = bytes([10, 99, 0, 200])
     vni = rng.choice((100, 200, rng.randrange(1 << 24)))
     kind = rng.randrange(3)
     out = []
     for f in frames:
         if kind == 0:
-            out.append(udp_frame(src, dst, 49152, VXLAN_PORT, b"\x08\x00\x00\x00" + vni.to_bytes(3, "big") + b"\x00" + f))
+            out.append(
+                udp_frame(
+                    src,
+                    dst,
+                    49152,
+                    VXLAN_PORT,
+                    b"\x08\x00\x00\x00" + vni.to_bytes(3, "big") + b"\x00" + f,
+                )
+            )
         else:
             inner_eth = kind == 1
             proto = 0x6558 if inner_eth else (0x0800 if f[12:14] == b"\x08\x00" else 0x86DD)
             body = f if inner_eth else f[14:] if f[12:14] in (b"\x08\x00", b"\x86\xdd") else f[18:]
             opts = b""
             if rng.random() < 0.5:  # the gateway load balancer's three options
-                opts = b"\x01\x08\x01\x02" + rng.randbytes(8) + b"\x01\x08\x02\x02" + rng.randbytes(8) + b"\x01\x08\x03\x01" + rng.randbytes(4)
-            head = bytes((len(opts) // 4, 0)) + proto.to_bytes(2, "big") + vni.to_bytes(3, "big") + b"\x00" + opts
+                opts = (
+                    b"\x01\x08\x01\x02"
+                    + rng.randbytes(8)
+                    + b"\x01\x08\x02\x02"
+                    + rng.randbytes(8)
+                    + b"\x01\x08\x03\x01"
+                    + rng.randbytes(4)
+                )
+            head = (
+                bytes((len(opts) // 4, 0))
+                + proto.to_bytes(2, "big")
+                + vni.to_bytes(3, "big")
+                + b"\x00"
+                + opts
+            )
             out.append(udp_frame(src, dst, 49152, GENEVE_PORT, head + body))
     return out
 
@@ -344,7 +411,9 @@ def tunnel_traffic(rng: random.Random, flows: int, hostile: float) -> Frames:
         inner = proxied_traffic(rng, 3, hostile)
         parts.append(tunnelled(rng, inner, trusted=rng.random() < 0.6))
     if rng.random() < 0.5:
-        parts.append(tunnelled(rng, [inconsistent_inner(rng) for _ in range(3)], rng.random() < 0.5))
+        parts.append(
+            tunnelled(rng, [inconsistent_inner(rng) for _ in range(3)], rng.random() < 0.5)
+        )
     if rng.random() < 0.3:
         parts.append(proxied_traffic(rng, 2, hostile))  # not tunnelled at all
     return interleave(rng, parts)
@@ -366,7 +435,15 @@ def relink(frame: bytes, linktype: int) -> bytes:
     if linktype == 113:
         return b"\x00\x00\x00\x01\x00\x06" + frame[6:12] + b"\x00\x00" + etype + l3
     if linktype == 276:
-        return etype + b"\x00\x00" + b"\x00\x00\x00\x02" + b"\x00\x01\x00\x06" + frame[6:12] + b"\x00\x00" + l3
+        return (
+            etype
+            + b"\x00\x00"
+            + b"\x00\x00\x00\x02"
+            + b"\x00\x01\x00\x06"
+            + frame[6:12]
+            + b"\x00\x00"
+            + l3
+        )
     return frame
 
 

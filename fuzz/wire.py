@@ -97,7 +97,9 @@ def tcp_frame(
 
 def udp_frame(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
     udp = bytearray(struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
-    struct.pack_into("!H", udp, 6, checksum(udp, pseudo_header_sum(src, dst, 17, len(udp))) or 0xFFFF)
+    struct.pack_into(
+        "!H", udp, 6, checksum(udp, pseudo_header_sum(src, dst, 17, len(udp))) or 0xFFFF
+    )
     return ethernet(ip_packet(src, dst, 17, bytes(udp)))
 
 
@@ -174,7 +176,9 @@ class Record:
 
 
 def pcap_header(linktype: int, nano: bool = False, snaplen: int = 262144) -> bytes:
-    return struct.pack("<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)
+    return struct.pack(
+        "<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype
+    )
 
 
 def pcap_record(rec: Record, nano: bool = False) -> bytes:
