@@ -324,8 +324,7 @@ def check_file(h: Hostile, run: Run, work: Path) -> list[tuple[str, str]]:
                 problems.append(
                     (
                         "records before a corrupt one not written as they would be alone",
-                        f"{h.kind}: output {'missing' if got is None else f'{len(got)} bytes'},"
-                        f" prefix alone gives {p_dst.stat().st_size}",
+                        f"{h.kind}: {_first_difference(got, p_dst.read_bytes())}",
                     )
                 )
         if outcome == OK:
@@ -336,6 +335,22 @@ def check_file(h: Hostile, run: Run, work: Path) -> list[tuple[str, str]]:
         if outcome == OK or db.exists():
             problems += [(p.cls, p.detail) for p in cache_rows(db, oracle, run.peers)]
         return problems
+
+
+def _first_difference(got: bytes | None, want: bytes) -> str:
+    if got is None:
+        return "no output file"
+    try:
+        a, b = read_pcap(got)[2], read_pcap(want)[2]
+    except ValueError as exc:
+        return f"output is not a valid pcap ({exc})"
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return (
+                f"record {i}: ts {x.ts}/{y.ts}, caplen {len(x.data)}/{len(y.data)}, origlen"
+                f" {x.origlen}/{y.origlen}, same bytes {x.data == y.data} (output/prefix alone)"
+            )
+    return f"{len(a)} records written, the prefix alone gives {len(b)}"
 
 
 def _accepted(h: Hostile, run: Run, dst: Path, counters: object) -> list[tuple[str, str]]:
