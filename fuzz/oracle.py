@@ -106,6 +106,8 @@ class Oracle:
                     self._inner(s.payload, s.dport)
                     return False
                 return True  # a tunnel from anyone else is passed as captured
+        if not_rewritable(frame, self.linktype):
+            return not self.decap or self.linktype == 1
         if s.src in self.proxies:
             if s.proto == 6 and len(frame) >= s.l4 + 8:
                 seq = struct.unpack_from("!I", frame, s.l4 + 4)[0]
@@ -134,6 +136,30 @@ class Oracle:
         off = s.l4 + 4
         seq = struct.unpack_from("!I", inner, off)[0] if len(inner) >= off + 4 else 0
         self.trusted.add((s.src, s.sport, s.dst, s.dport), seq, s.payload)
+
+
+_V6_WALKABLE = frozenset({6, 0, 43, 60, 51})  # TCP, or extension headers a TCP header may follow
+
+
+def not_rewritable(frame: bytes, linktype: int) -> bool:
+    """A frame no TCP rewrite can apply to, whoever sent it: not TCP, an IP fragment, or an IP
+    packet longer than what was captured. It must pass untouched even from a proxy."""
+    ip = l3_start(frame, linktype)
+    if ip is None or len(frame) < ip + 20:
+        return False  # the caller's own rules decide
+    v = frame[ip] >> 4
+    if v == 4:
+        if linktype == 1 and frame[ip - 2 : ip] != b"\x08\x00":
+            return False
+        total = (frame[ip + 2] << 8) | frame[ip + 3]
+        frag = ((frame[ip + 6] << 8) | frame[ip + 7]) & 0x3FFF
+        return frame[ip + 9] != 6 or bool(frag) or ip + total > len(frame)
+    if v == 6 and len(frame) >= ip + 40:
+        if linktype == 1 and frame[ip - 2 : ip] != b"\x86\xdd":
+            return False
+        plen = (frame[ip + 4] << 8) | frame[ip + 5]
+        return frame[ip + 6] not in _V6_WALKABLE or ip + 40 + plen > len(frame)
+    return False
 
 
 def subsequence_gap(needles: list[bytes], hay: list[bytes]) -> int:
