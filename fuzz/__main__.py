@@ -57,12 +57,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--findings", type=Path, default=ROOT / ".cache" / "fuzz-findings")
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "fuzz", help="cached eve lines")
     p.add_argument("--only", type=int, help="replay just this packet run index (debugging)")
+    p.add_argument("--replay", type=Path, nargs="+", metavar="DIR", help="re-check reproducers")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.replay:
+        return _replay(args)
     t_start = time.monotonic()
     if args.findings.exists():
         shutil.rmtree(args.findings)
@@ -103,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         report.append("findings: none (0 crashes, 0 unaccounted packets or lines)")
     print("\n".join(report))
     return 1 if found.total else 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from fuzz.eve import VERSION
+    from fuzz.replay import replay
+
+    bad = 0
+    with tempfile.TemporaryDirectory(prefix="fuzz-", dir=_tmp_root()) as tmp:
+        for d in args.replay:
+            problems = replay(d, Path(tmp), args.work / f"eve-v{VERSION}" / "cache.db")
+            print(f"{d}: {'; '.join(problems) if problems else 'fixed (no problem left)'}")
+            bad += bool(problems)
+    return 1 if bad else 0
 
 
 def _tmp_root() -> str | None:

@@ -35,6 +35,7 @@ from fuzz.wire import (
     VXLAN_PORT,
     Record,
     decode,
+    pcap_bytes,
     pcap_header,
     pcap_record,
     pcapng_block,
@@ -436,14 +437,13 @@ def file_tier(
         run = pick(rng, corpus, cache_share=1.0)
         h = hostile_file(rng, run)
         for cls, detail in check_file(h, run, work):
-            note = {"file": i, "kind": h.kind, "expect": sorted(h.expect), **run.note()}
-            found.add(
-                "file",
-                cls,
-                detail,
-                {"input.cap": h.data, "config.toml": run.note()["config_toml"].encode()},
-                note,
-            )
+            note = {"file": i, "kind": h.kind, "expect": sorted(h.expect), "count": h.count}
+            note |= {"times": h.times, "nano": h.nano, **run.note()}
+            files = {"input.cap": h.data, "config.toml": run.note()["config_toml"].encode()}
+            files["records.pcap"] = pcap_bytes(run.records[:300], run.linktype, nano=True)
+            if h.prefix is not None:
+                files["prefix.cap"] = h.prefix
+            found.add("file", cls, detail, files, note)
         done += 1
     log(f"fuzz: {done} capture files through rewrite_file, {found.total} findings so far")
     return done
