@@ -22,6 +22,19 @@ from fuzz.wire import GENEVE_PORT, VXLAN_PORT, decode, l3_start
 _TOKEN = re.compile(rb"[0-9A-Fa-f:.]{2,45}")
 
 
+_ESC = re.compile(r"\\x([0-9a-fA-F]{2})")
+
+
+def _unescape(text: str) -> bytes:
+    """Bytes of text in which undecodable bytes were written as \\xNN."""
+    out, last = bytearray(), 0
+    for m in _ESC.finditer(text):
+        out += text[last : m.start()].encode("utf-8", "surrogateescape")
+        out.append(int(m.group(1), 16))
+        last = m.end()
+    return bytes(out + text[last:].encode("utf-8", "surrogateescape"))
+
+
 class Nets:
     def __init__(self, cidrs: tuple[str, ...]) -> None:
         self._nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
@@ -60,9 +73,9 @@ class Trusted:
     def carries(self, addr: str, blobs: list[bytes]) -> bool:
         try:
             ip = ipaddress.ip_address(addr)
-        except ValueError:  # a UNIX path: its bytes as sent
-            raw = addr.encode("utf-8", "surrogateescape")
-            return any(raw in b for b in blobs)
+        except ValueError:  # a UNIX path: its bytes as sent, raw or with \xNN escapes undone
+            forms = {addr.encode("utf-8", "surrogateescape"), _unescape(addr)}
+            return any(raw in b for raw in forms for b in blobs)
         if any(ip.packed in b for b in blobs):
             return True
         text = str(ip)
