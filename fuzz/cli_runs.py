@@ -19,7 +19,7 @@ from pathlib import Path
 
 import orjson
 
-from fuzz.eve import EveSource, eve_lines
+from fuzz.eve import EveSource, eve_lines, parse_reject
 from fuzz.files import ERROR, OK, _accepted, hostile_file, rewrite
 from fuzz.findings import Findings, stderr_class
 from fuzz.oracle import Oracle
@@ -275,24 +275,31 @@ def enrich_run(
 
 
 def order_problem(lines: list[bytes], out: bytes, rej: bytes) -> str | None:
-    """Every input line is an output line or a reject record, in order."""
-    rejected = set()
+    """Every input line is an output line or a reject record, in order (a record marked
+    ``passed`` goes with a line written unchanged)."""
+    rejected: dict[int, bool] = {}
     for r in rej.splitlines():
         try:
-            rejected.add(orjson.loads(r)["offset"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            off, passed = parse_reject(r)
+        except ValueError:
             return "reject file holds something that is not a reject record"
+        if off in rejected:
+            return f"two reject records for the line at offset {off}"
+        rejected[off] = passed
     outs = out.splitlines(keepends=True)
     j = off = 0
     for raw in lines:
-        if off in rejected:
-            rejected.discard(off)
+        if off in rejected and not rejected[off]:
+            del rejected[off]
         else:
+            passed = rejected.pop(off, False)
             if j >= len(outs):
                 return f"line at offset {off} neither written nor rejected"
             got = outs[j]
             j += 1
             if got.rstrip(b"\n") != raw.rstrip(b"\n"):
+                if passed:
+                    return f"line at offset {off} recorded as passed unchanged, written changed"
                 try:
                     if type(orjson.loads(got)) is not dict:
                         raise ValueError

@@ -334,7 +334,31 @@ def _insert(line: bytes, member: bytes) -> bytes:
 # -- the tier ---------------------------------------------------------------------------------
 
 
-def make_enricher(cache: ConnectionCache, reject: Callable[[int, bytes], None]) -> LineEnricher:
+class RejectLog:
+    """A reject sink for either form of ``LineEnricher``'s: ``(offset, line)`` (records are
+    ``{"offset", "line"}``, the line is not written) or ``(record bytes)`` (records carry
+    ``passed``: true when the line was also written unchanged). Keeps (offset, passed)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, bool]] = []
+
+    def __call__(self, *args: Any) -> None:
+        if len(args) == 2:
+            self.records.append((int(args[0]), False))
+        else:
+            self.records.append(parse_reject(args[0]))
+
+
+def parse_reject(record: bytes) -> tuple[int, bool]:
+    """(offset, passed) of a reject record; ValueError if it is not one."""
+    try:
+        rec = orjson.loads(record)
+        return int(rec["offset"]), bool(rec.get("passed", False))
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a reject record: {record[:80]!r}") from exc
+
+
+def make_enricher(cache: ConnectionCache, reject: RejectLog) -> LineEnricher:
     matcher = Matcher(CacheLookup(cache), wait=0.0)
     return LineEnricher(matcher, seed=0, reject=reject, tunnels=TunnelMatcher(cache))
 
@@ -349,23 +373,23 @@ def eve_tier(
     seed: int, source: EveSource, n: int, found: Findings, work: Path, log: Callable[..., None]
 ) -> int:
     cache = ConnectionCache(source.db, readonly=True)
-    rejects: list[int] = []
+    rejects = RejectLog()
     done = 0
     try:
         chunk = 20_000
         for start in range(0, n, chunk):
             lines = eve_lines(seed, source, min(chunk, n - start), f"eve:{start}")
-            enricher = make_enricher(cache, lambda off, raw: rejects.append(off))
+            enricher = make_enricher(cache, rejects)
             offset = 0
             for raw in lines:
-                rejects.clear()
+                rejects.records.clear()
                 try:
                     out = enricher.line(raw, offset)
                 except Exception as exc:
                     _found(found, crash_class(exc), traceback_head(exc), raw)
                     out = None
                 if out is not None:
-                    problem = line_problem(raw, out, rejects, offset)
+                    problem = line_problem(raw, out, rejects.records, offset)
                     if problem:
                         _found(found, problem, f"offset {offset}: output {out[:80]!r}", raw)
                 offset += len(raw)
@@ -379,21 +403,25 @@ def eve_tier(
     return done
 
 
-def line_problem(raw: bytes, out: bytes, rejects: list[int], offset: int) -> str | None:
+def line_problem(
+    raw: bytes, out: bytes, rejects: list[tuple[int, bool]], offset: int
+) -> str | None:
+    """Exactly one of: written (unchanged, or a JSON object), or rejected (one record with this
+    offset, not passed); a line written unchanged may also have one passed record."""
+    if any(off != offset for off, _p in rejects) or len(rejects) > 1:
+        return "reject record with the wrong offset, or several for one line"
     if out == b"":
-        if rejects != [offset]:
-            return (
-                "line neither written nor rejected"
-                if not rejects
-                else "reject record with the wrong offset"
-            )
+        if rejects != [(offset, False)]:
+            return "line neither written nor rejected" if not rejects else "passed line not written"
         return None
-    if rejects:
+    if rejects and not rejects[0][1]:
         return "line both written and rejected"
     if not out.endswith(b"\n") or out.count(b"\n") != 1:
         return "output is not exactly one line"
     if out == raw or out == raw + b"\n":
         return None
+    if rejects:
+        return "line recorded as passed unchanged, but written changed"
     try:
         if type(orjson.loads(out)) is dict:
             return None

@@ -215,7 +215,8 @@ def accounting(pipe: Pipeline, pushed: int, taken: int) -> list[Problem]:
         if pipe.decap.held_frames:
             bad.append(f"{pipe.decap.held_frames} fragments still held after flush")
         outer = (
-            c.tunnel_decapsulated
+            getattr(c, "tunnel_untrusted", 0)  # counted from the tunnel_peers fix on
+            + c.tunnel_decapsulated
             + c.tunnel_passed
             + c.tunnel_bad_header
             + c.tunnel_fragments

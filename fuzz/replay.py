@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fuzz.eve import line_problem, make_enricher
+from fuzz.eve import RejectLog, line_problem, make_enricher
 from fuzz.files import Hostile, check_file
 from fuzz.findings import crash_class
 from fuzz.packets import Run, execute
@@ -51,13 +51,13 @@ def replay(d: Path, work: Path, eve_db: Path | None) -> list[str]:
             return [f"needs the eve cache it was found with ({eve_db}); see --work"]
         raw = (d / "line.json").read_bytes()
         cache = ConnectionCache(eve_db, readonly=True)
-        rejects: list[int] = []
+        rejects = RejectLog()
         try:
-            out = make_enricher(cache, lambda off, _raw: rejects.append(off)).line(raw, 0)
+            out = make_enricher(cache, rejects).line(raw, 0)
         except Exception as exc:
             return [crash_class(exc)]
         finally:
             cache.close()
-        problem = line_problem(raw, out, rejects, 0)
+        problem = line_problem(raw, out, rejects.records, 0)
         return [problem] if problem else []
     return [f"not replayable in process; run: {info.get('command', '?')}"]
