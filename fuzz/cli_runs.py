@@ -63,6 +63,8 @@ def cli_tier(
     log: Callable[..., None],
     root: Path,
 ) -> int:
+    if n == 0:
+        return 0
     done = 0
     n_eve = max(1, n // 5)
     n_conf = min(len(BAD_CONFIGS), max(1, n // 5))

@@ -295,8 +295,10 @@ def rewrite(src: Path, dst: Path, run: Run, db: Path) -> object:
         cache.close()
 
 
-def check_file(h: Hostile, run: Run, work: Path) -> list[tuple[str, str]]:
-    """Problems (class, detail) of one hostile file through ``rewrite_file``."""
+def check_file(h: Hostile, run: Run, work: Path, restart: bool = False) -> list[tuple[str, str]]:
+    """Problems (class, detail) of one hostile file through ``rewrite_file``; ``restart``: once
+    accepted, rewrite it again with the same cache, as a restarted normalizer resumes the flows
+    the cache holds."""
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         d = Path(tmp)
         src, dst, db = d / "in.cap", d / "out.pcap", d / "cache.db"
@@ -330,6 +332,12 @@ def check_file(h: Hostile, run: Run, work: Path) -> list[tuple[str, str]]:
                 )
         if outcome == OK:
             problems += _accepted(h, run, dst, counters)
+            if restart:
+                try:
+                    again = rewrite(src, d / "again.pcap", run, db)
+                except Exception as exc:
+                    return [(crash_class(exc), "after a restart: " + traceback_head(exc))]
+                problems += _accepted(h, run, d / "again.pcap", again)
         oracle = Oracle(run.options.proxies, run.peers, run.options.decapsulate, run.linktype)
         for r in run.records[:300]:
             oracle.observe(r.data)
@@ -436,8 +444,10 @@ def file_tier(
         rng = random.Random(f"{seed}:file:{i}")
         run = pick(rng, corpus, cache_share=1.0)
         h = hostile_file(rng, run)
-        for cls, detail in check_file(h, run, work):
+        restart = rng.random() < 0.3
+        for cls, detail in check_file(h, run, work, restart):
             note = {"file": i, "kind": h.kind, "expect": sorted(h.expect), "count": h.count}
+            note["restart"] = restart
             note |= {"times": h.times, "nano": h.nano, **run.note()}
             files = {"input.cap": h.data, "config.toml": run.note()["config_toml"].encode()}
             files["records.pcap"] = pcap_bytes(run.records[:300], run.linktype, nano=True)

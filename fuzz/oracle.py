@@ -67,7 +67,10 @@ class Trusted:
         for segs in self.flows.values():
             if len(segs) > 1:
                 out.append(b"".join(p for _s, p in segs))
-                out.append(b"".join(p for _s, p in sorted(segs, key=lambda x: x[0])))
+                # in sequence order, modulo 2^32 around the first segment seen
+                first = segs[0][0]
+                order = sorted(segs, key=lambda x: (x[0] - first + (1 << 31)) & 0xFFFFFFFF)
+                out.append(b"".join(p for _s, p in order))
         return out
 
     def carries(self, addr: str, blobs: list[bytes]) -> bool:

@@ -26,9 +26,11 @@ from typing import Any
 
 from fuzz.findings import crash_class, traceback_head
 from fuzz.oracle import Nets, Oracle, subsequence_gap
+from fuzz.sources import ALT_MAGIC
 from fuzz.wire import GENEVE_PORT, VXLAN_PORT, Record, decode, pcap_bytes
 from normalizer.conn_cache import ConnectionCache
 from normalizer.counters import Counters
+from normalizer.headers.custom import DEFAULT_MAGIC
 from normalizer.options import Options
 from normalizer.pipeline import Pipeline
 
@@ -88,6 +90,7 @@ def make_options(
         max_hold_bytes=rng.choice((30, 200, 262_144)) if small else 262_144,
         max_total_hold_bytes=rng.choice((500, 1 << 26)) if small else 1 << 26,
         decapsulate=decap,
+        custom_magic=ALT_MAGIC if rng.random() < 0.2 else DEFAULT_MAGIC,
     )
     if HAS_PEERS and decap:
         kw["tunnel_peers"] = peers
@@ -102,6 +105,8 @@ def config_toml(o: Options) -> str:
             return "true" if v else "false"
         if isinstance(v, str):
             return f'"{v}"'
+        if isinstance(v, bytes):
+            return f'"{v.hex()}"'
         if isinstance(v, tuple | list | frozenset):
             return (
                 "["
@@ -123,6 +128,7 @@ def config_toml(o: Options) -> str:
         "max_hold_bytes",
         "max_total_hold_bytes",
         "decapsulate",
+        "custom_magic",
     ]
     if HAS_PEERS:
         keys.append("tunnel_peers")

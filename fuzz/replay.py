@@ -44,7 +44,7 @@ def replay(d: Path, work: Path, eve_db: Path | None) -> list[str]:
             bool(info.get("nano")),
         )
         run = Run(recs, info["linktype"], options, peers, True)
-        found = check_file(h, run, work)
+        found = check_file(h, run, work, bool(info.get("restart")))
         return [c if "\n" in detail else f"{c}: {detail}" for c, detail in found]
     if tier == "enricher":
         if eve_db is None or not eve_db.exists():

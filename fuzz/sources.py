@@ -40,6 +40,7 @@ from normalizer.headers import custom, proxy_v1, proxy_v2
 from normalizer.headers.base import Tlv
 
 PROXIES = ("192.0.2.1/32", "2001:db8:b::1/128")
+ALT_MAGIC = b"\x8aFZ1\r\n\x1a\n"  # a deployment's own gateway-header magic (custom_magic)
 PEERS = ("10.99.0.0/24",)
 PROXY4, BACKEND4 = packed("192.0.2.1"), packed("192.0.2.2")
 PROXY6, BACKEND6 = packed("2001:db8:b::1"), packed("2001:db8:b::2")
@@ -103,7 +104,8 @@ def valid_header(rng: random.Random) -> bytes:
             Tlv(rng.randrange(256), rng.randbytes(rng.randrange(12)))
             for _ in range(rng.randrange(3))
         ]
-        return custom.build(src, dst, sport, dport, extensions=exts)
+        magic = rng.choice((custom.DEFAULT_MAGIC, custom.DEFAULT_MAGIC, ALT_MAGIC))
+        return custom.build(src, dst, sport, dport, magic, extensions=exts)
     if kind == 4:
         return proxy_v2.build("LOCAL", "UNSPEC", tlvs=_tlvs(rng), with_crc32c=rng.random() < 0.5)
     if kind == 5:  # UNIX sockets: paths are arbitrary bytes, not text
@@ -226,25 +228,34 @@ def conversation(
     )
     n = len(header)
 
+    # IP options (record route) or an IPv6 hop-by-hop header on some connections
+    x = (
+        b""
+        if rng.random() < 0.85
+        else (b"\x01\x07\x07\x04" + bytes(4))
+        if len(client) == 4
+        else b"\x01\x02\x00\x00"
+    )
+
     def c(off: int, ack: int, fl: int, data: bytes = b"", opts: bytes = b"") -> bytes:
         return tcp_frame(
-            client, server, cport, sport, ci + 1 + off, si + 1 + ack, fl, data, opts, vlans
+            client, server, cport, sport, ci + 1 + off, si + 1 + ack, fl, data, opts, vlans, x
         )
 
     def s(off: int, ack: int, fl: int, data: bytes = b"", opts: bytes = b"") -> bytes:
         return tcp_frame(
-            server, client, sport, cport, si + 1 + off, ci + 1 + ack, fl, data, opts, vlans
+            server, client, sport, cport, si + 1 + off, ci + 1 + ack, fl, data, opts, vlans, x
         )
 
     style = rng.randrange(8)
     out: Frames = []
     if style == 7 and header:  # TCP Fast Open: the header rides in the SYN
-        out.append(tcp_frame(client, server, cport, sport, ci, 0, SYN, header, b"", vlans))
+        out.append(tcp_frame(client, server, cport, sport, ci, 0, SYN, header, b"", vlans, x))
     else:
         out.append(
-            tcp_frame(client, server, cport, sport, ci, 0, SYN, b"", b"\x02\x04\x05\xb4", vlans)
+            tcp_frame(client, server, cport, sport, ci, 0, SYN, b"", b"\x02\x04\x05\xb4", vlans, x)
         )
-    out.append(tcp_frame(server, client, sport, cport, si, ci + 1, SYN | ACK, b"", b"", vlans))
+    out.append(tcp_frame(server, client, sport, cport, si, ci + 1, SYN | ACK, b"", b"", vlans, x))
     out.append(c(0, 0, ACK))
     if style == 7 and header:
         out.append(c(n, 0, ACK | PSH, req))
@@ -290,7 +301,7 @@ def conversation(
     elif end == 1:
         out.append(rng.choice((c, s))(got, sent, RST | ACK))
     elif end == 2:  # a new connection reusing the ports right away
-        out.append(tcp_frame(client, server, cport, sport, ci + 99999, 0, SYN, b"", b"", vlans))
+        out.append(tcp_frame(client, server, cport, sport, ci + 99999, 0, SYN, b"", b"", vlans, x))
     return out
 
 

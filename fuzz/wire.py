@@ -27,16 +27,30 @@ def packed(addr: str) -> bytes:
     return ipaddress.ip_address(addr).packed
 
 
-def ip_packet(src: bytes, dst: bytes, proto: int, l4: bytes, ident: int = 0) -> bytes:
-    """An IPv4 or IPv6 packet (by the address size) around ``l4`` with a correct header sum."""
+def ip_packet(
+    src: bytes, dst: bytes, proto: int, l4: bytes, ident: int = 0, extra: bytes = b""
+) -> bytes:
+    """An IPv4 or IPv6 packet (by the address size) around ``l4`` with a correct header sum.
+
+    ``extra``: IPv4 options (padded to 4 bytes), or for IPv6 one hop-by-hop header's options
+    (the header is built around them, padded to 8 bytes)."""
     if len(src) == 4:
+        extra += b"\x00" * (-len(extra) % 4)
+        ihl = 5 + len(extra) // 4
         head = bytearray(
-            struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(l4), ident & 0xFFFF, 0x4000, 64, proto, 0)
+            struct.pack(
+                "!BBHHHBBH", 0x40 | ihl, 0, ihl * 4 + len(l4), ident & 0xFFFF, 0x4000, 64, proto, 0
+            )
             + src
             + dst
+            + extra
         )
         struct.pack_into("!H", head, 10, checksum(head))
         return bytes(head) + l4
+    if extra:
+        body = extra + b"\x00" * (-(len(extra) + 2) % 8)
+        ext = bytes((proto, (len(body) + 2) // 8 - 1)) + body
+        return struct.pack("!IHBB", 6 << 28, len(ext) + len(l4), 0, 64) + src + dst + ext + l4
     return struct.pack("!IHBB", 6 << 28, len(l4), proto, 64) + src + dst + l4
 
 
@@ -90,9 +104,10 @@ def tcp_frame(
     payload: bytes = b"",
     options: bytes = b"",
     vlans: tuple[int, ...] = (),
+    ip_extra: bytes = b"",
 ) -> bytes:
     seg = tcp_segment(src, dst, sport, dport, seq, ack, flags, payload, options)
-    return ethernet(ip_packet(src, dst, 6, seg), vlans)
+    return ethernet(ip_packet(src, dst, 6, seg, extra=ip_extra), vlans)
 
 
 def udp_frame(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes) -> bytes:
@@ -151,6 +166,11 @@ def decode(frame: bytes, linktype: int = 1) -> Seen | None:
     elif v == 6 and len(frame) >= ip + 40:
         src, dst, proto = frame[ip + 8 : ip + 24], frame[ip + 24 : ip + 40], frame[ip + 6]
         l4 = ip + 40
+        for _ in range(8):  # extension headers a transport header may follow
+            if proto not in (0, 43, 60, 51) or len(frame) < l4 + 2:
+                break
+            size = (frame[l4 + 1] + 2) * 4 if proto == 51 else (frame[l4 + 1] + 1) * 8
+            proto, l4 = frame[l4], l4 + size
     else:
         return None
     if len(frame) < l4 + 4:

@@ -81,3 +81,7 @@ def test_address_split_across_segments_is_still_carried() -> None:
     t.add(key, 100, b"PROXY TCP4 203.0.")
     t.add(key, 117, b"113.9 1.2.3.4 1 2\r\n")
     assert t.carries("203.0.113.9", t.blobs())
+    wrapped = Trusted()  # the second half arrives first, and the sequence numbers wrap
+    wrapped.add(key, 0x10, b"113.9 1.2.3.4 1 2\r\n")
+    wrapped.add(key, 0xFFFFFFFF, b"PROXY TCP4 203.0.")
+    assert wrapped.carries("203.0.113.9", wrapped.blobs())
