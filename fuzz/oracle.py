@@ -17,7 +17,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from fuzz.wire import GENEVE_PORT, VXLAN_PORT, decode, l3_start
+from fuzz.wire import GENEVE_PORT, VXLAN_PORT, Seen, decode, l3_start
 
 _TOKEN = re.compile(rb"[0-9A-Fa-f:.]{2,45}")
 
@@ -115,7 +115,7 @@ class Oracle:
             ip = l3_start(frame, self.linktype)
             assert ip is not None
             if frame[ip] >> 4 == 4 and struct.unpack_from("!H", frame, ip + 6)[0] & 0x3FFF:
-                self._fragment(frame, s.src)  # held for reassembly: order not kept
+                self._fragment(frame, ip, s)  # held for reassembly: order not kept
                 return False
             if s.dport in (VXLAN_PORT, GENEVE_PORT):
                 if s.src in self.peers:
@@ -133,9 +133,13 @@ class Oracle:
             return False
         return not self.decap or self.linktype == 1
 
-    def _fragment(self, frame: bytes, outer_src: bytes) -> None:
-        if outer_src in self.peers:  # whatever it reassembles to came from a peer
-            self.trusted.add((outer_src, 0, b"", 0), 0, frame)
+    def _fragment(self, frame: bytes, ip: int, s: Seen) -> None:
+        """Whatever a peer's fragments reassemble to came from a peer: keep their data by
+        fragment offset, so the datagram can be put together again."""
+        if s.src in self.peers:
+            ident = struct.unpack_from("!H", frame, ip + 4)[0]
+            off = (struct.unpack_from("!H", frame, ip + 6)[0] & 0x1FFF) * 8
+            self.trusted.add((s.src, ident, s.dst, -1), off, frame[s.l4 :])
 
     def _inner(self, udp_payload: bytes, dport: int) -> None:
         if dport == VXLAN_PORT:

@@ -36,6 +36,7 @@ from fuzz.wire import (
     tcp_frame,
     udp_frame,
 )
+from normalizer.encap import fragment
 from normalizer.headers import custom, proxy_v1, proxy_v2
 from normalizer.headers.base import Tlv
 
@@ -202,6 +203,17 @@ Frames = list[bytes]
 def _sack(rng: random.Random, base: int, span: int) -> bytes:
     lo = (base + rng.randrange(max(span, 1) + 1)) & 0xFFFFFFFF
     hi = (lo + rng.randrange(1, 3000)) & 0xFFFFFFFF
+    if rng.random() < 0.3:  # options a stack would refuse: lengths that lie, no end
+        return rng.choice(
+            (
+                b"\x05\xff" + struct.pack("!II", lo, hi),
+                b"\x05\x00\x05\x01",
+                b"\x05\x0b" + struct.pack("!II", lo, hi) + b"\x00",
+                b"\x01" * 3 + b"\x05\x12" + struct.pack("!IIII", lo, hi, hi, lo),
+                b"\x08\x0a" + bytes(8) + b"\x05",
+                b"\x05\x22" + bytes(32),
+            )
+        )
     return b"\x01\x01\x05\x0a" + struct.pack("!II", lo, hi)
 
 
@@ -317,7 +329,8 @@ def proxied_traffic(rng: random.Random, flows: int, hostile: float) -> Frames:
                 b = PROXY6 if v6 else PROXY4
             convs.append(conversation(rng, a, b, header))
         else:
-            vlans = (rng.randrange(4096),) if rng.random() < 0.1 else ()
+            r = rng.random()
+            vlans = (rng.randrange(4096),) if r < 0.1 else tuple(range(1, 6)) if r < 0.12 else ()
             convs.append(
                 conversation(
                     rng, PROXY6 if v6 else PROXY4, BACKEND6 if v6 else BACKEND4, header, vlans=vlans
@@ -396,6 +409,15 @@ def tunnelled(rng: random.Random, frames: Frames, trusted: bool) -> Frames:
                 + opts
             )
             out.append(udp_frame(src, dst, 49152, GENEVE_PORT, head + body))
+    if rng.random() < 0.15:  # the underlay fragments the outer datagrams (MTU)
+        size = rng.choice((64, 128, 512))
+        out = [
+            p
+            for f in out
+            for p in (fragment(f, size, rng.randrange(1 << 16)) if len(f) > 34 + size else [f])
+        ]
+        if rng.random() < 0.5:
+            rng.shuffle(out)
     return out
 
 
