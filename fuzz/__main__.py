@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fuzz import cli_runs, eve, files
-from fuzz.findings import Findings
+from fuzz.findings import KEEP, Findings
 from fuzz.minimize import ddmin
 from fuzz.packets import HAS_PEERS, Problem, Run, execute
 from fuzz.scenarios import pick
@@ -165,7 +165,7 @@ def packet_tier(
 
 def _report(found: Findings, run: Run, p: Problem, index: int, work: Path) -> None:
     key = f"pipeline: {p.cls}"
-    if found.counts.get(key, 0) >= 1:  # already have one: count it, keep its reproducer
+    if len(found.by_class.get(key, [])) >= KEEP:  # enough reproducers: count it only
         found.add("pipeline", p.cls, p.detail)
         return
     records = run.records[: p.index + 1] if p.index >= 0 else run.records
