@@ -14,7 +14,6 @@ no output and exactly one reject record carrying this line's offset.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -432,6 +431,3 @@ def line_problem(
 
 def _found(found: Findings, cls: str, detail: str, raw: bytes) -> None:
     found.add("enricher", cls, detail, {"line.json": raw}, {"line_hex_head": raw[:200].hex()})
-
-
-__all__ = ["EveSource", "eve_lines", "eve_source", "eve_tier", "json"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import random
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from fuzz.wire import (
     SYN,
     VXLAN_PORT,
     Record,
-    ethernet,
     packed,
     read_pcap,
     tcp_frame,
@@ -478,7 +476,3 @@ def relink(frame: bytes, linktype: int) -> bytes:
             + l3
         )
     return frame
-
-
-Generator = Callable[[random.Random, int, float], Frames]
-__all__ = ["ethernet"]
