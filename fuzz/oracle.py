@@ -67,10 +67,7 @@ class Trusted:
         for segs in self.flows.values():
             if len(segs) > 1:
                 out.append(b"".join(p for _s, p in segs))
-                # in sequence order, modulo 2^32 around the first segment seen
-                first = segs[0][0]
-                order = sorted(segs, key=lambda x: (x[0] - first + (1 << 31)) & 0xFFFFFFFF)
-                out.append(b"".join(p for _s, p in order))
+                out += _reassembled(segs)
         return out
 
     def carries(self, addr: str, blobs: list[bytes]) -> bool:
@@ -90,6 +87,30 @@ class Trusted:
                 except ValueError:
                     continue
         return False
+
+
+_SPAN = 1 << 20  # a stream longer than this is not put together again
+
+
+def _reassembled(segs: list[tuple[int, bytes]]) -> list[bytes]:
+    """The stream in sequence order (modulo 2^32, around the first segment seen) with the
+    first copy of overlapping bytes winning, and with the last one winning."""
+    first = segs[0][0]
+    rel = [((seq - first + (1 << 31)) & 0xFFFFFFFF, p) for seq, p in segs]
+    lo = min(r for r, _p in rel)
+    hi = max(r + len(p) for r, p in rel)
+    if hi - lo > _SPAN:
+        order = sorted(rel, key=lambda x: x[0])
+        return [b"".join(p for _r, p in order)]
+    out = []
+    for chunks in (rel, rel[::-1]):
+        buf, have = bytearray(hi - lo), bytearray(hi - lo)
+        for r, p in chunks:
+            for i, byte in enumerate(p, r - lo):
+                if not have[i]:
+                    buf[i], have[i] = byte, 1
+        out.append(bytes(buf))
+    return out
 
 
 class Oracle:

@@ -177,7 +177,14 @@ def decode(frame: bytes, linktype: int = 1) -> Seen | None:
         return Seen(src, dst, proto, -1, -1, b"", l4)
     sport, dport = struct.unpack_from("!HH", frame, l4)
     if proto == 6 and len(frame) >= l4 + 13:
-        payload = frame[l4 + max(20, (frame[l4 + 12] >> 4) * 4) :]
+        # up to the end of the IP packet where the capture holds it (link padding excluded)
+        ip_end = (
+            ip + ((frame[ip + 2] << 8) | frame[ip + 3])
+            if v == 4
+            else ip + 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
+        )
+        end = ip_end if l4 + 20 <= ip_end <= len(frame) else len(frame)
+        payload = frame[l4 + max(20, (frame[l4 + 12] >> 4) * 4) : end]
     elif proto == 17:
         payload = frame[l4 + 8 :]
     else:
