@@ -86,3 +86,11 @@ def test_address_split_across_segments_is_still_carried() -> None:
     wrapped.add(key, 0x10, b"113.9 1.2.3.4 1 2\r\n")
     wrapped.add(key, 0xFFFFFFFF, b"PROXY TCP4 203.0.")
     assert wrapped.carries("203.0.113.9", wrapped.blobs())
+
+
+def test_overlapping_copies_are_put_together_as_a_receiver_would() -> None:
+    t = Trusted()
+    key = (b"\x01" * 4, 1, b"\x02" * 4, 2)
+    t.add(key, 100, b"PROXY TCP4 203.0.XXX")  # its last bytes differ in the retransmission
+    t.add(key, 117, b"113.9 1.2.3.4 1 2\r\n")
+    assert t.carries("203.0.113.9", t.blobs())
