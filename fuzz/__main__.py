@@ -68,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     t_start = time.monotonic()
     if args.findings.exists():
+        strangers = [p for p in args.findings.iterdir() if not (p / "finding.json").exists()]
+        if strangers:  # never delete what an earlier run did not write
+            print(
+                f"python -m fuzz: {args.findings} holds {strangers[0].name}, which is not a"
+                " finding: give an empty or earlier findings directory",
+                file=sys.stderr,
+            )
+            return 2
         shutil.rmtree(args.findings)
     args.findings.mkdir(parents=True)
     args.work.mkdir(parents=True, exist_ok=True)
