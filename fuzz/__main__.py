@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fuzz import cli_runs, eve, files
-from fuzz.findings import KEEP, Findings
+from fuzz.findings import KEEP, Findings, crash_class, traceback_head
 from fuzz.minimize import ddmin
 from fuzz.packets import HAS_PEERS, Problem, Run, execute
 from fuzz.scenarios import pick
@@ -156,10 +156,15 @@ def packet_tier(
                 break
             continue
         rng = random.Random(f"{args.seed}:{index}")
-        run = pick(rng, corpus, cache_share=0.3)
-        problems, _out = execute(run, work)
-        for p in problems:
-            _report(found, run, p, index, work)
+        try:
+            run = pick(rng, corpus, cache_share=0.3)
+            problems, _out = execute(run, work)
+            for p in problems:
+                _report(found, run, p, index, work)
+        except Exception as exc:  # the harness's own bug: a finding too, the run goes on
+            found.add("harness", crash_class(exc), traceback_head(exc), None, {"run": index})
+            index += 1
+            continue
         packets += len(run.records)
         runs += 1
         index += 1

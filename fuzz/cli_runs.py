@@ -15,13 +15,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import orjson
 
 from fuzz.eve import EveSource, eve_lines, parse_reject
 from fuzz.files import ERROR, OK, _accepted, hostile_file, rewrite
-from fuzz.findings import Findings, stderr_class
+from fuzz.findings import Findings, crash_class, stderr_class, traceback_head
 from fuzz.oracle import Oracle
 from fuzz.packets import cache_rows, config_toml
 from fuzz.scenarios import pick
@@ -69,14 +70,15 @@ def cli_tier(
     n_eve = max(1, n // 5)
     n_conf = min(len(BAD_CONFIGS), max(1, n // 5))
     n_rw = max(1, n - n_eve - n_conf)
-    for i in range(n_rw):
-        rewrite_run(seed, i, corpus, found, work, root)
-        done += 1
-    for i in range(n_conf):
-        config_run(seed, i, found, work, root)
-        done += 1
-    for i in range(n_eve):
-        enrich_run(seed, i, source, found, work, root)
+    runs: list[Callable[[], None]] = []
+    runs += [partial(rewrite_run, seed, i, corpus, found, work, root) for i in range(n_rw)]
+    runs += [partial(config_run, seed, i, found, work, root) for i in range(n_conf)]
+    runs += [partial(enrich_run, seed, i, source, found, work, root) for i in range(n_eve)]
+    for i, one in enumerate(runs):
+        try:
+            one()
+        except Exception as exc:  # the harness's own bug: a finding too, the run goes on
+            found.add("harness", crash_class(exc), traceback_head(exc), None, {"cli": i})
         done += 1
     log(f"fuzz: {done} real CLI runs, {found.total} findings so far")
     return done

@@ -377,7 +377,11 @@ def eve_tier(
     try:
         chunk = 20_000
         for start in range(0, n, chunk):
-            lines = eve_lines(seed, source, min(chunk, n - start), f"eve:{start}")
+            try:
+                lines = eve_lines(seed, source, min(chunk, n - start), f"eve:{start}")
+            except Exception as exc:  # the harness's own bug: a finding too, the run goes on
+                found.add("harness", crash_class(exc), traceback_head(exc), None, {"eve": start})
+                continue
             enricher = make_enricher(cache, rejects)
             offset = 0
             for raw in lines:
