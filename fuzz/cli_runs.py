@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -74,6 +76,8 @@ def cli_tier(
     runs += [partial(rewrite_run, seed, i, corpus, found, work, root) for i in range(n_rw)]
     runs += [partial(config_run, seed, i, found, work, root) for i in range(n_conf)]
     runs += [partial(enrich_run, seed, i, source, found, work, root) for i in range(n_eve)]
+    if n >= 10:  # follow mode once: it must get through a hostile file, not loop on a line
+        runs.append(partial(follow_run, seed, source, found, work, root))
     for i, one in enumerate(runs):
         try:
             one()
@@ -276,6 +280,75 @@ def enrich_run(
         )
         if problem:
             found.add("cli", problem, f"{len(lines)} lines in", files, note)
+
+
+FOLLOW_DEADLINE = 60.0  # seconds for follow mode to get through 1500 lines (it takes ~1)
+
+
+def follow_run(seed: int, source: EveSource, found: Findings, work: Path, root: Path) -> None:
+    """``eve-enricher follow`` on a hostile eve.json: it must write or reject every line, then
+    stop cleanly on SIGTERM (exit 0), in order, nothing twice."""
+    lines = eve_lines(seed, source, 1500, "cli-follow")
+    if not lines:
+        return
+    data = b"".join(lines)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        d = Path(tmp)
+        eve, out, rej, cp = d / "eve.json", d / "out.json", d / "reject.json", d / "cp.json"
+        eve.write_bytes(data)
+        argv = ["-m", "eve_enricher.cli", "follow", str(eve), "--cache", str(source.db)]
+        argv += ["-o", str(out), "--reject", str(rej), "--checkpoint", str(cp), "-q"]
+        argv += ["--wait", "0", "--poll", "0.05"]
+        env = dict(os.environ, PYTHONPATH=str(root))
+        proc = subprocess.Popen([sys.executable, *argv], env=env, cwd=root, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + FOLLOW_DEADLINE
+        done = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _accounted(out, rej) >= len(lines):
+                done = True
+                break
+            time.sleep(0.1)
+        running = proc.poll() is None
+        if running:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            _o, err_b = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _o, err_b = proc.communicate()
+        err = err_b.decode("utf-8", "replace")
+        files = {"eve.json": data}
+        note = {"returncode": proc.returncode, "stderr": err[-2000:], "command": " ".join(argv)}
+        if "Traceback (most recent call last)" in err:
+            found.add("cli", f"follow traceback: {stderr_class(err)}", err[-1500:], files, note)
+        elif not running:
+            found.add(
+                "cli", f"follow exited by itself ({proc.returncode})", err[-300:], files, note
+            )
+        elif not done:
+            found.add(
+                "cli", "follow did not get through the file", f"{len(lines)} lines", files, note
+            )
+        elif proc.returncode != 0:
+            found.add("cli", f"follow exit {proc.returncode} on SIGTERM", err[-300:], files, note)
+        else:
+            problem = order_problem(
+                lines, out.read_bytes(), rej.read_bytes() if rej.exists() else b""
+            )
+            if problem:
+                found.add("cli", f"follow: {problem}", f"{len(lines)} lines in", files, note)
+
+
+def _accounted(out: Path, rej: Path) -> int:
+    """Lines written plus lines rejected without being written, so far."""
+    n = out.read_bytes().count(b"\n") if out.exists() else 0
+    if rej.exists():
+        for r in rej.read_bytes().splitlines():
+            try:
+                n += not parse_reject(r)[1]
+            except ValueError:
+                n += 1
+    return n
 
 
 def order_problem(lines: list[bytes], out: bytes, rej: bytes) -> str | None:
