@@ -14,6 +14,7 @@ no output and exactly one reject record carrying this line's offset.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 import shutil
@@ -255,7 +256,9 @@ def mutate_line(rng: random.Random, line: bytes) -> bytes:
 
 
 def _one(rng: random.Random, line: bytes) -> bytes:
-    op = rng.randrange(12)
+    op = rng.randrange(13)
+    if op == 12:
+        return _respell(rng, line)
     if op <= 5:
         try:
             ev = orjson.loads(line)
@@ -317,6 +320,34 @@ def _one(rng: random.Random, line: bytes) -> bytes:
     )
     key = rng.choice((b"flow_id", b"src_port", b"dest_port", b"proto"))
     return _insert(line, b'"' + key + b'":' + big + b",")
+
+
+def _respell(rng: random.Random, line: bytes) -> bytes:
+    """An address of the event written another way Suricata never writes it (but a reader
+    might): compressed or exploded IPv6, upper case, IPv4-mapped, padded, with a zone."""
+    try:
+        ev = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line
+    if type(ev) is not dict:
+        return line
+    key = rng.choice(("src_ip", "dest_ip"))
+    addr = ev.get(key)
+    if type(addr) is not str:
+        return line
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return line
+    if ip.version == 6:
+        forms = [ip.compressed, ip.exploded.upper(), ip.compressed + "%eth0", " " + ip.compressed]
+    else:
+        forms = ["::ffff:" + str(ip), "0" + str(ip), str(ip) + " ", str(ip).replace(".", ".0", 1)]
+    ev[key] = rng.choice(forms)
+    try:
+        return orjson.dumps(ev)
+    except TypeError:  # nested deeper than orjson writes: keep the line as it was
+        return line
 
 
 def _insert(line: bytes, member: bytes) -> bytes:

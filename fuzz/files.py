@@ -84,11 +84,12 @@ def hostile_file(rng: random.Random, run: Run) -> Hostile:
 
 
 def _pcap(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
+    e = "<" if rng.random() < 0.8 else ">"  # the writer's byte order
     nano = rng.random() < 0.5
     if not nano:
         recs = [Record(r.ts // 1000 * 1000, r.data, r.origlen) for r in recs]
-    head = pcap_header(lt, nano)
-    body = [pcap_record(r, nano) for r in recs]
+    head = pcap_header(lt, nano, e=e)
+    body = [pcap_record(r, nano, e=e) for r in recs]
     k = rng.randrange(len(recs) + 1)
     valid = head + b"".join(body[:k])
     kind = rng.choice(
@@ -130,7 +131,7 @@ def _pcap(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
         )
     if kind == "frac":  # a fraction past one second: readable, odd
         bad = bytearray(rec)
-        struct.pack_into("<I", bad, 4, rng.choice((10**6, 10**9, 0xFFFFFFFF)))
+        struct.pack_into(e + "I", bad, 4, rng.choice((10**6, 10**9, 0xFFFFFFFF)))
         return Hostile(
             "pcap fraction out of range",
             valid + bytes(bad) + b"".join(body[k + 1 :]),
@@ -140,7 +141,7 @@ def _pcap(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
         )
     if kind == "sec":
         bad = bytearray(rec)
-        struct.pack_into("<I", bad, 0, rng.choice((0, 0xFFFFFFFF, 0x80000000)))
+        struct.pack_into(e + "I", bad, 0, rng.choice((0, 0xFFFFFFFF, 0x80000000)))
         return Hostile(
             "pcap timestamp out of range",
             valid + bytes(bad) + b"".join(body[k + 1 :]),
@@ -155,6 +156,7 @@ _RESOLUTIONS = (0, 1, 3, 6, 9, 19, 0x7F, 0x80, 0x81, 0x8A, 0x9E, 0xBF, 0xFF)
 
 
 def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
+    e = "<" if rng.random() < 0.8 else ">"  # the section's byte order
     strange = rng.random() < 0.35
     resol = rng.choice(_RESOLUTIONS) if strange else rng.choice((None, 6, 9, 0x94))
     offset = (
@@ -165,13 +167,13 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
     per_s = (
         10**6 if resol is None else (2 ** (resol & 0x7F) if resol & 0x80 else 10 ** (resol & 0x7F))
     )
-    head = pcapng_shb() + pcapng_idb(lt, resol, offset)
+    head = pcapng_shb(e) + pcapng_idb(lt, resol, offset, e)
     ticks = [r.ts * per_s // NS for r in recs]
     if strange and rng.random() < 0.3:
         i = rng.randrange(len(ticks)) if ticks else 0
         if ticks:
             ticks[i] = rng.choice((2**64 - 1, 2**63, 0))
-    blocks = [pcapng_epb(r, t) for r, t in zip(recs, ticks, strict=True)]
+    blocks = [pcapng_epb(r, t, e=e) for r, t in zip(recs, ticks, strict=True)]
     times = [t * NS // per_s + (offset or 0) * NS for t in ticks]
     if strange:
         return Hostile(
@@ -194,11 +196,23 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
             "spb",
             "trailer",
             "trunc",
+            "mixed",
         )
     )
     k = rng.randrange(len(blocks) + 1)
     valid = head + b"".join(blocks[:k])
     rest = b"".join(blocks[k:])
+    if kind == "mixed" and lt == 1:  # a second interface of another link type (raw IP)
+        idb2 = pcapng_idb(101, resol, offset, e)
+        mixed = [
+            pcapng_epb(Record(r.ts, r.data[14:], r.origlen - 14), t, 1, e)
+            if r.data[12:14] in (b"\x08\x00", b"\x86\xdd") and rng.random() < 0.5
+            else blk
+            for r, t, blk in zip(recs, ticks, blocks, strict=True)
+        ]
+        return Hostile(
+            "pcapng two link types", head + idb2 + b"".join(mixed), frozenset({OK}), None, len(recs)
+        )
     if kind == "valid" or (k == len(blocks) and kind not in ("shb_short", "idb_short", "spb")):
         return Hostile(
             "pcapng valid", head + b"".join(blocks), frozenset({OK}), None, len(recs), times, False
@@ -207,15 +221,15 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
         body = rng.randbytes(rng.choice((0, 4, 8, 12, 16)))
         return Hostile(
             "pcapng packet block with a short body",
-            valid + pcapng_block(6, body) + rest,
+            valid + pcapng_block(6, body, e) + rest,
             frozenset({ERROR}),
             valid,
         )
     if kind == "shb_short":
         total = rng.choice((0, 4, 8))
         blk = (
-            struct.pack("<II", 0x0A0D0D0A, total)
-            + b"\x4d\x3c\x2b\x1a"
+            struct.pack(e + "II", 0x0A0D0D0A, total)
+            + struct.pack(e + "I", 0x1A2B3C4D)
             + rng.randbytes(rng.randrange(0, 24))
         )
         return Hostile(
@@ -226,7 +240,7 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
         )
     if kind == "bad_total":
         edit = bytearray(blocks[k])
-        struct.pack_into("<I", edit, 4, rng.choice((len(edit) + 1, len(edit) - 2, 9, 1 << 24)))
+        struct.pack_into(e + "I", edit, 4, rng.choice((len(edit) + 1, len(edit) - 2, 9, 1 << 24)))
         return Hostile(
             "pcapng block with a bad total length",
             valid + bytes(edit) + b"".join(blocks[k + 1 :]),
@@ -234,7 +248,7 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
             valid,
         )
     if kind == "iface":
-        bad = pcapng_epb(recs[k], ticks[k], ifid=rng.choice((1, 7, 0xFFFFFFFF)))
+        bad = pcapng_epb(recs[k], ticks[k], ifid=rng.choice((1, 7, 0xFFFFFFFF)), e=e)
         return Hostile(
             "pcapng packet of an unknown interface",
             valid + bad + b"".join(blocks[k + 1 :]),
@@ -243,7 +257,7 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
         )
     if kind == "caplen":
         edit = bytearray(blocks[k])
-        struct.pack_into("<I", edit, 20, len(recs[k].data) + rng.choice((8, 100, 0x7FFFFFFF)))
+        struct.pack_into(e + "I", edit, 20, len(recs[k].data) + rng.choice((8, 100, 0x7FFFFFFF)))
         return Hostile(
             "pcapng caplen past its block",
             valid + bytes(edit) + b"".join(blocks[k + 1 :]),
@@ -251,7 +265,7 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
             valid,
         )
     if kind == "idb_short":
-        blk = pcapng_block(1, rng.randbytes(rng.choice((0, 2, 4))))
+        blk = pcapng_block(1, rng.randbytes(rng.choice((0, 2, 4))), e)
         return Hostile(
             "pcapng interface block with a short body",
             valid + blk + rest,
@@ -260,7 +274,7 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
         )
     if kind == "spb":  # simple packet blocks: no timestamp, origlen may exceed the data
         spbs = b"".join(
-            pcapng_block(3, struct.pack("<I", r.origlen + rng.choice((0, 0, 40))) + r.data)
+            pcapng_block(3, struct.pack(e + "I", r.origlen + rng.choice((0, 0, 40))) + r.data, e)
             for r in recs[k:]
         )
         return Hostile(
@@ -268,7 +282,7 @@ def _pcapng(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
         )
     if kind == "trailer":  # the trailing length disagrees: readers differ, none may crash
         edit = bytearray(blocks[k])
-        struct.pack_into("<I", edit, len(edit) - 4, len(edit) + 4)
+        struct.pack_into(e + "I", edit, len(edit) - 4, len(edit) + 4)
         return Hostile(
             "pcapng trailing length mismatch",
             valid + bytes(edit) + b"".join(blocks[k + 1 :]),
@@ -424,15 +438,16 @@ def _records_as_stated(h: Hostile, run: Run) -> list[Record]:
     # the file was written from the snapped copy: re-read it to get exactly those records
     from fuzz.wire import iter_pcap_records
 
-    if h.data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+    if h.data[:4] != b"\x0a\x0d\x0d\x0a":
         return list(iter_pcap_records(h.data))
+    e = "<" if h.data[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
     out, pos = [], 0
     data = h.data
     i = 0
     while pos + 8 <= len(data):
-        btype, total = struct.unpack_from("<II", data, pos)
+        btype, total = struct.unpack_from(e + "II", data, pos)
         if btype == 6:
-            caplen, origlen = struct.unpack_from("<II", data, pos + 20)
+            caplen, origlen = struct.unpack_from(e + "II", data, pos + 20)
             out.append(Record(h.times[i], data[pos + 28 : pos + 28 + caplen], origlen))
             i += 1
         pos += total

@@ -65,7 +65,7 @@ def pick(rng: random.Random, corpus: list[Capture], cache_share: float) -> Run:
         decap = True
         frames = tunnel_traffic(rng, rng.randrange(6, 40), rng.choice((0.1, 0.5)))
         ts = timestamps(rng, len(frames))
-    if not decap and rng.random() < 0.2:
+    if rng.random() < 0.2:
         linktype = rng.choice(_LINKTYPES)
         # frames of other shapes (tags, junk) stay as they are: bytes a capture could hold
         frames = [

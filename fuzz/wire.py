@@ -202,16 +202,17 @@ class Record:
     origlen: int
 
 
-def pcap_header(linktype: int, nano: bool = False, snaplen: int = 262144) -> bytes:
+def pcap_header(linktype: int, nano: bool = False, snaplen: int = 262144, e: str = "<") -> bytes:
+    """A classic pcap file header; ``e`` is the struct byte order ("<" or ">")."""
     return struct.pack(
-        "<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype
+        e + "IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype
     )
 
 
-def pcap_record(rec: Record, nano: bool = False) -> bytes:
+def pcap_record(rec: Record, nano: bool = False, e: str = "<") -> bytes:
     sec, ns = divmod(rec.ts, NS)
     frac = ns if nano else ns // 1000
-    return struct.pack("<IIII", sec & 0xFFFFFFFF, frac, len(rec.data), rec.origlen) + rec.data
+    return struct.pack(e + "IIII", sec & 0xFFFFFFFF, frac, len(rec.data), rec.origlen) + rec.data
 
 
 def pcap_bytes(records: Iterable[Record], linktype: int = 1, nano: bool = False) -> bytes:
@@ -249,32 +250,35 @@ def iter_pcap_records(data: bytes) -> Iterator[Record]:
     yield from read_pcap(data)[2]
 
 
-def pcapng_block(btype: int, body: bytes) -> bytes:
+def pcapng_block(btype: int, body: bytes, e: str = "<") -> bytes:
+    """A pcapng block; ``e`` is the section's byte order ("<" or ">")."""
     body += b"\x00" * (-len(body) % 4)
     total = 12 + len(body)
-    return struct.pack("<II", btype, total) + body + struct.pack("<I", total)
+    return struct.pack(e + "II", btype, total) + body + struct.pack(e + "I", total)
 
 
-def pcapng_option(code: int, value: bytes) -> bytes:
-    return struct.pack("<HH", code, len(value)) + value + b"\x00" * (-len(value) % 4)
+def pcapng_option(code: int, value: bytes, e: str = "<") -> bytes:
+    return struct.pack(e + "HH", code, len(value)) + value + b"\x00" * (-len(value) % 4)
 
 
-def pcapng_shb() -> bytes:
-    return pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+def pcapng_shb(e: str = "<") -> bytes:
+    return pcapng_block(0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1), e)
 
 
-def pcapng_idb(linktype: int, tsresol: int | None = None, tsoffset: int | None = None) -> bytes:
+def pcapng_idb(
+    linktype: int, tsresol: int | None = None, tsoffset: int | None = None, e: str = "<"
+) -> bytes:
     opts = b""
     if tsresol is not None:
-        opts += pcapng_option(9, bytes([tsresol]))
+        opts += pcapng_option(9, bytes([tsresol]), e)
     if tsoffset is not None:
-        opts += pcapng_option(14, struct.pack("<q", tsoffset))
+        opts += pcapng_option(14, struct.pack(e + "q", tsoffset), e)
     if opts:
-        opts += pcapng_option(0, b"")
-    return pcapng_block(1, struct.pack("<HHI", linktype, 0, 262144) + opts)
+        opts += pcapng_option(0, b"", e)
+    return pcapng_block(1, struct.pack(e + "HHI", linktype, 0, 262144) + opts, e)
 
 
-def pcapng_epb(rec: Record, ticks: int, ifid: int = 0) -> bytes:
+def pcapng_epb(rec: Record, ticks: int, ifid: int = 0, e: str = "<") -> bytes:
     hi, lo = (ticks >> 32) & 0xFFFFFFFF, ticks & 0xFFFFFFFF
-    body = struct.pack("<IIIII", ifid, hi, lo, len(rec.data), rec.origlen) + rec.data
-    return pcapng_block(6, body)
+    body = struct.pack(e + "IIIII", ifid, hi, lo, len(rec.data), rec.origlen) + rec.data
+    return pcapng_block(6, body, e)
