@@ -333,7 +333,7 @@ def _respell(rng: random.Random, line: bytes) -> bytes:
         return line
     key = rng.choice(("src_ip", "dest_ip"))
     addr = ev.get(key)
-    if type(addr) is not str:
+    if type(addr) is not str or "%" in addr:  # scoped: ipaddress cannot explode those
         return line
     try:
         ip = ipaddress.ip_address(addr)

@@ -142,7 +142,9 @@ class Oracle:
                 if s.src in self.peers:
                     self._inner(s.payload, s.dport)
                     return False
-                return True  # a tunnel from anyone else is passed as captured
+                # a tunnel from anyone else is passed as captured (given an Ethernet header when
+                # the capture has another link type: decapsulated output is always Ethernet)
+                return self.linktype == 1
         if not_rewritable(frame, self.linktype):
             return not self.decap or self.linktype == 1
         if s.src in self.proxies:
