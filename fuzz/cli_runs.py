@@ -78,6 +78,7 @@ def cli_tier(
     runs += [partial(enrich_run, seed, i, source, found, work, root) for i in range(n_eve)]
     if n >= 10:  # follow mode once: it must get through a hostile file, not loop on a line
         runs.append(partial(follow_run, seed, source, found, work, root))
+        runs.append(partial(output_run, found, work, root))
     for i, one in enumerate(runs):
         try:
             one()
@@ -280,6 +281,54 @@ def enrich_run(
         )
         if problem:
             found.add("cli", problem, f"{len(lines)} lines in", files, note)
+
+
+def output_run(found: Findings, work: Path, root: Path) -> None:
+    """Where the output goes: through a symlink it is written in place (or refused), never
+    replaced; a new file follows the umask (022 here: 0644)."""
+    src = root / "pcaps" / "haproxy-v1.pcap"
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        d = Path(tmp)
+        target, link, plain = d / "target.pcap", d / "link.pcap", d / "plain.pcap"
+        target.write_bytes(b"")
+        link.symlink_to(target)
+        for out in (link, plain):
+            argv = ["-m", "normalizer.cli", "rewrite", str(src), "-o", str(out), "--proxy"]
+            argv += ["192.0.2.1/32", "-q"]
+            env = dict(os.environ, PYTHONPATH=str(root))
+            p = subprocess.run(
+                [sys.executable, *argv],
+                capture_output=True,
+                env=env,
+                cwd=root,
+                timeout=120,
+                preexec_fn=lambda: os.umask(0o022),  # a fork of this single-threaded process
+            )
+            note = {"returncode": p.returncode, "stderr": p.stderr.decode("utf-8", "replace")}
+            if _traceback(found, "cli", p, {}, note):
+                continue
+            if out == link:
+                if not link.is_symlink():
+                    found.add(
+                        "cli",
+                        "rewrite -o SYMLINK replaced the symlink",
+                        str(p.returncode),
+                        {},
+                        note,
+                    )
+                elif p.returncode == 0 and target.stat().st_size == 0:
+                    found.add(
+                        "cli",
+                        "rewrite -o SYMLINK exit 0 but nothing written through it",
+                        "",
+                        {},
+                        note,
+                    )
+            elif p.returncode == 0 and plain.stat().st_mode & 0o777 != 0o644:
+                mode = oct(plain.stat().st_mode & 0o777)
+                found.add(
+                    "cli", "rewrite output ignores the umask", f"umask 022 gave {mode}", {}, note
+                )
 
 
 FOLLOW_DEADLINE = 60.0  # seconds for follow mode to get through 1500 lines (it takes ~1)
