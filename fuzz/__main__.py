@@ -2,8 +2,13 @@
 
 N packets (default 10^6) go through the pure core in process, N/10 eve lines (default 10^5)
 through the enricher's per-line policy; a smaller number of hostile capture files go through
-``rewrite_file`` in process and a few dozen through the real CLIs. Exit status 0 when nothing
-was found, 1 on any finding (reproducers under ``--findings``), 2 on usage errors.
+``rewrite_file`` in process and a few dozen through the real CLIs (``rewrite``, ``enrich``,
+``follow``). Exit status 0 when nothing was found, 1 on any finding (reproducers under
+``--findings``), 2 on usage errors.
+
+Why tiers: the checks that need the whole product (exit statuses, record headers on disk,
+follow mode) cost a process start each, so most inputs go where they are cheap, the pure core,
+and the adapters get a sample of the most hostile ones.
 """
 
 from __future__ import annotations
