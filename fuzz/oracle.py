@@ -126,6 +126,7 @@ class Oracle:
         self.decap = decap
         self.linktype = linktype
         self.trusted = Trusted()
+        self._frags: dict[FlowId, dict[int, tuple[bytes, bool]]] = {}
 
     def observe(self, frame: bytes) -> bool:
         """Note a frame's trusted bytes; True if it must come out byte-identical."""
@@ -161,8 +162,31 @@ class Oracle:
         fragment offset, so the datagram can be put together again."""
         if s.src in self.peers:
             ident = struct.unpack_from("!H", frame, ip + 4)[0]
-            off = (struct.unpack_from("!H", frame, ip + 6)[0] & 0x1FFF) * 8
-            self.trusted.add((s.src, ident, s.dst, -1), off, frame[s.l4 :])
+            field = struct.unpack_from("!H", frame, ip + 6)[0]
+            off = (field & 0x1FFF) * 8
+            end = ip + struct.unpack_from("!H", frame, ip + 2)[0]
+            data = frame[s.l4 : end if s.l4 <= end <= len(frame) else len(frame)]
+            key = (s.src, ident, s.dst, -1)
+            self.trusted.add(key, off, data)
+            parts = self._frags.setdefault(key, {})
+            parts.setdefault(off, (data, bool(field & 0x2000)))
+            self._try_datagram(parts)
+
+    def _try_datagram(self, parts: dict[int, tuple[bytes, bool]]) -> None:
+        """Once a peer's fragments cover a whole datagram, read its tunnel like any other."""
+        buf, at = b"", 0
+        while at in parts:
+            data, more = parts[at]
+            buf += data
+            if not more:
+                if len(buf) >= 8:
+                    dport = struct.unpack_from("!H", buf, 2)[0]
+                    if dport in (VXLAN_PORT, GENEVE_PORT):
+                        self._inner(buf[8:], dport)
+                return
+            if not data:
+                return
+            at += len(data)
 
     def _inner(self, udp_payload: bytes, dport: int) -> None:
         if dport == VXLAN_PORT:
