@@ -133,6 +133,8 @@ class Oracle:
         s = decode(frame, self.linktype)
         if s is None:
             return not self.decap or self.linktype == 1
+        if self.decap and s.proto == 44:  # an IPv6 fragment: may be held for reassembly
+            return False
         if self.decap and s.proto == 17:
             ip = l3_start(frame, self.linktype)
             assert ip is not None
