@@ -23,10 +23,9 @@ from pathlib import Path
 import orjson
 
 from fuzz.eve import EveSource, eve_lines, parse_reject
-from fuzz.files import ERROR, OK, _accepted, hostile_file, rewrite
+from fuzz.files import ERROR, OK, _accepted, hostile_file, rewrite, row_problems
 from fuzz.findings import Findings, crash_class, stderr_class, traceback_head
-from fuzz.oracle import Oracle
-from fuzz.packets import cache_rows, config_toml
+from fuzz.packets import config_toml
 from fuzz.scenarios import pick
 from fuzz.sources import Capture
 from normalizer.counters import Counters
@@ -172,10 +171,7 @@ def rewrite_run(
                     ("rewrite exit 1 without the records before the corrupt one", h.kind)
                 )
         if db.exists():
-            oracle = Oracle(run.options.proxies, run.peers, run.options.decapsulate, run.linktype)
-            for r in run.records[:300]:
-                oracle.observe(r.data)
-            problems += [(q.cls, q.detail) for q in cache_rows(db, oracle, run.peers)]
+            problems += row_problems(h, run, db)
         for cls, detail in problems:
             found.add("cli", cls, detail, files, note)
 

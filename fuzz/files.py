@@ -60,6 +60,9 @@ class Hostile:
     count: int | None = None  # records a reader must hand out when the file is accepted
     times: list[int] | None = None  # ns per record as the file states them (None: unchecked)
     nano: bool = False  # output resolution when accepted
+    # the records are the run's (so the run's frames tell which bytes a proxy sent); not so
+    # for a scrambled file, whose cache rows are then only checked for their wire client
+    own_records: bool = True
 
 
 def snap(rng: random.Random, records: list[Record]) -> list[Record]:
@@ -78,9 +81,28 @@ def snap(rng: random.Random, records: list[Record]) -> list[Record]:
 
 def hostile_file(rng: random.Random, run: Run) -> Hostile:
     recs = snap(rng, run.records[:300])
-    if rng.random() < 0.4:
-        return _pcap(rng, recs, run.linktype)
-    return _pcapng(rng, recs, run.linktype)
+    h = _pcap(rng, recs, run.linktype) if rng.random() < 0.4 else _pcapng(rng, recs, run.linktype)
+    if rng.random() < 0.2:
+        return _scrambled(rng, h)
+    return h
+
+
+def _scrambled(rng: random.Random, h: Hostile) -> Hostile:
+    """The file with a few bytes changed anywhere, mostly in headers: no expectation but that
+    it is read or refused, never a crash, and what is written adds up."""
+    data = bytearray(h.data)
+    if not data:
+        return h
+    for _ in range(rng.randrange(1, 9)):
+        pos = rng.randrange(min(len(data), 64)) if rng.random() < 0.4 else rng.randrange(len(data))
+        op = rng.randrange(3)
+        if op == 0:
+            data[pos] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            data[pos] = rng.choice((0x00, 0xFF, 0x7F, 0x80, 0x01))
+        else:
+            data[pos : pos + 4] = rng.choice((b"\xff\xff\xff\xff", bytes(4), b"\x00\x00\x00\x80"))
+    return Hostile(f"{h.kind}, scrambled", bytes(data), frozenset({OK, ERROR}), own_records=False)
 
 
 def _pcap(rng: random.Random, recs: list[Record], lt: int) -> Hostile:
@@ -356,12 +378,20 @@ def check_file(h: Hostile, run: Run, work: Path, restart: bool = False) -> list[
                 except Exception as exc:
                     return [(crash_class(exc), "after a restart: " + traceback_head(exc))]
                 problems += _accepted(h, run, d / "again.pcap", again)
-        oracle = Oracle(run.options.proxies, run.peers, run.options.decapsulate, run.linktype)
-        for r in run.records[:300]:
-            oracle.observe(r.data)
         if outcome == OK or db.exists():
-            problems += [(p.cls, p.detail) for p in cache_rows(db, oracle, run.peers)]
+            problems += row_problems(h, run, db)
         return problems
+
+
+def row_problems(h: Hostile, run: Run, db: Path) -> list[tuple[str, str]]:
+    """The cache rows' problems, judged by the bytes the run's proxies sent."""
+    oracle = Oracle(run.options.proxies, run.peers, run.options.decapsulate, run.linktype)
+    for r in run.records[:300]:
+        oracle.observe(r.data)
+    rows = cache_rows(db, oracle, run.peers)
+    if not h.own_records:  # scrambled: the file may carry bytes the run's frames do not
+        rows = [p for p in rows if p.cls != "cache row names an address no trusted header carried"]
+    return [(p.cls, p.detail) for p in rows]
 
 
 def _first_difference(got: bytes | None, want: bytes) -> str:

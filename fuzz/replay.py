@@ -42,6 +42,7 @@ def replay(d: Path, work: Path, eve_db: Path | None) -> list[str]:
             info.get("count"),
             info.get("times"),
             bool(info.get("nano")),
+            own_records="scrambled" not in info["kind"],
         )
         run = Run(recs, info["linktype"], options, peers, True)
         found = check_file(h, run, work, bool(info.get("restart")))
