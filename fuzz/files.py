@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fuzz.findings import Findings, crash_class, traceback_head
-from fuzz.oracle import Oracle, subsequence_gap
+from fuzz.oracle import Oracle, subsequence_gap, without_checksums
 from fuzz.packets import Run, cache_rows
 from fuzz.scenarios import pick
 from fuzz.sources import Capture
@@ -441,6 +441,9 @@ def _accepted(h: Hostile, run: Run, dst: Path, counters: object) -> list[tuple[s
         recs = _records_as_stated(h, run)
         want = [(r.ts // scale * scale, r.data, r.origlen) for r in recs if oracle.observe(r.data)]
         got = [(r.ts, r.data, r.origlen) for r in out]
+        if getattr(run.options, "checksums", "keep") != "keep":  # completed sums: the rest
+            want = [(t, without_checksums(d, run.linktype), n) for t, d, n in want]
+            got = [(t, without_checksums(d, _lt), n) for t, d, n in got]
         gap = subsequence_gap(want, got)  # type: ignore[arg-type]
         if gap >= 0:
             w = want[gap]

@@ -231,6 +231,22 @@ def not_rewritable(frame: bytes, linktype: int) -> bool:
     return False
 
 
+def without_checksums(frame: bytes | bytearray, linktype: int = 1) -> bytes:
+    """The frame with its IPv4 header and TCP/UDP checksum fields zeroed: what must still be
+    identical when the normalizer completes or recomputes checksums (``checksums`` auto/fix)."""
+    s = decode(bytes(frame), linktype)
+    ip = l3_start(bytes(frame), linktype)
+    if s is None or ip is None:
+        return bytes(frame)
+    out = bytearray(frame)
+    if out[ip] >> 4 == 4:
+        out[ip + 10 : ip + 12] = b"\x00\x00"
+    at = {6: 16, 17: 6}.get(s.proto)
+    if at is not None and len(out) >= s.l4 + at + 2:
+        out[s.l4 + at : s.l4 + at + 2] = b"\x00\x00"
+    return bytes(out)
+
+
 def subsequence_gap(needles: list[bytes], hay: list[bytes]) -> int:
     """Index into ``needles`` of the first one missing from ``hay`` in order; -1 if all there."""
     j = 0

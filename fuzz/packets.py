@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fuzz.findings import crash_class, traceback_head
-from fuzz.oracle import Nets, Oracle, subsequence_gap
+from fuzz.oracle import Nets, Oracle, subsequence_gap, without_checksums
 from fuzz.sources import ALT_MAGIC
 from fuzz.wire import GENEVE_PORT, VXLAN_PORT, Record, decode, pcap_bytes
 from normalizer.conn_cache import ConnectionCache
@@ -36,6 +36,8 @@ from normalizer.pipeline import Pipeline
 
 _IP_FAMILIES = ("TCP4", "TCP6", "UDP4", "UDP6")
 HAS_PEERS = "tunnel_peers" in {f.name for f in fields(Options)}
+# main after a353748: checksums completed (auto) or recomputed (fix) on the way in
+HAS_CHECKSUMS = "checksums" in {f.name for f in fields(Options)}
 
 
 @dataclass
@@ -94,6 +96,8 @@ def make_options(
     )
     if HAS_PEERS and decap:
         kw["tunnel_peers"] = peers
+    if HAS_CHECKSUMS:
+        kw["checksums"] = rng.choice(("keep", "keep", "keep", "auto", "auto", "fix"))
     return Options(**kw)
 
 
@@ -132,6 +136,8 @@ def config_toml(o: Options) -> str:
     ]
     if HAS_PEERS:
         keys.append("tunnel_peers")
+    if HAS_CHECKSUMS:
+        keys.append("checksums")
     lines = ["[normalizer]"]
     for k in keys:
         v = getattr(o, k)
@@ -191,7 +197,12 @@ def _execute(
         problems.append(Problem(crash_class(exc), f"during {stage}", i, traceback_head(exc)))
         return problems, len(out)
     problems += accounting(pipe, len(run.records), len(out))
-    gap = subsequence_gap(needles, [f for _ts, f in out])
+    hay = [f for _ts, f in out]
+    if getattr(o, "checksums", "keep") != "keep":  # checksums may be completed: compare the rest
+        lt = pipe.linktype
+        needles = [without_checksums(f, run.linktype) for f in needles]
+        hay = [without_checksums(f, lt) for f in hay]
+    gap = subsequence_gap(needles, hay)
     if gap >= 0:
         seen = decode(needles[gap], run.linktype)
         tunnel = seen is not None and seen.proto == 17 and seen.dport in (VXLAN_PORT, GENEVE_PORT)
