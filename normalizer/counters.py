@@ -46,6 +46,7 @@ class Counters:
     tunnel_passed: int = 0  # not a tunnel packet: forwarded as captured
     tunnel_bad_header: int = 0  # on a tunnel port but not decodable: forwarded as captured
     tunnel_truncated: int = 0  # inner packet cut short (mirror truncation, snap length)
+    tunnel_inner_malformed: int = 0  # inner IP header contradicting itself: handed on untrimmed
     tunnel_fragments: int = 0  # outer UDP fragments taken into reassembly
     tunnel_reassembled: int = 0  # datagrams rebuilt from them
     tunnel_frag_limit: int = 0  # fragments given up on (limits, timeout): forwarded as captured

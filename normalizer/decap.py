@@ -13,7 +13,10 @@ tunnel, bad header, fragments given up on) is forwarded as captured and counted.
 
 Truncated mirror packets (the mirror or the snap length cut them): the inner packet's IP length
 is lowered to what was captured and its IP and TCP/UDP checksums recomputed, so Suricata still
-tracks the flow (and sees a gap) instead of discarding the packet as malformed.
+tracks the flow (and sees a gap) instead of discarding the packet as malformed. Only a header
+consistent with itself and with the EtherType in front of it is trimmed: the inner frame is the
+sender's to choose (any host can send a datagram to the tunnel port), so a version nibble or a
+length that contradicts the rest is handed on untouched and counted, never trusted for offsets.
 """
 
 from __future__ import annotations
@@ -175,28 +178,27 @@ class Decapsulator:
         return tag
 
     def _fit(self, frame: bytes) -> bytes:
-        """Trim an inner packet that claims more bytes than were captured (see module doc)."""
-        et = frame[16:18]
-        if et == _IPV4 and len(frame) >= 38:
-            ip, declared = 18, (frame[20] << 8) | frame[21]
-        elif et == _IPV6 and len(frame) >= 58:
-            ip, declared = 18, 40 + ((frame[22] << 8) | frame[23])
+        """Trim an inner packet that claims more bytes than were captured (see module doc).
+
+        The link layer's EtherType says which IP version follows; a header whose version nibble
+        or lengths contradict it (or each other) is not trimmed but handed on as it came, and
+        counted: the core then passes it untouched, and Suricata flags it itself.
+        """
+        if frame[16:18] == _IPV4 or frame[16:18] == _IPV6:  # our own tag, no inner VLAN
+            ip, version = 18, 4 if frame[16:18] == _IPV4 else 6
         else:
             l3 = l3_offset(frame, LINKTYPE_ETHERNET)
             if l3 is None:
                 return frame
-            ip = l3[0]
-            if l3[1] == 4 and len(frame) >= ip + 20:
-                declared = (frame[ip + 2] << 8) | frame[ip + 3]
-            elif l3[1] == 6 and len(frame) >= ip + 40:
-                declared = 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
-            else:
-                self.counters.tunnel_truncated += 1
-                return frame
+            ip, version = l3[0], l3[1]
+        declared = ip_declared_length(frame, ip, version)
+        if declared is None:
+            self.counters.tunnel_inner_malformed += 1
+            return frame
         if declared <= len(frame) - ip:
             return frame
         self.counters.tunnel_truncated += 1
-        return trim(frame, ip)
+        return frame if declared == HEADER_CUT else trim(frame, ip)
 
     # -- fragments and pass-through -------------------------------------------------------------
 
@@ -251,14 +253,39 @@ class Decapsulator:
         return [(t, as_ethernet(f, self.linktype), None) for t, f in frames]
 
 
+HEADER_CUT = 1 << 17  # ``ip_declared_length`` of a header the capture cut: more than any packet
+
+
+def ip_declared_length(frame: bytes, ip: int, version: int) -> int | None:
+    """Bytes the IP header at ``ip`` says its packet has, ``HEADER_CUT`` when the header itself
+    was not captured whole, None when it contradicts itself: a version nibble that is not the
+    ``version`` the link layer declared, an IPv4 header length below 20, or a total length
+    below the header's own. Only a header this accepts is given to ``trim``."""
+    avail = len(frame) - ip
+    if avail < 1 or frame[ip] >> 4 != version:
+        return None if avail >= 1 else HEADER_CUT
+    if version == 4:
+        ihl = (frame[ip] & 0x0F) * 4
+        if ihl < 20:
+            return None
+        if avail < ihl:
+            return HEADER_CUT
+        total = (frame[ip + 2] << 8) | frame[ip + 3]
+        return total if total >= ihl else None
+    if avail < 40:
+        return HEADER_CUT
+    return 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
+
+
 def trim(frame: bytes, ip: int) -> bytes:
-    """Lower the IP length to the captured bytes; recompute IP and TCP/UDP checksums."""
+    """Lower the IP length to the captured bytes; recompute IP and TCP/UDP checksums.
+
+    The caller checked the header with ``ip_declared_length`` first.
+    """
     buf = bytearray(frame)
     avail = len(buf) - ip
     if buf[ip] >> 4 == 4:
         ihl = (buf[ip] & 0x0F) * 4
-        if ihl < 20 or avail < ihl:
-            return frame
         buf[ip + 2 : ip + 4] = avail.to_bytes(2, "big")
         buf[ip + 10 : ip + 12] = b"\x00\x00"
         buf[ip + 10 : ip + 12] = checksum(buf[ip : ip + ihl]).to_bytes(2, "big")

@@ -116,7 +116,8 @@ def summary(c: Counters) -> str:
     if c.tunnel_decapsulated or c.tunnel_bad_header or c.tunnel_fragments:
         lines.append(
             f"tunnels: {c.tunnel_decapsulated} decapsulated, {c.tunnel_passed} not tunnelled, "
-            f"{c.tunnel_bad_header} bad headers, {c.tunnel_truncated} truncated; fragments "
+            f"{c.tunnel_bad_header} bad headers, {c.tunnel_truncated} truncated, "
+            f"{c.tunnel_inner_malformed} with a malformed inner IP header; fragments "
             f"{c.tunnel_fragments} ({c.tunnel_reassembled} reassembled, {c.tunnel_frag_limit} "
             f"given up), {c.tunnel_vlan_collisions} VLAN collisions"
         )
