@@ -97,6 +97,13 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         dest="decapsulate",
         help="emit the inner frames of VXLAN/GENEVE packets, tagged per VNI (docs/tunnels.md)",
     )
+    p.add_argument(
+        "--tunnel-peer",
+        action="append",
+        metavar="CIDR",
+        dest="tunnel_peers",
+        help="outer source whose tunnels --decap opens (repeatable; replaces the config's list)",
+    )
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -111,6 +118,7 @@ def _options(args: argparse.Namespace) -> Any:
             "max_flows": args.max_flows,
             "restore_addresses": args.restore_addresses,
             "decapsulate": args.decapsulate,
+            "tunnel_peers": args.tunnel_peers,
             "cache_retention": args.cache_retention,
         },
     )

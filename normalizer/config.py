@@ -125,6 +125,7 @@ _FIELDS = {
     "max_total_hold_bytes": _positive_int,
     "max_pending_events": _positive_int,
     "decapsulate": _bool,
+    "tunnel_peers": _proxies,
     "vxlan_ports": _ports,
     "geneve_ports": _ports,
     "vni_vlan": _vni_vlan,
@@ -158,5 +159,11 @@ def build_options(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) 
     if not kwargs.get("proxies"):
         raise ConfigError(
             f"{SECTION}.proxies: at least one trusted proxy CIDR is required (--proxy CIDR)"
+        )
+    if kwargs.get("decapsulate") and not kwargs.get("tunnel_peers"):
+        raise ConfigError(
+            f"{SECTION}.tunnel_peers: decapsulation needs the outer source CIDRs whose tunnels"
+            " are opened (--tunnel-peer CIDR: mirror sources, load balancers); to open tunnels"
+            ' from any host, say so: tunnel_peers = ["0.0.0.0/0", "::/0"]'
         )
     return dataclasses.replace(Options(), **kwargs)

@@ -11,6 +11,13 @@ frames of other link types are given a synthesized Ethernet header, as are inner
 packets of GENEVE (no Ethernet inside). Nothing is dropped: what cannot be decapsulated (not a
 tunnel, bad header, fragments given up on) is forwarded as captured and counted.
 
+Only tunnels whose outer source is a configured peer (``tunnel_peers``: the mirror sources, the
+load balancer) are opened. Anyone can send a UDP datagram to port 4789, and its inner frame
+could claim to come from a trusted proxy: the core would honour its header, and the cache and
+the enricher would then name a client the sender made up. So the outer source is checked
+before any byte of the tunnel header is parsed, and a stranger's packet (or outer fragment) is
+forwarded as captured, counted as ``tunnel_untrusted`` (Suricata still sees it as it was).
+
 Truncated mirror packets (the mirror or the snap length cut them): the inner packet's IP length
 is lowered to what was captured and its IP and TCP/UDP checksums recomputed, so Suricata still
 tracks the flow (and sees a gap) instead of discarding the packet as malformed. Only a header
@@ -32,6 +39,7 @@ from normalizer.frame import (
 )
 from normalizer.ipfrag import Held, Reassembler
 from normalizer.options import Options
+from normalizer.trust import TrustedProxies
 from normalizer.tunnel import TunnelRef, VlanMap
 
 Out = tuple[int, bytes, TunnelRef | None]
@@ -50,6 +58,7 @@ class Decapsulator:
         self.vlans = VlanMap(dict(options.vni_vlan))
         self._vxlan = frozenset(options.vxlan_ports)
         self._geneve = frozenset(options.geneve_ports)
+        self._peers = TrustedProxies(options.tunnel_peers)
         self._tags: dict[int, tuple[int, bytes]] = {}  # vni -> (vlan id, 802.1Q tag bytes)
         self._frag = Reassembler()
         self._next_sweep = 0
@@ -77,6 +86,8 @@ class Decapsulator:
             if frag & 0x3FFF:
                 key = b"\x04" + src + dst + frame[ip + 4 : ip + 6]
                 off, more = (frag & 0x1FFF) * 8, bool(frag & 0x2000)
+                if not self._peers.contains(src):
+                    return out + self._stranger(frame, ts, off, ip + ihl)
                 return out + self._fragment(frame, ts, key, off, more, ip + ihl, end, vlan)
             udp = ip + ihl
         else:
@@ -97,6 +108,8 @@ class Decapsulator:
                         continue
                     key = b"\x06" + src + dst + frame[udp + 4 : udp + 8]
                     more = bool(frag & 1)
+                    if not self._peers.contains(src):
+                        return out + self._stranger(frame, ts, frag & 0xFFF8, udp + 8)
                     return out + self._fragment(
                         frame, ts, key, frag & 0xFFF8, more, udp + 8, end, vlan
                     )
@@ -142,16 +155,20 @@ class Decapsulator:
         ulen = (buf[udp + 4] << 8) | buf[udp + 5]
         if ulen >= 8:
             end = min(end, udp + ulen)
+        is_vxlan = dport in self._vxlan
+        if not is_vxlan and dport not in self._geneve:
+            return self._passed(originals)
+        if not self._peers.contains(src):  # before a single byte of the tunnel is parsed
+            c.tunnel_untrusted += len(originals)
+            return [(t, as_ethernet(f, self.linktype), None) for t, f in originals]
         options: tuple[geneve.GeneveOption, ...] = ()
         try:
-            if dport in self._vxlan:
+            if is_vxlan:
                 kind, vni, start, proto = "vxlan", vxlan.parse(buf, udp + 8, end), udp + 16, 0
-            elif dport in self._geneve:
+            else:
                 g = geneve.parse(buf, udp + 8, end)
                 kind, vni, start, options = "geneve", g.vni, udp + 8 + g.length, g.options
                 proto = 0 if g.protocol == geneve.PROTO_ETHERNET else g.protocol
-            else:
-                return self._passed(originals)
         except (vxlan.VxlanError, geneve.GeneveError):
             return self._bad(originals, cut)
         if end - start < (1 if proto else 14):  # no inner packet at all
@@ -234,6 +251,15 @@ class Decapsulator:
             src, dst = key[1 : 1 + v], key[1 + v : 1 + 2 * v]
             out += self._udp(l4, 0, len(l4), src, dst, vlan, ts, originals)
         return out
+
+    def _stranger(self, frame: bytes, ts: int, off: int, at: int) -> list[Out]:
+        """An outer fragment from a host that is not a tunnel peer: never reassembled (it cannot
+        become a tunnel packet we open), forwarded at once; untrusted if it shows a tunnel port."""
+        port = (frame[at + 2] << 8) | frame[at + 3] if off == 0 and len(frame) >= at + 4 else -1
+        if port in self._vxlan or port in self._geneve:
+            self.counters.tunnel_untrusted += 1
+            return [(ts, as_ethernet(frame, self.linktype), None)]
+        return self._passed([(ts, frame)])
 
     def _released(self) -> list[Out]:
         fr = self._frag

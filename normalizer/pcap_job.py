@@ -113,9 +113,10 @@ def summary(c: Counters) -> str:
         f"header problems: {c.header_malformed} malformed, {c.header_truncated} truncated, "
         f"{c.header_missing} missing, {c.hold_overflow} hold overflow, {c.hold_timeout} timed out",
     ]
-    if c.tunnel_decapsulated or c.tunnel_bad_header or c.tunnel_fragments:
+    if c.tunnel_decapsulated or c.tunnel_bad_header or c.tunnel_fragments or c.tunnel_untrusted:
         lines.append(
             f"tunnels: {c.tunnel_decapsulated} decapsulated, {c.tunnel_passed} not tunnelled, "
+            f"{c.tunnel_untrusted} from sources not in tunnel_peers (passed), "
             f"{c.tunnel_bad_header} bad headers, {c.tunnel_truncated} truncated, "
             f"{c.tunnel_inner_malformed} with a malformed inner IP header; fragments "
             f"{c.tunnel_fragments} ({c.tunnel_reassembled} reassembled, {c.tunnel_frag_limit} "

@@ -24,10 +24,11 @@ from tests.normalizer.packets import Conv
 NS = 1_000_000_000
 OUTER4 = ("10.9.0.1", "10.9.0.2")
 OUTER6 = ("2001:db8:9::1", "2001:db8:9::2")
+ANY = ("0.0.0.0/0", "::/0")  # tunnel_peers: every outer source
 
 
 def decap(opts: Options | None = None, linktype: int = LINKTYPE_ETHERNET) -> Decapsulator:
-    return Decapsulator(opts or Options(decapsulate=True), linktype)
+    return Decapsulator(opts or Options(decapsulate=True, tunnel_peers=ANY), linktype)
 
 
 def untag(frame: bytes) -> bytes:
@@ -38,6 +39,7 @@ def untag(frame: bytes) -> bytes:
 def balanced(c: Counters, frames_in: int) -> bool:
     """Every frame that went in is accounted for (see counters.py)."""
     got = c.tunnel_decapsulated + c.tunnel_passed + c.tunnel_bad_header + c.tunnel_fragments
+    got += c.tunnel_untrusted
     return got - c.tunnel_reassembled == frames_in
 
 
@@ -120,7 +122,7 @@ def test_passthrough_of_everything_else_is_byte_identical() -> None:
 
 
 def test_other_ports_are_configurable() -> None:
-    d = decap(Options(decapsulate=True, vxlan_ports=(8472,), geneve_ports=()))
+    d = decap(Options(decapsulate=True, tunnel_peers=ANY, vxlan_ports=(8472,), geneve_ports=()))
     standard = encap.vxlan_frame(tcp(), 1, *OUTER4)
     assert d.feed(standard, 0)[0][2] is None  # 4789 no longer means VXLAN
     linux = encap.udp_frame(bytes.fromhex("0800000000000100") + tcp(), *OUTER4, 1, 8472)
@@ -293,6 +295,7 @@ def test_rewrite_decap_survives_a_hostile_datagram(tmp_path: Path) -> None:
         for i, f in enumerate(frames):
             w.write(i, f)
     args = ["rewrite", str(src), "-o", str(dst), "--proxy", "192.0.2.1/32", "--decap", "-q"]
+    args += ["--tunnel-peer", "10.9.0.0/24"]
     assert main(args) == 0
     with dst.open("rb") as fh:
         out = [f for _t, f, _o in CaptureReader(fh)]
@@ -391,7 +394,7 @@ def test_collisions_reach_the_counters() -> None:
 
 
 def test_same_tuple_in_two_vnis_gets_two_vlans() -> None:
-    d = decap(Options(decapsulate=True, vni_vlan=((1000, 10), (2000, 20))))
+    d = decap(Options(decapsulate=True, tunnel_peers=ANY, vni_vlan=((1000, 10), (2000, 20))))
     outs: list[Out] = []
     for vni in (1000, 2000):
         outs += d.feed(encap.vxlan_frame(tcp(), vni, *OUTER4), 0)
