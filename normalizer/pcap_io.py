@@ -16,7 +16,13 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from normalizer.frame import LINKTYPE_ETHERNET, SUPPORTED_LINKTYPES, as_ethernet
+from normalizer.frame import (
+    LINKTYPE_ETHERNET,
+    SUPPORTED_LINKTYPES,
+    CutFrame,
+    as_ethernet,
+    original_length,
+)
 
 
 class PcapError(Exception):
@@ -39,6 +45,9 @@ _MIN_BODY = {_PCAPNG_SHB: 16, 1: 8, 6: 20, 3: 4}
 
 class CaptureReader:
     """Iterates (ts_ns, frame, orig_len) over a pcap or pcapng file.
+
+    A frame captured shorter than it was (``orig_len`` larger) is a ``CutFrame`` carrying
+    ``orig_len``, so the writer gives it its original length wherever it ends up.
 
     ``linktype`` is known once the first interface is declared (immediately for pcap). The core
     decodes one link type per input, so a pcapng file whose interfaces differ (Wireshark on an
@@ -128,7 +137,10 @@ class CaptureReader:
             ts = sec * 1_000_000_000 + frac * scale
             if ts >= TS_LIMIT:  # a fraction of a second beyond a whole second, near 2106
                 raise PcapError(f"{self.name}: record with timestamp {sec}.{frac}: corrupt file")
-            yield ts, buf[start:end], origlen
+            if origlen > caplen:
+                yield ts, CutFrame(buf[start:end], origlen), origlen
+            else:
+                yield ts, buf[start:end], origlen
             pos = end
 
     # pcapng --------------------------------------------------------------------------------
@@ -182,6 +194,8 @@ class CaptureReader:
                         f" {len(body) - 20}-byte body: corrupt file"
                     )
                 frame = body[20 : 20 + caplen]
+                if origlen > caplen:
+                    frame = CutFrame(frame, origlen)
                 if ifaces[ifid][0] != self.linktype:
                     frame, origlen = self._as_ethernet(frame, ifaces[ifid][0], origlen)
                 ts = _ticks_to_ns((hi << 32) | lo, ifaces[ifid])
@@ -198,6 +212,8 @@ class CaptureReader:
                     raise PcapError(f"{self.name}: simple packet block before any interface")
                 origlen = struct.unpack_from(endian + "I", body, 0)[0]
                 data = body[4 : 4 + origlen]
+                if origlen > len(data):
+                    data = CutFrame(data, origlen)
                 if ifaces[0][0] != self.linktype:
                     data, origlen = self._as_ethernet(data, ifaces[0][0], origlen)
                 self._started = True
@@ -214,7 +230,7 @@ class CaptureReader:
             )
 
     def _as_ethernet(self, frame: bytes, linktype: int, origlen: int) -> tuple[bytes, int]:
-        out = as_ethernet(frame, linktype)
+        out = as_ethernet(frame, linktype)  # a CutFrame's origlen follows the new header
         self.converted += 1
         return out, origlen + len(out) - len(frame)
 
@@ -256,14 +272,17 @@ class PcapWriter:
         self._rec = struct.Struct("<IIII")
 
     def write(self, ts: int, frame: bytes | bytearray, origlen: int | None = None) -> None:
+        """One record; its original length is ``origlen``, else the frame's own (a
+        ``CutFrame`` carries it), never less than the bytes written."""
         sec, ns = divmod(ts, 1_000_000_000)
         frac = ns if self._nano else ns // 1000
         n = len(frame)
-        self._fh.write(self._rec.pack(sec, frac, n, max(n, origlen or 0)))
+        orig = original_length(frame) if origlen is None else origlen
+        self._fh.write(self._rec.pack(sec, frac, n, max(n, orig)))
         self._fh.write(frame)
 
     def write_many(self, items: list[tuple[int, bytes | bytearray]]) -> None:
-        """Write fully captured frames in one call: the batch path of the rewrite loop."""
+        """Write frames in one call: the batch path of the rewrite loop."""
         pack = self._rec.pack
         nano = self._nano
         parts: list[bytes | bytearray] = []
@@ -271,6 +290,7 @@ class PcapWriter:
         for ts, frame in items:
             sec, ns = divmod(ts, 1_000_000_000)
             n = len(frame)
-            add(pack(sec, ns if nano else ns // 1000, n, n))
+            orig = frame.origlen if type(frame) is CutFrame else n
+            add(pack(sec, ns if nano else ns // 1000, n, orig))
             add(frame)
         self._fh.writelines(parts)

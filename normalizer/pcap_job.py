@@ -44,28 +44,20 @@ def rewrite_file(
             reader = CaptureReader(fin, str(src))
             pipe: Pipeline | None = None
             writer: PcapWriter | None = None
-            origlens: dict[int, int] = {}
             last_report = time.monotonic()
 
             def write_out() -> None:
                 assert pipe is not None and writer is not None
-                if origlens:  # some input frames were truncated: keep their original length
-                    for ts, frame in pipe.take():
-                        writer.write(ts, frame, origlens.pop(id(frame), None))
-                else:
-                    writer.write_many(pipe.take())
+                writer.write_many(pipe.take())  # a CutFrame carries its original length
 
             n = 0
             error: PcapError | None = None
             try:
-                for ts, frame, origlen in reader:
+                for ts, frame, _origlen in reader:
                     if pipe is None:
                         assert reader.linktype is not None
                         pipe = Pipeline(options, reader.linktype, on_events, resume, on_tunnels)
                         writer = PcapWriter(fout, pipe.linktype, reader.nanosecond)
-                    # Decapsulated frames are new objects (and trimmed when cut): no origlen.
-                    if origlen != len(frame) and not options.decapsulate:
-                        origlens[id(frame)] = origlen
                     pipe.push(frame, ts)
                     n += 1
                     if n % _BATCH == 0:
