@@ -43,6 +43,8 @@ def inner_tuple(frame: bytes) -> tuple[bytes, int, bytes, bytes, int, int] | Non
     if l3 is None:
         return None
     ip, version, vlan = l3
+    if len(frame) <= ip or frame[ip] >> 4 != version:  # not the IP header its EtherType says
+        return None
     if version == 4:
         if len(frame) < ip + 20:
             return None
