@@ -14,6 +14,7 @@ from normalizer.decap import Decapsulator, Out
 from normalizer.engine import Frame, HeaderEvent, Normalizer, Resumable
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.options import Options
+from normalizer.restore import output_linktype
 from normalizer.tunnel_flows import TunnelFlow, TunnelFlows
 
 EventSink = Callable[[list[HeaderEvent]], object]
@@ -35,7 +36,8 @@ class Pipeline:
         # Decapsulation hands the core Ethernet frames whatever the input's link type.
         decap = options.decapsulate
         self.engine = Normalizer(options, LINKTYPE_ETHERNET if decap else linktype)
-        self.linktype = self.engine.linktype  # of the frames ``take`` returns
+        # Of the frames ``take`` returns: raw IP may change family when addresses are restored.
+        self.linktype = output_linktype(self.engine.linktype, options.restore_addresses)
         self.decap = Decapsulator(options, linktype, self.engine.counters) if decap else None
         # Which tunnel each inner flow came through, only kept when someone records it.
         self.tunnels = (

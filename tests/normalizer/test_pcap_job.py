@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from normalizer import encap
-from normalizer.frame import LINKTYPE_ETHERNET, LINKTYPE_RAW
+from normalizer.frame import LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_RAW
+from normalizer.headers import proxy_v1
 from normalizer.options import Options
+from normalizer.pcap_io import CaptureReader
 from normalizer.pcap_job import rewrite_file
 from tests.normalizer.packets import Conv
 from tests.normalizer.test_engine import V2, conversation
@@ -74,3 +76,25 @@ def test_cut_frames_passed_untouched_keep_their_original_length(
     rewrite_file(tmp_path / "in.pcap", tmp_path / "out.pcap", opts)
     grown = 14 if decap and linktype == LINKTYPE_RAW else 0
     assert [o for _f, o in _records(tmp_path / "out.pcap")] == [o + grown for _f, o in records]
+
+
+# -- the output link type says what is in it (issue 11, class 10) --------------------------------
+
+
+@pytest.mark.parametrize("restore", [True, False], ids=["restored", "kept"])
+def test_ipv4_linktype_input_restored_to_ipv6_is_written_as_raw_ip(
+    tmp_path: Path, restore: bool
+) -> None:
+    """LINKTYPE_IPV4 (228) promises IPv4 only; an IPv6 client restored over an IPv4 hop makes
+    IPv6 packets, so the output is LINKTYPE_RAW (101), byte-identical IPv4 frames included."""
+    hdr = proxy_v1.build("2001:db8:a::10", "2001:db8:a::1", 51000, 443)
+    frames = [f[14:] for f in conversation(Conv(), hdr, coalesce=True)]
+    _write(tmp_path / "in.pcap", [(f, len(f)) for f in frames], LINKTYPE_IPV4)
+    opts = Options(proxies=("192.0.2.1/32",), restore_addresses=restore)
+    rewrite_file(tmp_path / "in.pcap", tmp_path / "out.pcap", opts)
+    with (tmp_path / "out.pcap").open("rb") as fh:
+        reader = CaptureReader(fh)
+        out = [f for _t, f, _o in reader]
+    assert reader.linktype == (LINKTYPE_RAW if restore else LINKTYPE_IPV4)
+    versions = {f[0] >> 4 for f in out}
+    assert versions == ({6} if restore else {4})
