@@ -17,7 +17,7 @@ from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, CacheSink, ConnectionCache
 from normalizer.counters import Counters
 from normalizer.pcap_io import PcapError
-from normalizer.pcap_job import print_progress, rewrite_file, summary
+from normalizer.pcap_job import print_progress, rewrite_file, summary, write_text
 from normalizer.rulecheck import command as rulecheck_command
 
 _TAP_MAX_MTU = 65521  # tap.MAX_MTU, without importing the live adapters for ``rewrite``
@@ -191,7 +191,7 @@ def _rewrite(args: argparse.Namespace) -> int:
         if sink is not None:
             print(cache_summary(sink), file=sys.stderr)
     if args.stats_json:
-        args.stats_json.write_text(json.dumps(stats, indent=2) + "\n")
+        write_text(args.stats_json, json.dumps(stats, indent=2) + "\n")
     if sink is not None and sink.stats.errors:
         print(
             f"suricata-normalizer: {sink.stats.errors} cache operations failed, the first: "
