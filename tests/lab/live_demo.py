@@ -60,18 +60,21 @@ def start_live(
     cache: Path | None = None,
     *extra: str,
     wrap: Sequence[str] = (),
+    role: str = "sensor",
+    iface: str = PORT,
+    proxy: str = f"{GATEWAY_BACK[4]}/32",
 ) -> Live:
-    """Start the normalizer in the sensor namespace; return once it has printed "live on".
+    """Start the normalizer in the ``role`` namespace; return once it has printed "live on".
 
     ``wrap`` prefixes the command (the benchmark pins it to one core with taskset).
     """
     log, stats = d / f"{name}.log", d / f"{name}.json"
     stats.unlink(missing_ok=True)
-    argv = [*wrap, *NORMALIZER, "live", "--iface", PORT, "--tap", TAP]
-    argv += ["--proxy", f"{GATEWAY_BACK[4]}/32", "--stats-json", str(stats), *extra]
+    argv = [*wrap, *NORMALIZER, "live", "--iface", iface, "--tap", TAP]
+    argv += ["--proxy", proxy, "--stats-json", str(stats), *extra]
     if cache is not None:
         argv += ["--cache", str(cache)]
-    proc = lab.spawn("sensor", argv, log)
+    proc = lab.spawn(role, argv, log)
     _wait_for(log, "live on", proc, 15)
     return Live(proc, log, stats)
 
@@ -88,7 +91,12 @@ def stop_live(lab: Lab, live: Live) -> dict[str, Any]:
 
 
 def start_suricata(
-    lab: Lab, d: Path, iface: str = TAP, wrap: Sequence[str] = ()
+    lab: Lab,
+    d: Path,
+    iface: str = TAP,
+    wrap: Sequence[str] = (),
+    role: str = "sensor",
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """Suricata 7 on ``iface`` with the stock config plus our fragment and the lab rules."""
     out = d / f"suricata-{iface}"
@@ -98,8 +106,8 @@ def start_suricata(
     argv = [*wrap, "suricata", "-c", "/etc/suricata/suricata.yaml", "--include", str(FRAGMENT)]
     argv += [f"--af-packet={iface}", "-S", str(RULES), "-l", str(out), "-k", "all"]
     argv += ["--set", "unix-command.enabled=no", "--set", f"af-packet.0.interface={iface}"]
-    argv += ["--set", "outputs.1.eve-log.community-id=no"]
-    proc = lab.spawn("sensor", argv, out / "stdout.log")
+    argv += ["--set", "outputs.1.eve-log.community-id=no", *extra]
+    proc = lab.spawn(role, argv, out / "stdout.log")
     _wait_for(out / "stdout.log", "Engine started", proc, 60)
     return proc
 
@@ -175,12 +183,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def start_enricher(lab: Lab, d: Path, eve: Path, cache: Path, out: Path) -> subprocess.Popen[bytes]:
+def start_enricher(
+    lab: Lab, d: Path, eve: Path, cache: Path, out: Path, role: str = "sensor"
+) -> subprocess.Popen[bytes]:
     """``eve-enricher follow`` on Suricata's eve.json, as the eve-enricher.service runs it."""
     log = d / "enricher.log"
     argv = [*ENRICHER, "follow", str(eve), "--cache", str(cache), "-o", str(out)]
     argv += ["--poll", "0.2", "--checkpoint", str(d / "enricher.checkpoint")]
-    proc = lab.spawn("sensor", argv, log)
+    proc = lab.spawn(role, argv, log)
     _wait_for(log, "following", proc, 15)
     return proc
 

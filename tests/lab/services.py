@@ -37,31 +37,38 @@ def _nginx_main(d: Path, name: str) -> str:
     )
 
 
-def start_decoy(lab: Lab, d: Path, webroot: Path, proxy_protocol: bool) -> None:
+def start_decoy(
+    lab: Lab,
+    d: Path,
+    webroot: Path,
+    proxy_protocol: bool,
+    role: str = "decoy",
+    addrs: tuple[str, ...] = (DECOY[4], DECOY[6]),
+) -> None:
     """nginx http server on the decoy; ``listen ... proxy_protocol`` iff the gateway sends one."""
     pp = " proxy_protocol" if proxy_protocol else ""
+    listen = "".join(f"    listen {_hostport(a, 80)}{pp};\n" for a in addrs)
     temps = "".join(
         f"  {k}_temp_path {d}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    conf = _nginx_main(d, "decoy") + (
+    conf = _nginx_main(d, role) + (
         "http {\n"
         "  log_format lab '$remote_addr pp=$proxy_protocol_addr \"$request\" $status';\n"
-        f"  access_log {d}/decoy-access.log lab;\n{temps}"
+        f"  access_log {d}/{role}-access.log lab;\n{temps}"
         "  default_type application/octet-stream;\n  keepalive_requests 1000;\n"
         "  server {\n"
-        f"    listen {DECOY[4]}:80{pp};\n    listen [{DECOY[6]}]:80{pp};\n"
-        f"    root {webroot};\n"
+        f"{listen}    root {webroot};\n"
         '    location /upload { client_max_body_size 50m; return 200 "stored\\n"; }\n'
         '    location = /healthz { return 200 "ok\\n"; }\n'
         "  }\n}\n"
     )
-    path = d / "decoy.conf"
+    path = d / f"{role}.conf"
     path.write_text(conf)
-    lab.sh("decoy", "nginx", "-t", "-q", "-e", str(d / "decoy-t.log"), "-c", str(path))
+    lab.sh(role, "nginx", "-t", "-q", "-e", str(d / f"{role}-t.log"), "-c", str(path))
     lab.spawn(
-        "decoy", ["nginx", "-e", str(d / "decoy-error.log"), "-c", str(path)], d / "decoy.out"
+        role, ["nginx", "-e", str(d / f"{role}-error.log"), "-c", str(path)], d / f"{role}.out"
     )
-    lab.wait_listen("decoy", 80)
+    lab.wait_listen(role, 80)
 
 
 def start_nginx_gateway(lab: Lab, d: Path, family: int, proxy_protocol: bool) -> None:
