@@ -11,6 +11,7 @@ every capture and propagate.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -42,6 +43,29 @@ class CaseResult:
     comparison: Comparison | None = None
     error: str = ""
     usage_error: bool = False  # a manifest problem: the engineer must fix an input file
+    # Packets Suricata dropped for a bad checksum (-k all), and what the normalizer saw:
+    # frames whose checksum was wrong without being an offload's partial sum (left wrong),
+    # and partial ones it completed. A capture recorded on the sending host with offloads on
+    # shows up here instead of as silently missing alerts.
+    invalid_checksums: int = 0
+    checksum_bad: int = 0
+    checksum_completed: int = 0
+
+    def checksum_hint(self) -> str:
+        """Why alerts may be missing, when checksums are the likely reason ("" otherwise)."""
+        if not self.invalid_checksums:
+            return ""
+        hint = f"Suricata dropped {self.invalid_checksums} packets with invalid checksums (-k all)"
+        if self.checksum_bad:
+            return (
+                f"{hint}; {self.checksum_bad} frames were already wrong in the capture and not an"
+                " offload's partial sum: if they are genuine, record with offloads off or set"
+                " 'options: {checksums: fix}' in the manifest"
+            )
+        return (
+            f"{hint}: the capture was probably recorded on the sending host with offloads on;"
+            " keep the default 'checksums: auto' (the manifest sets 'keep')"
+        )
 
 
 def enrich_events(eve: Path, cache_db: Path) -> list[Event]:
@@ -84,7 +108,7 @@ def run_case(
     try:
         cache = ConnectionCache(cache_db)
         try:
-            rewrite_file(
+            counters = rewrite_file(
                 target.capture,
                 normalized,
                 manifest.options(),
@@ -100,7 +124,27 @@ def run_case(
     except OSError as exc:
         return result("error", error=f"{exc.filename or target.capture}: {exc.strerror or exc}")
     comparison = compare(manifest.expected, fired_alerts(events))
-    return result("pass" if comparison.passed else "fail", comparison=comparison)
+    return dataclasses.replace(
+        result("pass" if comparison.passed else "fail", comparison=comparison),
+        invalid_checksums=invalid_checksums(events),
+        checksum_bad=counters.checksum_bad,
+        checksum_completed=counters.checksum_completed,
+    )
+
+
+def invalid_checksums(events: list[Event]) -> int:
+    """Every ``invalid_checksum`` counter of Suricata's last stats event, summed."""
+    stats = [e["stats"] for e in events if e.get("event_type") == "stats"]
+
+    def total(node: object) -> int:
+        if not isinstance(node, dict):
+            return 0
+        return sum(
+            v if k == "invalid_checksum" and isinstance(v, int) else total(v)
+            for k, v in node.items()
+        )
+
+    return total(stats[-1]) if stats else 0
 
 
 def _eve(pcap: Path, bundle: RuleBundle, workdir: Path, config: Path | None) -> Path:

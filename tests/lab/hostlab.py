@@ -205,3 +205,50 @@ def start_host_services(lab: HostLab, d: Path, headers: bool) -> dict[int, str]:
     lab.wait_listen(gw, HAPROXY_PORT)
     lab.wait_listen(gw, NGINX_PORT)
     return routes
+
+
+OFFLOAD_SCENARIO = "host-offload"
+
+
+def _tcpdump(lab: HostLab, path: Path) -> subprocess.Popen[bytes]:
+    """tcpdump on the bridge device, as an operator on such a host would record."""
+    import selectors
+
+    argv = lab.cmd("host", "tcpdump", "-i", BRIDGE, "-nn", "-U", "--immediate-mode")
+    p = subprocess.Popen(
+        [*argv, "-w", str(path)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    assert p.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(p.stderr, selectors.EVENT_READ)
+    if not sel.select(timeout=10) or b"listening on" not in p.stderr.readline():
+        stop(p)
+        raise LabError("tcpdump did not start on the bridge")
+    return p
+
+
+def record_offload(outdir: Path) -> tuple[Path, Path]:
+    """Raw and baseline captures of both gateways, recorded on the bridge with offloads on.
+
+    tcpdump there records what AF_PACKET sees: partial checksums on every locally sent or
+    offloading peer's segment, and GSO frames larger than the MTU.
+    """
+    from tests.lab.traffic import run_traffic
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for headers in (True, False):
+        name = OFFLOAD_SCENARIO if headers else f"{OFFLOAD_SCENARIO}.baseline"
+        work = outdir / "work" / name
+        work.mkdir(parents=True, exist_ok=True)
+        with HostLab(decoys=2) as lab:
+            start_host_services(lab, work, headers)
+            pcap = outdir / f"{name}.pcap"
+            dump = _tcpdump(lab, pcap)
+            for port in (HAPROXY_PORT, NGINX_PORT):
+                run_traffic(lab, work, url=f"http://{FRONT}:{port}")  # type: ignore[arg-type]
+            time.sleep(0.5)
+            dump.send_signal(signal.SIGINT)
+            dump.communicate(timeout=10)
+        paths.append(pcap)
+    return paths[0], paths[1]
