@@ -231,7 +231,7 @@ def dump(config: Config, header: str) -> str:
         Dumper=_Dumper,
         sort_keys=False,
         default_flow_style=False,
-        allow_unicode=True,
+        allow_unicode=False,  # escaped: a raw NEL or LS would be read as a line break
         width=4096,
     )
     comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
