@@ -3,8 +3,8 @@
 Why generated and not a static file: Suricata 7 (conf-yaml-loader.c) treats a key that an
 include defines again as a redefinition: the old node is pruned, children and all, and the
 include's value takes its place. An include with an ``af-packet:`` or ``outputs:`` list therefore
-replaces the operator's whole list (fast.log, stats.log, the other eve types, the interface the
-stock config captures are gone), and a ``stream:`` mapping replaces every stream setting. A static
+replaces the operator's whole list (fast.log, stats.log, the other eve types and the stock
+interface are gone), and a ``stream:`` mapping replaces every stream setting. A static
 file cannot add one entry to a list it does not know. So we read the operator's suricata.yaml the
 way Suricata does (``include:`` at any level, ``!include`` values, dotted keys, redefinitions, plain
 ``null``/``~``/empty as no value, ``_`` in names read as ``-``) and write a fragment holding the
@@ -73,7 +73,10 @@ class Fragment:
 def load(text: str, read_include: ReadInclude, name: str = "suricata.yaml") -> Config:
     """The effective configuration Suricata builds from ``text`` and the files it includes."""
     root: Config = {}
-    _merge_document(root, text, read_include, name, ())
+    try:
+        _merge_document(root, text, read_include, name, ())
+    except RecursionError:
+        raise ConfigError(f"{name}: nested too deep") from None
     return root
 
 
@@ -104,6 +107,7 @@ class _Reader:
     def __init__(self, read_include: ReadInclude, stack: tuple[str, ...]) -> None:
         self.read_include = read_include
         self.stack = stack
+        self.seen: set[int] = set()  # collections met so far: an alias would meet one again
 
     def include(self, target: Config, filename: str, path: str) -> None:
         text = self.read_include(filename)
@@ -138,6 +142,9 @@ class _Reader:
                 self.include(included, str(node.value), path)
                 return included
             return _scalar(node)
+        if id(node) in self.seen:  # Suricata's loader does not resolve aliases; never expand
+            raise ConfigError(f"{path}: YAML aliases (*name) are not read by Suricata")
+        self.seen.add(id(node))
         if isinstance(node, MappingNode):
             mapping: Config = {}
             self.merge(mapping, node, name, path)

@@ -170,6 +170,8 @@ def test_include_loop_is_a_config_error() -> None:
         (HEAD + "outputs:\n  - eve-log:\n      types: alert\n", "outputs.0.eve-log.types"),
         (HEAD + "a: [b\n", "not valid YAML"),
         (HEAD + "- a\n", "mapping"),
+        (HEAD + "a: &x [1]\nb: *x\n", "b: YAML aliases"),
+        (HEAD + "a: " + "[" * 2000 + "]" * 2000 + "\n", "nested too deep"),
     ],
 )
 def test_unusable_configs_name_the_key(text: str, key: str) -> None:
