@@ -3,13 +3,17 @@
 The stock-file tests read Debian's /etc/suricata/suricata.yaml (installed by scripts/setup.sh)
 and check the promise entry by entry: every af-packet entry and every output of the stock file
 is in the fragment as it was, the only changes are the tap's entry and the enricher's needs, and
-generating again from a config that already includes the fragment gives the same bytes.
+generating again from a config that already includes the fragment gives the same bytes. One
+test compares with Suricata's own loader (``--dump-config`` of the stock file with and without
+``include:`` of the fragment: the same keys and values but for the additions);
 tests/lab/test_suricata_include.py runs real Suricata on the result.
 """
 
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -303,3 +307,45 @@ def test_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     good = tmp_path / "good.yaml"
     good.write_text(HEAD)
     assert main(["suricata-config", "--suricata-yaml", str(good), "--tap", "a b"]) == 2
+
+
+# --- against Suricata's own loader -----------------------------------------------------------
+
+
+def dump_config(conf: Path) -> list[str]:
+    """``suricata --dump-config`` (it honours ``include:`` in the file, not ``--include``)."""
+    p = subprocess.run(
+        ["suricata", "--dump-config", "-c", str(conf)], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    return [line for line in p.stdout.splitlines() if " = " in line]
+
+
+def af_packet_entries(lines: list[str]) -> list[list[str]]:
+    entries: dict[str, list[str]] = {}
+    for line in lines:
+        parts = line.split(".", 2)
+        if parts[0] == "af-packet" and len(parts) == 3:
+            entries.setdefault(parts[1], []).append(parts[2])
+    return list(entries.values())
+
+
+@pytest.mark.lab
+def test_suricata_reads_stock_plus_fragment_as_stock_plus_additions(
+    stock: str, tmp_path: Path
+) -> None:
+    if shutil.which("suricata") is None:
+        pytest.skip("suricata not installed (scripts/setup.sh)")
+    (tmp_path / "stock.yaml").write_text(stock)
+    (tmp_path / "normalizer.yaml").write_text(gen(stock))
+    (tmp_path / "with.yaml").write_text(stock + "\ninclude: normalizer.yaml\n")
+    before, after = dump_config(tmp_path / "stock.yaml"), dump_config(tmp_path / "with.yaml")
+    off, on = "outputs.1.eve-log.community-id = false", "outputs.1.eve-log.community-id = yes"
+    assert off in before
+    expected = [on if line == off else line for line in before]
+    assert [x for x in after if not x.startswith("af-packet")] == [
+        x for x in expected if not x.startswith("af-packet")
+    ]
+    tap = [e for e in af_packet_entries(after) if "interface = snl0" in e]
+    assert len(tap) == 1 and "checksum-checks = yes" in tap[0]
+    assert [e for e in af_packet_entries(after) if e not in tap] == af_packet_entries(before)
