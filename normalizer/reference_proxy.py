@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import socket
+import struct
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,6 +66,7 @@ class ReferenceGateway:
         self.stats = GatewayStats()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> list[Endpoint]:
         """Listen; returns the bound addresses (so port 0 can be used)."""
@@ -72,6 +75,10 @@ class ReferenceGateway:
             self._handle, host, port, limit=self.settings.chunk, reuse_address=True
         )
         return [_endpoint(s.getsockname()) for s in self._server.sockets]
+
+    def buffered(self) -> int:
+        """Bytes waiting in the gateway's write buffers, over all connections (bounded)."""
+        return sum(w.transport.get_write_buffer_size() for w in self._writers)
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop listening, give live connections ``grace`` seconds, then abort the rest."""
@@ -89,26 +96,28 @@ class ReferenceGateway:
         assert task is not None  # start_server runs each callback as a task
         if len(self._tasks) >= self.settings.max_connections:
             self.stats.refused += 1
-            cwriter.transport.abort()
+            _reset(cwriter)
             return
         self._tasks.add(task)
         self.stats.accepted += 1
         _tune(cwriter, self.settings.chunk)
         client = _endpoint(cwriter.get_extra_info("peername"))
         writers = [cwriter]
+        self._writers.add(cwriter)
         clean = False
         try:
             clean = await self._connection(creader, cwriter, client, writers)
         except OSError as exc:
             self.stats.aborted += 1
-            self._log(f"{format_endpoint(client)}: {exc.strerror or exc}")
+            self._log(f"{format_endpoint(client)}: {_oserror(exc)}")
         finally:
             self._tasks.discard(task)
             for w in writers:
+                self._writers.discard(w)
                 if clean:
                     w.close()  # after what is still buffered
                 else:
-                    w.transport.abort()
+                    _reset(w)
 
     async def _connection(
         self,
@@ -139,10 +148,11 @@ class ReferenceGateway:
             )
         except (OSError, TimeoutError) as exc:
             self.stats.backend_failed += 1
-            why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or exc
+            why = "timed out" if isinstance(exc, TimeoutError) else _oserror(exc)
             self._log(f"{format_endpoint(client)}: backend {format_endpoint(s.backend)}: {why}")
             return False
         writers.append(bwriter)
+        self._writers.add(bwriter)
         _tune(bwriter, s.chunk)
         if s.coalesce:
             bwriter.write(header + first)  # one write: one segment (up to the MSS)
@@ -238,6 +248,18 @@ def _tune(writer: asyncio.StreamWriter, chunk: int) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     writer.transport.set_write_buffer_limits(high=4 * chunk)
+
+
+def _oserror(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with RST (SO_LINGER 0), so the peer cannot take the end for a clean one."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.fileno() != -1:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def _endpoint(name: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:

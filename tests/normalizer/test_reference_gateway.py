@@ -60,7 +60,7 @@ def test_parse_tlv() -> None:
     assert parse_tlv("--tlv", "1:74656e616e74") == Tlv(1, b"tenant")
     assert parse_tlv("--tlv", "0xe0:") == Tlv(0xE0, b"")
     for bad in ("1", "x:00", "1:0g", "256:00", "-1:00"):
-        with pytest.raises(UsageError, match="^--tlv: "):
+        with pytest.raises(UsageError, match=r"^--tlv: "):
             parse_tlv("--tlv", bad)
 
 
