@@ -219,9 +219,11 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
             magic = bytes.fromhex(args.custom_magic)
         except ValueError:
             raise UsageError(f"--custom-magic: {args.custom_magic!r} is not hex") from None
-    for name in ("coalesce_wait", "connect_timeout", "grace"):
+    for name in ("coalesce_wait", "grace"):
         if not getattr(args, name) >= 0:
             raise UsageError(f"--{name.replace('_', '-')}: must be a number >= 0")
+    if not args.connect_timeout > 0:
+        raise UsageError("--connect-timeout: must be a number > 0")
     if args.max_connections < 1:
         raise UsageError("--max-connections: must be at least 1")
     return GatewaySettings(

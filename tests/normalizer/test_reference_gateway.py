@@ -176,6 +176,8 @@ def test_cli_usage_errors_name_the_option(capsys: pytest.CaptureFixture[str]) ->
         ([*base, "--authority", "x"], "--authority"),
         ([*base, "--max-connections", "0"], "--max-connections"),
         ([*base, "--connect-timeout", "-1"], "--connect-timeout"),
+        ([*base, "--connect-timeout", "0"], "--connect-timeout"),
+        ([*base, "--grace", "nan"], "--grace"),
         ([*base, "--header", "proxy-v1", "--tlv", "1:00"], "--tlv"),
     ]
     for argv, option in cases:

@@ -318,7 +318,7 @@ def test_accept_mode_closes_on_a_bad_header(sent: bytes) -> None:
     run(go)
 
 
-def test_backend_down_closes_the_client() -> None:
+def test_backend_down_closes_the_client(capsys: pytest.CaptureFixture[str]) -> None:
     async def go() -> None:
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))
@@ -333,6 +333,31 @@ def test_backend_down_closes_the_client() -> None:
         assert gw.stats.backend_failed == 1 and gw.stats.headers_written == 0
 
     run(go)
+    assert ": Connection refused" in capsys.readouterr().err
+
+
+def test_backend_that_never_answers_times_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """A listener whose accept queue is full drops SYNs: the connect can only time out."""
+
+    async def go() -> None:
+        with socket.socket() as full, socket.socket() as filler:
+            full.bind(("127.0.0.1", 0))
+            full.listen(0)  # one queued connection fills it; nobody accepts
+            filler.connect(full.getsockname())
+            settings = GatewaySettings(
+                ("127.0.0.1", 0), full.getsockname()[:2], connect_timeout=0.2
+            )
+            gw = ReferenceGateway(settings)
+            await gw.start()
+            reader, writer = await connect(gw)
+            with contextlib.suppress(ConnectionResetError):
+                assert await read_to_eof(reader) == b""
+            writer.close()
+            await gw.close(grace=HANG)
+        assert gw.stats.backend_failed == 1 and gw.stats.headers_written == 0
+
+    run(go)
+    assert ": timed out" in capsys.readouterr().err
 
 
 def test_connections_beyond_the_limit_are_refused() -> None:
@@ -389,6 +414,8 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
             f"127.0.0.1:{bport}",
             "--stats-json",
             str(stats),
+            "--grace",
+            "0.2",
             "-v",
             stderr=asyncio.subprocess.PIPE,
             env=env,
@@ -402,15 +429,21 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         writer.write_eof()
         assert (await read_to_eof(reader))[:2] == b"hi"
         writer.close()
+        idle_reader, idle = await asyncio.open_connection("127.0.0.1", port)
+        idle.write(b"x")  # proxied, then left open past the grace time
+        assert await idle_reader.readexactly(1) == b"x"
         proc.send_signal(signal.SIGTERM)
         err = (await proc.stderr.read()).decode()
         assert await proc.wait() == 0, err
+        with contextlib.suppress(ConnectionResetError):
+            assert await read_to_eof(idle_reader) == b""  # ended by the gateway's exit
+        idle.close()
         server.close()
         assert "custom header, 24 bytes" in err and "completed 1" in err, err
 
     run(go)
     got = json.loads(stats.read_text())
-    assert got["accepted"] == got["headers_written"] == got["completed"] == 1
+    assert got["accepted"] == got["headers_written"] == 2 and got["completed"] == 1
 
 
 def test_cli_cannot_listen_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
