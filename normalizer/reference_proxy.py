@@ -221,9 +221,7 @@ class ReferenceGateway:
         if failed:
             self.stats.aborted += 1
             if self.settings.verbose:
-                self._log(
-                    f"{format_endpoint(_endpoint(cwriter.get_extra_info('peername')))}: {failed[0]}"
-                )
+                self._log(f"{format_endpoint(client)}: {failed[0]}")
             return False
         self.stats.completed += 1
         return True
