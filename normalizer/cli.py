@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from normalizer import reference_gateway
 from normalizer import suricata_config_command as suricata_config
 from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, ConnectionCache
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     _live_parser(sub)
     rulecheck_command.add_parser(sub)
     suricata_config.add_parser(sub)
+    reference_gateway.add_parser(sub)
     return p
 
 
@@ -220,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             return rulecheck_command.run(args)
         if args.command == "suricata-config":
             return suricata_config.run(args)
+        if args.command == "reference-gateway":
+            return reference_gateway.run(args)
     except ConfigError as exc:
         print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
         return 2
