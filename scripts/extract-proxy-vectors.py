@@ -734,6 +734,8 @@ def _go_expectation(text: str, pos: int, sink: str) -> tuple[str, str, str]:
     entry_start = text.rfind("\t{\n", 0, pos)
     entry_end = text.find("\n\t},", pos)
     entry = text[entry_start:entry_end] if entry_start != -1 and entry_end != -1 else ""
+    if text.rfind("func ", 0, pos) > entry_start:  # the entry belongs to an earlier table
+        entry = ""
     fname = re.findall(r"func (\w+)\(", text[:pos])
     desc = re.search(r'(?:desc|name):\s*"([^"]*)"', entry)
     name = desc.group(1) if desc else (fname[-1] if fname else "?")
@@ -929,13 +931,17 @@ def _spec_v1(data: bytes) -> dict[str, Any]:
     if parts[1] not in (b"TCP4", b"TCP6"):
         return {**bad, "why": "protocol"}
     if len(parts) != 6 or b"" in parts:
-        return {**bad, "why": "fields are separated by exactly one space"}
+        return {
+            **bad,
+            "open": [*opened, "v1-strict-grammar"],
+            "why": "fields are separated by exactly one space",
+        }
     src, dst, sport, dport = parts[2:]
     addrs = []
     for a in (src, dst):
         if parts[1] == b"TCP4":
             if not _V4.fullmatch(a):
-                return {**bad, "why": "IPv4 address"}
+                return {**bad, "open": [*opened, "v1-strict-grammar"], "why": "IPv4 address"}
             addrs.append(
                 socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, a.decode()))
             )
@@ -960,7 +966,11 @@ def _spec_v1(data: bytes) -> dict[str, Any]:
     for p in (sport, dport):
         if not _PORT.fullmatch(p):
             if re.fullmatch(rb"[0-9]+", p):
-                return {**bad, "why": "port with a leading zero"}
+                return {
+                    **bad,
+                    "open": [*opened, "v1-strict-grammar"],
+                    "why": "port with a leading zero",
+                }
             return {**bad, "why": "port is not a decimal number"}
         if int(p) > 65535:
             opened.append("v1-port-range")
@@ -1012,6 +1022,8 @@ def _spec_v2(data: bytes) -> dict[str, Any]:
     }
     if cmd == 1 and addr_len:
         tlv_at = 16 + addr_len
+        if fam not in (0x11, 0x21):
+            opened.append("v2-udp-unix")
         if family == "UNIX":
             s, d = hdr[16:124], hdr[124:232]
             out["src_addr"], out["dst_addr"] = (
@@ -1087,6 +1099,65 @@ def _spec_tlvs(hdr: bytes, at: int, opened: list[str]) -> str | None:
 
 
 # ============================================================================================
+# HAProxy as a live receiver (optional, --haproxy): what a real accept-proxy listener does.
+# ============================================================================================
+
+_HAPROXY_CFG = """
+global
+    maxconn 200
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 2s
+    timeout server 1s
+frontend fe
+    bind 127.0.0.1:{port} accept-proxy
+    http-request return status 200
+"""
+
+
+class LiveHAProxy:
+    """One HAProxy on loopback with ``accept-proxy``: a vector is accepted when an HTTP
+    response comes back (200 for the request we append, 400 when the bytes after the header are
+    not HTTP); rejected when HAProxy closes without a word."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        import time
+
+        self.version = subprocess.run(
+            [binary, "-v"], capture_output=True, text=True, check=True
+        ).stdout.split()[2]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        cfg = workdir / "haproxy.cfg"
+        cfg.write_text(_HAPROXY_CFG.format(port=self.port))
+        self.proc = subprocess.Popen([binary, "-db", "-f", str(cfg)], stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+    def verdict(self, data: bytes, complete: bool) -> str:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
+            try:
+                c.sendall(data + (TXREQ if complete else b""))
+                c.shutdown(socket.SHUT_WR)
+                reply = b""
+                while chunk := c.recv(65536):
+                    reply += chunk
+            except OSError:
+                reply = b""
+        return "valid" if reply.startswith(b"HTTP/1.") else "invalid"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+# ============================================================================================
 # Ours, and the record.
 # ============================================================================================
 
@@ -1144,6 +1215,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mirror", type=Path, default=Path("/work/.mirror"))
     ap.add_argument("-o", "--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--haproxy",
+        metavar="BINARY",
+        help="also run every vector through this HAProxy as a live accept-proxy receiver",
+    )
     args = ap.parse_args()
     extractors: list[tuple[str, Callable[[Mirror], Iterator[Raw]]]] = [
         ("pires/go-proxyproto", go),
@@ -1187,6 +1263,28 @@ def main() -> int:
             vectors.append(v)
             n += 1
         print(f"{repo}: {n} distinct vectors", file=sys.stderr)
+    if args.haproxy:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            live = LiveHAProxy(args.haproxy, Path(tmp))
+            try:
+                for v in vectors:
+                    data = bytes.fromhex(v["hex"])
+                    complete = v["spec"]["verdict"] != "need-more"
+                    v["also"].append(
+                        {
+                            "repo": f"haproxy-{live.version}-live",
+                            "commit": f"HAProxy {live.version} binary",
+                            "path": "accept-proxy",
+                            "line": 0,
+                            "name": f"HAProxy {live.version} live",
+                            "peer": live.verdict(data, complete),
+                            "peer_detail": "HTTP response = header accepted; close = rejected",
+                        }
+                    )
+            finally:
+                live.close()
     for v in vectors:  # a duplicate from another peer may disagree where the first did not
         for src in v["also"]:
             if v["choice"] is None:
@@ -1214,7 +1312,7 @@ def write_doc_list(vectors: list[dict[str, Any]]) -> None:
             ", ".join(
                 sorted(
                     {
-                        f"{x['repo'].split('/')[1]} {x['peer']}"
+                        f"{x['repo'].split('/')[-1]} {x['peer']}"
                         for x in [s, *v["also"]]
                         if x["peer"] != "unknown"
                     }
