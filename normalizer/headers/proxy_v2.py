@@ -58,7 +58,16 @@ PP2_TYPE_SSL = 0x20
 PP2_TYPE_NETNS = 0x30
 PP2_TYPE_AWS = 0xEA
 _STRING_TLVS = {PP2_TYPE_ALPN: "alpn", PP2_TYPE_AUTHORITY: "authority", PP2_TYPE_NETNS: "netns"}
-_SSL_SUBTYPES = {0x21: "version", 0x22: "cn", 0x23: "cipher", 0x24: "sig_alg", 0x25: "key_alg"}
+# String sub-TLVs of the SSL TLV; 0x28 (the client certificate, DER) stays raw in ``tlvs`` only.
+_SSL_SUBTYPES = {
+    0x21: "version",
+    0x22: "cn",
+    0x23: "cipher",
+    0x24: "sig_alg",
+    0x25: "key_alg",
+    0x26: "group",
+    0x27: "sig_scheme",
+}
 _AWS_VPCE_ID = 0x01
 _MAX_UNIQUE_ID = 128
 

@@ -476,3 +476,22 @@ def test_header_independent_of_trailing_data(data: bytes, extra: bytes) -> None:
     first = outcome(proxy_v2.parse, data)
     if isinstance(first, ProxyHeader):
         assert proxy_v2.parse(data + extra) == first
+
+
+def test_ssl_sub_tlvs_of_the_2025_2026_revisions() -> None:
+    """0x26 group and 0x27 signature scheme are strings; 0x28 (client certificate) stays raw."""
+    cert = bytes(range(40))
+    ssl = (
+        b"\x05\x00\x00\x00\x00"
+        + b"\x26\x00\x09secp256r1"
+        + b"\x27\x00\x13rsa_pss_rsae_sha256"
+        + b"\x28" + struct.pack("!H", len(cert)) + cert
+    )  # fmt: skip
+    h = parse_ok(proxy_v2.build(src="10.0.0.1", dst="10.0.0.2", tlvs=[Tlv(0x20, ssl)]))
+    assert h.fields["ssl"] == {
+        "client": 5,
+        "verify": 0,
+        "group": "secp256r1",
+        "sig_scheme": "rsa_pss_rsae_sha256",
+    }
+    assert h.tlvs == (Tlv(0x20, ssl),)
