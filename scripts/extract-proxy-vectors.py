@@ -1077,7 +1077,10 @@ def main() -> int:
             if v["choice"] is None:
                 v["choice"] = choose(v["spec"], v["ours"], src["peer"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"vectors": vectors}, indent=1, ensure_ascii=True) + "\n")
+    lines = ",\n".join(
+        json.dumps(v, ensure_ascii=True, sort_keys=True, separators=(",", ":")) for v in vectors
+    )
+    args.out.write_text('{"vectors": [\n' + lines + "\n]}\n")  # one vector a line: small diffs
     write_doc_list(vectors)
     unexplained = [v["id"] for v in vectors if _needs_choice(v) and v["choice"] is None]
     print(f"{len(vectors)} vectors -> {args.out}; unexplained: {unexplained}", file=sys.stderr)
