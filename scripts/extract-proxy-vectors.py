@@ -176,11 +176,17 @@ def haproxy(m: Mirror) -> Iterator[Raw]:
 
 
 def _py_bytes(node: ast.AST) -> bytes | None:
-    try:
-        value = eval(compile(ast.Expression(node), "<vector>", "eval"), {"__builtins__": {}})
-    except Exception:
-        return None
-    return value if isinstance(value, bytes) else None
+    """A bytes literal, or literals joined with ``+`` / repeated with ``*`` (never eval'd)."""
+    if isinstance(node, ast.Constant):
+        return node.value if isinstance(node.value, bytes) else None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        a, b = _py_bytes(node.left), _py_bytes(node.right)
+        return a + b if a is not None and b is not None else None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        a, n = _py_bytes(node.left), node.right
+        if a is not None and isinstance(n, ast.Constant) and isinstance(n.value, int):
+            return a * min(n.value, 65536)
+    return None
 
 
 def icgood(m: Mirror) -> Iterator[Raw]:
@@ -1023,7 +1029,7 @@ def main() -> int:
             continue
         n = 0
         for raw in extract(Mirror(repo, gitdir)):
-            src = {
+            src: dict[str, Any] = {
                 "repo": raw.repo,
                 "commit": raw.commit,
                 "path": raw.path,
@@ -1037,7 +1043,7 @@ def main() -> int:
                 continue
             spec = spec_verdict(raw.data)
             our = ours(raw.data)
-            v = {
+            v: dict[str, Any] = {
                 "id": f"{raw.repo.split('/')[1]}-{len(vectors):04d}",
                 "hex": raw.data.hex(),
                 "source": src,
