@@ -1011,7 +1011,10 @@ def main() -> int:
     ap.add_argument(
         "--haproxy",
         metavar="BINARY",
-        help="also run every vector through this HAProxy as a live accept-proxy receiver",
+        action="append",
+        default=[],
+        help="also run every vector through this HAProxy as a live accept-proxy receiver"
+        " (repeatable: one column per binary)",
     )
     args = ap.parse_args()
     extractors: list[tuple[str, Callable[[Mirror], Iterator[Raw]]]] = [
@@ -1056,11 +1059,11 @@ def main() -> int:
             vectors.append(v)
             n += 1
         print(f"{repo}: {n} distinct vectors", file=sys.stderr)
-    if args.haproxy:
+    for binary in args.haproxy:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            live = LiveHAProxy(args.haproxy, Path(tmp))
+            live = LiveHAProxy(binary, Path(tmp))
             try:
                 for v in vectors:
                     data = bytes.fromhex(v["hex"])
