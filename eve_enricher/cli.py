@@ -124,12 +124,16 @@ def _summary(enricher: LineEnricher, follower: FileFollower | None = None) -> st
     c, m = enricher.counters, enricher.matcher.counters
     text = (
         f"{c.lines} lines: {c.enriched} enriched ({c.tunneled} tunnel only),"
-        f" {c.unchanged} unchanged, {c.rejected} rejected;"
+        f" {c.unchanged} unchanged, {c.failed} failed (passed unchanged), {c.rejected} rejected;"
         f" {m.late} late, {m.waited_unmatched} waited without a row"
     )
     if follower is not None:
         text += f"; {follower.rotations} rotations, {follower.truncations} truncations"
     return text
+
+
+def _note(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
 def _make_enricher(
@@ -138,7 +142,9 @@ def _make_enricher(
     def make(reject: RejectSink | None) -> LineEnricher:
         matcher = Matcher(CacheLookup(cache), wait=args.wait, window=args.window)
         tunnels = TunnelMatcher(cache, window=args.window)
-        return LineEnricher(matcher, seed=args.community_id_seed, reject=reject, tunnels=tunnels)
+        return LineEnricher(
+            matcher, seed=args.community_id_seed, reject=reject, tunnels=tunnels, notify=_note
+        )
 
     return make
 

@@ -18,7 +18,7 @@ import contextlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -157,15 +157,26 @@ def event_tuple(event: Event) -> Tuple4 | None:
     return None
 
 
-def event_time(event: Event) -> float | None:
-    """eve's ``timestamp`` ("2026-11-22T21:10:45.123456+0000") in epoch seconds, None if bad."""
-    ts = event.get("timestamp")
-    if type(ts) is not str:
+def eve_time(value: object) -> float | None:
+    """An eve time ("2026-11-22T21:10:45.123456+0000") in epoch seconds, None if it is not one.
+
+    A time without UTC offset (Suricata always writes one) is read as UTC, not as the local
+    time: the answer must not depend on the machine, and local-time conversion can fail for
+    years far from now."""
+    if type(value) is not str:
         return None
     try:
-        return datetime.fromisoformat(ts).timestamp()
+        dt = datetime.fromisoformat(value)
     except ValueError:
         return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def event_time(event: Event) -> float | None:
+    """The event's ``timestamp`` in epoch seconds, None if it has no usable one."""
+    return eve_time(event.get("timestamp"))
 
 
 def reference_time(event: Event, ts: float) -> float:
@@ -177,10 +188,9 @@ def reference_time(event: Event, ts: float) -> float:
     client connection; with restored addresses they all carry the client's tuple)."""
     flow = event.get("flow")
     if type(flow) is dict:
-        start = flow.get("start")
-        if type(start) is str:
-            with contextlib.suppress(ValueError):
-                return datetime.fromisoformat(start).timestamp()
+        start = eve_time(flow.get("start"))
+        if start is not None:
+            return start
     return ts
 
 
@@ -295,6 +305,7 @@ __all__ = [
     "cache_addr",
     "enrich",
     "eve_addr",
+    "eve_time",
     "event_time",
     "event_tuple",
     "reference_time",

@@ -17,7 +17,7 @@ from typing import BinaryIO
 from eve_enricher import checkpoint
 from eve_enricher.checkpoint import DurableAppender
 from eve_enricher.follower import ChangeWaiter, FileFollower, Position
-from eve_enricher.stream import LineEnricher, reject_record
+from eve_enricher.stream import LineEnricher, RejectSink
 
 _GC_EVERY = 1 << 16  # lines between collections of the young generations
 _GC_FULL_EVERY = 16  # of those, one in this many is a full collection
@@ -73,11 +73,11 @@ def enrich_stream(src: BinaryIO, dst: BinaryIO, enricher: LineEnricher) -> None:
         dst.writelines(batch)
 
 
-def reject_writer(f: BinaryIO | DurableAppender) -> Callable[[int, bytes], None]:
-    """A reject sink writing {"offset", "line"} records to ``f``."""
+def reject_writer(f: BinaryIO | DurableAppender) -> Callable[[bytes], None]:
+    """A reject sink writing its records to ``f``."""
 
-    def sink(offset: int, raw: bytes) -> None:
-        f.write(reject_record(offset, raw))
+    def sink(record: bytes) -> None:
+        f.write(record)
 
     return sink
 
@@ -85,7 +85,7 @@ def reject_writer(f: BinaryIO | DurableAppender) -> Callable[[int, bytes], None]
 def follow(
     eve: Path,
     out_path: Path,
-    make_enricher: Callable[[Callable[[int, bytes], None] | None], LineEnricher],
+    make_enricher: Callable[[RejectSink | None], LineEnricher],
     stop: threading.Event,
     *,
     reject_path: Path | None = None,

@@ -96,7 +96,10 @@ def test_follow_through_partial_lines_rename_and_copytruncate(tmp: Path) -> None
     assert writer.wait(timeout=120) == 0
     _check_output(tmp, n)
     err = _stop(follower)
-    assert f"{n} lines: {n // 2} enriched (0 tunnel only), {n // 2} unchanged, 0 rejected" in err
+    assert (
+        f"{n} lines: {n // 2} enriched (0 tunnel only), {n // 2} unchanged,"
+        " 0 failed (passed unchanged), 0 rejected" in err
+    )
     assert "2 rotations, 1 truncations" in err
     assert not (tmp / "rej.json").read_bytes()
 
