@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from eve_enricher import runner
 from eve_enricher.checkpoint import CheckpointError
-from eve_enricher.follower import ChangeWaiter, FileFollower
+from eve_enricher.follower import MAX_LINE, ChangeWaiter, FileFollower
 from eve_enricher.lookup import CacheLookup, Matcher, TunnelMatcher
 from eve_enricher.stream import LineEnricher, RejectSink
 from normalizer.conn_cache import CacheError, ConnectionCache
@@ -63,6 +63,20 @@ def _seed(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    """A size in bytes: "1048576", "64M", "512k", "1G" (binary multiples), at least 1024."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    if scale > 1:
+        t = t[:-1]
+    if not (t.isascii() and t.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    value = int(t) * scale
+    if not 1024 <= value <= 1 << 40:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 1 KiB and 1 TiB")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0] if __doc__ else None)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -89,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="how long before an event its connection may have started (default 3600)",
         )
         sp.add_argument("--community-id-seed", type=_seed, default=0, metavar="N")
+        sp.add_argument(
+            "--max-line",
+            type=_size,
+            default=MAX_LINE,
+            metavar="BYTES",
+            help="longer lines are rejected with their offset, not held (default 64M)",
+        )
         sp.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
 
     common(sub.add_parser("enrich", help="enrich a finished eve.json"), 0.0)
@@ -154,11 +175,11 @@ def _enrich(args: argparse.Namespace, cache: ConnectionCache) -> LineEnricher:
     with open(args.eve, "rb") as src, open(args.output, "wb", buffering=1 << 20) as dst:
         if args.reject is None:
             enricher = make(None)
-            runner.enrich_stream(src, dst, enricher)
+            runner.enrich_stream(src, dst, enricher, args.max_line)
         else:
             with open(args.reject, "wb") as rej:
                 enricher = make(runner.reject_writer(rej))
-                runner.enrich_stream(src, dst, enricher)
+                runner.enrich_stream(src, dst, enricher, args.max_line)
     return enricher
 
 
@@ -194,6 +215,7 @@ def _follow(args: argparse.Namespace, cache: ConnectionCache) -> tuple[LineEnric
         checkpoint_path=args.checkpoint,
         poll=args.poll,
         rotate_grace=args.rotate_grace,
+        max_line=args.max_line,
         on_ready=on_ready,
     )
 

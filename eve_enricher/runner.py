@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from eve_enricher import checkpoint
 from eve_enricher.checkpoint import DurableAppender
-from eve_enricher.follower import ChangeWaiter, FileFollower, Position
+from eve_enricher.follower import MAX_LINE, PREFIX, ChangeWaiter, FileFollower, Line, Position
 from eve_enricher.stream import LineEnricher, RejectSink
 
 _GC_EVERY = 1 << 16  # lines between collections of the young generations
@@ -56,21 +56,54 @@ def paced_gc() -> Iterator[Callable[[int], None]]:
             gc.enable()
 
 
-def enrich_stream(src: BinaryIO, dst: BinaryIO, enricher: LineEnricher) -> None:
-    """Batch: every line of ``src`` (a final line without newline included) to ``dst``."""
+def read_lines(src: BinaryIO, max_line: int = MAX_LINE) -> Iterator[Line]:
+    """The lines of ``src`` (a final line without newline included), none over ``max_line``
+    held in memory: such a line is skipped to its end and given as its first bytes and length."""
     offset = 0
-    line = enricher.line
+    readline = src.readline
+    while raw := readline(max_line):
+        n = len(raw)
+        if n < max_line or raw[-1] == 0x0A:
+            yield Line(offset, raw)
+            offset += n
+            continue
+        more = readline(1 << 20)
+        if not more:  # the last line, exactly max_line bytes without its newline
+            yield Line(offset, raw)
+            offset += n
+            break
+        prefix, length = raw[:PREFIX], n
+        while more:
+            length += len(more)
+            if len(prefix) < PREFIX:
+                prefix += more[: PREFIX - len(prefix)]
+            if more[-1] == 0x0A:
+                break
+            more = readline(1 << 20)
+        yield Line(offset, prefix, too_long=length)
+        offset += length
+
+
+def enrich_stream(
+    src: BinaryIO, dst: BinaryIO, enricher: LineEnricher, max_line: int = MAX_LINE
+) -> None:
+    """Batch: every line of ``src`` (a final line without newline included) to ``dst``."""
     batch: list[bytes] = []
     add = batch.append
     with paced_gc() as collect:
-        for raw in src:
-            add(line(raw, offset))
-            offset += len(raw)
+        for ln in read_lines(src, max_line):
+            add(_enrich_line(enricher, ln, max_line))
             if len(batch) >= 1024:  # one write call per batch, not per line
                 dst.writelines(batch)
                 collect(len(batch))
                 batch.clear()
         dst.writelines(batch)
+
+
+def _enrich_line(enricher: LineEnricher, ln: Line, max_line: int) -> bytes:
+    if ln.too_long:
+        return enricher.too_long(ln.offset, ln.raw, ln.too_long, max_line)
+    return enricher.line(ln.raw, ln.offset)
 
 
 def reject_writer(f: BinaryIO | DurableAppender) -> Callable[[bytes], None]:
@@ -92,6 +125,7 @@ def follow(
     checkpoint_path: Path | None = None,
     poll: float = 1.0,
     rotate_grace: float = 1.0,
+    max_line: int = MAX_LINE,
     on_ready: Callable[[ChangeWaiter, FileFollower], None] | None = None,
 ) -> tuple[LineEnricher, FileFollower]:
     """Follow ``eve`` until ``stop`` is set; every batch is synced, then checkpointed.
@@ -109,7 +143,7 @@ def follow(
     )
     enricher = make_enricher(reject_writer(rej) if rej is not None else None)
     waiter = ChangeWaiter(eve.parent)
-    follower = FileFollower(eve, start, rotate_grace=rotate_grace)
+    follower = FileFollower(eve, start, rotate_grace=rotate_grace, max_line=max_line)
     if on_ready is not None:
         on_ready(waiter, follower)
     position = follower.position
@@ -119,7 +153,7 @@ def follow(
                 lines = follower.read_lines()
                 collect(len(lines))
                 for ln in lines:
-                    data = enricher.line(ln.raw, ln.offset)
+                    data = _enrich_line(enricher, ln, max_line)
                     if data:
                         out.write(data)
                 if lines or follower.position != position:
