@@ -8,6 +8,7 @@ errors (they are rejected and counted), so a run over a damaged eve.json still e
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sqlite3
 import sys
@@ -48,8 +49,16 @@ def _seconds(text: str) -> float:
         value = float(t) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
-    if not value >= 0:
+    if not 0 <= value < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
+    return value
+
+
+def _interval(text: str) -> float:
+    """A polling interval: a duration above 0 (0 would spin a core) and at most an hour."""
+    value = _seconds(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0 and at most 3600 seconds")
     return value
 
 
@@ -116,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     fp = sub.add_parser("follow", help="follow a live eve.json (rotation-safe, checkpointed)")
     common(fp, 2.0)
     fp.add_argument("--checkpoint", type=Path, metavar="FILE", help="resume position")
-    fp.add_argument("--poll", type=_seconds, default=1.0, metavar="SECONDS")
+    fp.add_argument("--poll", type=_interval, default=1.0, metavar="SECONDS")
     fp.add_argument("--rotate-grace", type=_seconds, default=1.0, metavar="SECONDS")
     return p
 

@@ -101,6 +101,12 @@ def test_identical_input_identical_output(tmp_path: Path, db: Path) -> None:
         (["frobnicate"], 2, "usage error: argument command: invalid choice"),
         (["enrich", "EVE", "--cache", "DB", "-o", "EVE"], 2, "are the same file"),
         (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--wait", "-1"], 2, "not a duration"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--wait", "inf"], 2, "--wait: not a"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--window", "nan"], 2, "--window: not"),
+        (["follow", "EVE", "--cache", "DB", "-o", "OUT", "--poll", "0"], 2, "--poll: '0' is not"),
+        (["follow", "EVE", "--cache", "DB", "-o", "OUT", "--poll", "1e300"], 2, "--poll:"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--max-line", "1"], 2, "--max-line:"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--max-line", "٦K"], 2, "--max-line"),
         (
             ["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--community-id-seed", "70000"],
             2,
