@@ -181,12 +181,12 @@ def _make_enricher(
 
 def _enrich(args: argparse.Namespace, cache: ConnectionCache) -> LineEnricher:
     make = _make_enricher(args, cache)
-    with open(args.eve, "rb") as src, open(args.output, "wb", buffering=1 << 20) as dst:
+    with open(args.eve, "rb") as src, runner.NamedWriter(args.output) as dst:
         if args.reject is None:
             enricher = make(None)
             runner.enrich_stream(src, dst, enricher, args.max_line)
         else:
-            with open(args.reject, "wb") as rej:
+            with runner.NamedWriter(args.reject) as rej:
                 enricher = make(runner.reject_writer(rej))
                 runner.enrich_stream(src, dst, enricher, args.max_line)
     return enricher

@@ -166,7 +166,7 @@ class LineSplitter:
         self._skip, self._prefix, self._skip_tail = 0, b"", b""
 
 
-def _say(msg: str) -> None:
+def say(msg: str) -> None:
     print(f"eve-enricher: {msg}", file=sys.stderr)
 
 
@@ -178,7 +178,7 @@ class FileFollower:
         path: Path,
         start: Position | None = None,
         rotate_grace: float = 1.0,
-        notify: Callable[[str], None] = _say,
+        notify: Callable[[str], None] = say,
         clock: Callable[[], float] = time.monotonic,
         max_line: int = MAX_LINE,
     ) -> None:
@@ -225,7 +225,7 @@ class FileFollower:
         self._close()
 
     def _start(self, start: Position | None) -> None:
-        if start is None:
+        if start is None or start.ino == 0:  # no checkpoint, or one taken before the file was
             self._open(self.path)
             return
         st = _stat(self.path)
@@ -307,7 +307,10 @@ class FileFollower:
             self._from_copy(self._lines, self._ino, out)
             self._open(self.path)
             return out
-        data = self._f.read(max_bytes)
+        try:
+            data = self._f.read(max_bytes)
+        except OSError as exc:  # EIO and the like: name the file, as every error here does
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         if data:
             self._lines.feed(data, out)
             return out
@@ -396,7 +399,7 @@ class ChangeWaiter:
             observer.start()
             self._observer = observer
         except Exception as exc:  # any failure only costs latency: fall back to polling
-            _say(f"file change notification unavailable ({exc}); polling")
+            say(f"file change notification unavailable ({exc}); polling")
 
     @property
     def watching(self) -> bool:
