@@ -13,9 +13,10 @@ line ever raises out of ``LineEnricher.line``, and every line has exactly one ou
   to the reject sink as {"offset", "reason", "passed": false, "line"} -- without a reject sink
   it is passed on unchanged instead, as before;
 * failed: a JSON object that the enricher could not enrich (a field of a type or shape it does
-  not expect, an event the JSON encoder cannot write back): Suricata's event is worth more than
-  our addition, so it is passed on unchanged AND recorded in the reject sink with the reason and
-  ``"passed": true``, so it can be found and the enricher fixed.
+  not expect, an event the JSON encoder cannot write back, valid JSON that orjson refuses to
+  read): Suricata's event is worth more than our addition, so it is passed on unchanged AND
+  recorded in the reject sink with the reason and ``"passed": true``, so it can be found and
+  the enricher fixed.
 
 Errors of the environment (the cache, the disk) are not a line's fault: they propagate, and the
 caller exits 1 or waits for the disk.
@@ -23,6 +24,7 @@ caller exits 1 or waits for the disk.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +59,21 @@ def reject_record(offset: int, line: bytes, reason: str, passed: bool) -> bytes:
     text = line.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
     record = {"offset": offset, "reason": reason, "passed": passed, "line": text}
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def is_json_object(raw: bytes) -> bool:
+    """Whether ``raw`` is a JSON object (RFC 8259) although orjson refuses it: escaped lone
+    surrogates, numbers beyond a double, deep nesting Python's parser still reads. Only lines
+    orjson refused get here, so its cost does not matter."""
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # also UnicodeDecodeError and JSONDecodeError
+        return False
+    return type(value) is dict
 
 
 def _environmental(exc: Exception) -> bool:
@@ -101,6 +118,8 @@ class LineEnricher:
         try:
             event = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            if is_json_object(raw):  # valid JSON all the same: pass it on, say why
+                return self._failed(offset, raw, f"cannot parse: {exc}", "parse")
             return self._rejected(offset, raw, f"not JSON: {exc}")
         if type(event) is not dict:
             return self._rejected(offset, raw, "not a JSON object")
@@ -109,7 +128,7 @@ class LineEnricher:
         except Exception as exc:
             if _environmental(exc):
                 raise
-            return self._failed(offset, raw, exc)
+            return self._failed(offset, raw, _reason(exc), type(exc).__name__)
         if out:
             return out
         c.unchanged += 1
@@ -128,12 +147,10 @@ class LineEnricher:
             return b""
         return raw if raw.endswith(b"\n") else raw + b"\n"
 
-    def _failed(self, offset: int, raw: bytes, exc: Exception) -> bytes:
+    def _failed(self, offset: int, raw: bytes, reason: str, kind: str) -> bytes:
         self.counters.failed += 1
-        reason = _reason(exc)
         if self.reject is not None:
             self.reject(reject_record(offset, raw, reason, passed=True))
-        kind = type(exc).__name__
         if (
             self.notify is not None
             and kind not in self._noted

@@ -242,3 +242,27 @@ def test_arbitrary_json_in_enrichment_fields_never_raises(db: Path, events: list
     assert c.lines == len(raws) == c.enriched + c.unchanged + c.failed + c.rejected
     assert (c.rejected, c.failed) == (len(rejected), len(failed))
     assert len(recs) == c.rejected + c.failed
+
+
+@pytest.mark.parametrize(
+    ("raw", "passed"),
+    [
+        (line(BASE)[:-2] + b',"url":"\\ud800"}\n', True),  # an escaped lone surrogate: valid JSON
+        (line(BASE)[:-2] + b',"n":1e400}\n', True),  # beyond a double: valid JSON
+        (b'{"a":NaN}\n', False),  # Python's extension, not JSON
+        ('{"a":1}\n'.encode("utf-16"), False),  # not UTF-8
+        (b'\xef\xbb\xbf{"a":1}\n', False),  # a byte order mark
+        (b"[" * 2000 + b"]" * 2000 + b"\n", False),
+        (b'{"a":' + b"[" * 1100 + b"]" * 1100 + b"}\n", False),  # deeper than either parser reads
+    ],
+)
+def test_json_orjson_refuses_passes_only_if_it_is_an_object(
+    db: Path, raw: bytes, passed: bool
+) -> None:
+    records: list[bytes] = []
+    enr = _enricher(db, records)
+    assert enr.line(raw, 5) == (raw if passed else b"")
+    (rec,) = [orjson.loads(r) for r in records]
+    assert rec["passed"] is passed and rec["offset"] == 5
+    assert rec["reason"].startswith("cannot parse: " if passed else "not JSON: ")
+    assert (enr.counters.failed, enr.counters.rejected) == (int(passed), 1 - passed)
