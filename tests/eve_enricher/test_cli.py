@@ -117,6 +117,9 @@ def test_identical_input_identical_output(tmp_path: Path, db: Path) -> None:
         (["enrich", "EVE", "--cache", "BADDB", "-o", "OUT"], 1, "not a usable connection cache"),
         (["enrich", "EVE", "--cache", "DB", "-o", "NODIR/OUT"], 1, "NODIR/OUT: No such file"),
         (["follow", "NODIR/EVE", "--cache", "DB", "-o", "OUT"], 1, "NODIR: No such directory"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--reject", "NODIR/R"], 1, "NODIR/R: No"),
+        (["follow", "EVE", "--cache", "DB", "-o", "NODIR/OUT", "-q"], 1, "NODIR/OUT: No such"),
+        (["follow", "EVE", "--cache", "DB", "-o", "OUT", "--checkpoint", "NODIR/CP"], 1, "CP: No"),
         (["follow", "EVE", "--cache", "DB", "-o", "OUT", "--checkpoint", "BADCP"], 1, "BADCP:"),
     ],
 )
