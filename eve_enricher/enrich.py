@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeGuard
 
 from eve_enricher.community_id import TCP, community_id, proto_number
 
@@ -34,11 +34,33 @@ LookupFn = Callable[[Tuple4, float, float], "Connection | None"]
 _IP_FAMILIES = frozenset({"TCP4", "TCP6", "UDP4", "UDP6"})
 
 
-@lru_cache(maxsize=65536)
+# The longest address text accepted from an event ("ffff:...:255.255.255.255" is 45): what
+# is longer is no address, and is never kept in a memo (65536 entries of a 64 MiB string each
+# would be memory without bound).
+ADDR_MAX = 64
+
+
+def is_addr(value: object) -> TypeGuard[str]:
+    """Whether an event's value can be an address as Suricata writes it (a short string)."""
+    return type(value) is str and len(value) <= ADDR_MAX
+
+
 def eve_addr(addr: str) -> str:
     """An address as Suricata spells it: IPv6 expanded, IPv4 unchanged (unparsable: unchanged)."""
-    if ":" not in addr:
+    if ":" not in addr or len(addr) > ADDR_MAX:
         return addr
+    return _exploded(addr)
+
+
+def cache_addr(addr: str) -> str:
+    """An address as the connection cache spells it (Python's canonical, compressed form)."""
+    if ":" not in addr or len(addr) > ADDR_MAX:
+        return addr
+    return _compressed(addr)
+
+
+@lru_cache(maxsize=65536)
+def _exploded(addr: str) -> str:
     try:
         return ipaddress.IPv6Address(addr).exploded
     except ValueError:
@@ -46,10 +68,7 @@ def eve_addr(addr: str) -> str:
 
 
 @lru_cache(maxsize=65536)
-def cache_addr(addr: str) -> str:
-    """An address as the connection cache spells it (Python's canonical, compressed form)."""
-    if ":" not in addr:
-        return addr
+def _compressed(addr: str) -> str:
     try:
         return ipaddress.IPv6Address(addr).compressed
     except ValueError:
@@ -146,8 +165,8 @@ def event_tuple(event: Event) -> Tuple4 | None:
     src, sport = event.get("src_ip"), event.get("src_port")
     dst, dport = event.get("dest_ip"), event.get("dest_port")
     if (
-        type(src) is str
-        and type(dst) is str
+        is_addr(src)
+        and is_addr(dst)
         and type(sport) is int
         and type(dport) is int
         and 0 <= sport <= 0xFFFF
@@ -308,5 +327,6 @@ __all__ = [
     "eve_time",
     "event_time",
     "event_tuple",
+    "is_addr",
     "reference_time",
 ]

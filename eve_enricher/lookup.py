@@ -143,10 +143,18 @@ class Matcher:
                 return None
 
 
+VLAN_LAYERS_MAX = 3  # Suricata decodes at most three VLAN layers (VLAN_MAX_LAYERS)
+
+
 def vlan_ids(vlan: object) -> list[int] | None:
-    """eve's ``vlan`` array as VLAN ids, None unless it is a list of 12-bit ids (a tunnel's
-    frames always carry one: anything else cannot be one)."""
-    if type(vlan) is not list or not all(type(v) is int and 0 <= v <= 0xFFF for v in vlan):
+    """eve's ``vlan`` array as VLAN ids, None unless it is a list of at most three 12-bit ids
+    (a tunnel's frames always carry one: anything else cannot be one, and a longer list would
+    make memo keys of any size)."""
+    if (
+        type(vlan) is not list
+        or len(vlan) > VLAN_LAYERS_MAX
+        or not all(type(v) is int and 0 <= v <= 0xFFF for v in vlan)
+    ):
         return None
     return vlan
 

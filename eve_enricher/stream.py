@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from eve_enricher.enrich import Event, Tuple4, apply, event_tuple
+from eve_enricher.enrich import Event, Tuple4, apply, event_tuple, is_addr
 from eve_enricher.lookup import Matcher, TunnelMatcher
 from normalizer.conn_cache import CacheError
 
@@ -177,7 +177,7 @@ class LineEnricher:
         elif self.tunnels is not None and "vlan" in event:
             # portless (ICMP, ICMPv6): only a tunnel can apply; its row has ports 0
             src, dst = event.get("src_ip"), event.get("dest_ip")
-            if type(src) is str and type(dst) is str:
+            if is_addr(src) and is_addr(dst):
                 return self._with_tunnel(self.tunnels, event, (src, 0, dst, 0))
         return b""
 

@@ -5,6 +5,7 @@ recorded) or rejected -- in input order."""
 from __future__ import annotations
 
 import threading
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,27 @@ def test_json_orjson_refuses_passes_only_if_it_is_an_object(
     assert rec["passed"] is passed and rec["offset"] == 5
     assert rec["reason"].startswith("cannot parse: " if passed else "not JSON: ")
     assert (enr.counters.failed, enr.counters.rejected) == (int(passed), 1 - passed)
+
+
+def test_long_strings_and_lists_are_never_kept_in_a_memo(db: Path) -> None:
+    """Memo keys and address caches keep 65536 entries: an address or VLAN list of any length
+    in them would hold memory without bound (65536 x the line bound)."""
+    enr = _enricher(db, [])
+    vlans = [1] * (64 << 10)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(60):
+            big = f"{i}:" + "a" * (256 << 10)
+            flow = {**BASE["alert"]["flow"], "src_ip": big}
+            for ev in (
+                event("http", (big, 1), BACKEND, flow_id=i),  # the flow memo's key
+                {**BASE, "alert": {**BASE["alert"], "flow": flow}},  # the address cache
+                event("flow", ("192.0.2.9", 9), BACKEND, flow_id=i, vlan=vlans),  # tunnel memo
+            ):
+                enr.line(line(ev), 0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert enr.counters.lines == 180
+    assert grown < 4 << 20, grown  # kept, each of the 180 lines would be 256-512 KiB
