@@ -131,7 +131,7 @@ def enrich_stream(
     batch: list[bytes] = []
     add = batch.append
     lines = read_lines(src, max_line)
-    if isinstance(src.name, str):  # a read error (EIO) names the input
+    if isinstance(getattr(src, "name", None), str):  # a read error (EIO) names the input
         lines = _named_lines(lines, Path(src.name))
     with paced_gc() as collect:
         for ln in lines:

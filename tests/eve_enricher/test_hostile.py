@@ -4,6 +4,7 @@ recorded) or rejected -- in input order."""
 
 from __future__ import annotations
 
+import io
 import threading
 import tracemalloc
 from pathlib import Path
@@ -243,6 +244,13 @@ def test_arbitrary_json_in_enrichment_fields_never_raises(db: Path, events: list
     assert c.lines == len(raws) == c.enriched + c.unchanged + c.failed + c.rejected
     assert (c.rejected, c.failed) == (len(rejected), len(failed))
     assert len(recs) == c.rejected + c.failed
+    # the batch path over the same lines: the same output, in order; records at byte offsets
+    batch_records: list[bytes] = []
+    out = io.BytesIO()
+    runner.enrich_stream(io.BytesIO(b"".join(raws)), out, _enricher(db, batch_records))
+    assert out.getvalue() == b"".join(outs)
+    starts = [sum(map(len, raws[:i])) for i in range(len(raws))]
+    assert [orjson.loads(r)["offset"] for r in batch_records] == [starts[r["offset"]] for r in recs]
 
 
 @pytest.mark.parametrize(
