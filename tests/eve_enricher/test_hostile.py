@@ -119,9 +119,10 @@ def test_enrich_keeps_every_line_around_a_hostile_one(tmp_path: Path, db: Path) 
 
 
 def test_follow_moves_past_a_hostile_line(tmp_path: Path, db: Path) -> None:
-    eve, out = tmp_path / "eve.json", tmp_path / "out.json"
+    eve, out, rej = tmp_path / "eve.json", tmp_path / "out.json", tmp_path / "rej.json"
     hostile = _with_deep({**BASE, "flow_id": {"x": [1]}}, 300)
-    eve.write_bytes(line(BASE) + hostile + line(BASE))
+    long = b'{"a":"' + b"z" * 5000 + b'"}\n'  # over max_line
+    eve.write_bytes(line(BASE) + hostile + long + line(BASE))
     stop = threading.Event()
     result: list[Any] = []
 
@@ -130,8 +131,11 @@ def test_follow_moves_past_a_hostile_line(tmp_path: Path, db: Path) -> None:
 
     def run() -> None:
         try:
+            cp = tmp_path / "cp.json"
             result.append(
-                runner.follow(eve, out, make, stop, checkpoint_path=tmp_path / "cp.json", poll=0.05)
+                runner.follow(
+                    eve, out, make, stop, checkpoint_path=cp, reject_path=rej, max_line=4096
+                )
             )
         except BaseException as exc:
             result.append(exc)
@@ -149,7 +153,14 @@ def test_follow_moves_past_a_hostile_line(tmp_path: Path, db: Path) -> None:
         t.join()
     enr, _ = result[0]  # an exception instead: follow died on the line
     assert out.read_bytes().splitlines(keepends=True)[1] == hostile
-    assert (enr.counters.lines, enr.counters.enriched, enr.counters.failed) == (3, 2, 1)
+    c = enr.counters
+    assert (c.lines, c.enriched, c.failed, c.rejected) == (4, 2, 1, 1)
+    records = [orjson.loads(r) for r in rej.read_bytes().splitlines()]
+    assert [(r["offset"], r["passed"]) for r in records] == [
+        (len(line(BASE)), True),
+        (len(line(BASE)) + len(hostile), False),
+    ]
+    assert records[1]["reason"] == f"line of {len(long)} bytes, longer than 4096"
 
 
 # -- property: arbitrary JSON in every field enrichment reads ------------------------------------
