@@ -11,7 +11,8 @@ line ever raises out of ``LineEnricher.line``, and every line has exactly one ou
 * enriched / unchanged: the normal cases;
 * rejected: not a JSON object (or longer than the line bound): it cannot be an event, so it goes
   to the reject sink as {"offset", "reason", "passed": false, "line"} -- without a reject sink
-  it is passed on unchanged instead, as before;
+  it is passed on unchanged instead, as before, except a line over the bound (not kept in
+  memory), which is dropped and said on stderr;
 * failed: a JSON object that the enricher could not enrich (a field of a type or shape it does
   not expect, an event the JSON encoder cannot write back, valid JSON that orjson refuses to
   read): Suricata's event is worth more than our addition, so it is passed on unchanged AND
@@ -138,7 +139,13 @@ class LineEnricher:
         """Account for a line of ``length`` bytes that was not kept (over ``limit``): rejected,
         its first bytes in the record. Returns b"" (nothing to write)."""
         self.counters.lines += 1
-        return self._rejected(offset, prefix, f"line of {length} bytes, longer than {limit}")
+        reason = f"line of {length} bytes, longer than {limit}"
+        if self.reject is not None:
+            return self._rejected(offset, prefix, reason)
+        # its first bytes alone would be a corrupt line in the output: it is dropped, and said
+        self.counters.rejected += 1
+        self._note("too long", f"line at byte {offset} dropped, {reason}")
+        return b""
 
     def _rejected(self, offset: int, raw: bytes, reason: str) -> bytes:
         self.counters.rejected += 1
@@ -151,14 +158,15 @@ class LineEnricher:
         self.counters.failed += 1
         if self.reject is not None:
             self.reject(reject_record(offset, raw, reason, passed=True))
-        if (
-            self.notify is not None
-            and kind not in self._noted
-            and len(self._noted) < _NOTE_KINDS_MAX
-        ):
-            self._noted.add(kind)
-            self.notify(f"line at byte {offset} passed unchanged, {reason} (said once per kind)")
+        self._note(kind, f"line at byte {offset} passed unchanged, {reason}")
         return raw if raw.endswith(b"\n") else raw + b"\n"
+
+    def _note(self, kind: str, msg: str) -> None:
+        """Say ``msg`` if it is the first of its kind."""
+        if self.notify is None or kind in self._noted or len(self._noted) >= _NOTE_KINDS_MAX:
+            return
+        self._noted.add(kind)
+        self.notify(f"{msg} (said once per kind)")
 
     def _enrich(self, event: Event) -> bytes:
         """The enriched line, or b"" when the event stays as it is."""

@@ -10,6 +10,7 @@ import tracemalloc
 from pathlib import Path
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -104,3 +105,17 @@ def test_enrich_rejects_a_line_over_the_bound_with_its_offset(tmp_path: Path, db
         "passed": False,
         "line": long[:PREFIX].decode(),
     }
+
+
+def test_without_reject_file_a_line_over_the_bound_is_dropped_and_said(
+    tmp_path: Path, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its first bytes alone would be a corrupt event in the output."""
+    good = line(alert(PROXY, BACKEND))
+    eve, out = tmp_path / "eve.json", tmp_path / "out.json"
+    eve.write_bytes(good + b'{"a":"' + b"y" * 5000 + b'"}\n' + good)
+    assert main(["enrich", str(eve), "--cache", str(db), "-o", str(out), "--max-line", "4K"]) == 0
+    assert out.read_bytes().count(b'"proxy"') == 2 and out.read_bytes().count(b"\n") == 2
+    err = capsys.readouterr().err
+    assert f"line at byte {len(good)} dropped, line of 5009 bytes, longer than 4096" in err
+    assert "0 failed (passed unchanged), 1 rejected" in err
