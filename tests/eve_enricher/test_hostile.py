@@ -193,6 +193,8 @@ _FIELDS = [
     "alert.source",
     "vlan",
     "tunnel",
+    "tunnel.src_ip",
+    "tunnel.depth",
     "event_type",
     "community_id",
 ]
@@ -202,6 +204,12 @@ _TEMPLATES = [
     event("http", PROXY, BACKEND),
     event("flow", ("192.0.2.9", 9), BACKEND, vlan=[9]),
     {**event("icmp", PROXY, BACKEND, vlan=[9]), "src_port": None},
+    alert(  # an alert of decapsulated traffic: Suricata's own ``tunnel`` object
+        PROXY,
+        BACKEND,
+        vlan=[9],
+        tunnel={"src_ip": "10.9.0.1", "dest_ip": "10.9.0.2", "proto": "UDP", "depth": 1},
+    ),
 ]
 
 
