@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from normalizer import reference_gateway
+from normalizer import suricata_config_command as suricata_config
 from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, CacheSink, ConnectionCache
 from normalizer.counters import Counters
@@ -44,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     _live_parser(sub)
     rulecheck_command.add_parser(sub)
+    suricata_config.add_parser(sub)
+    reference_gateway.add_parser(sub)
     return p
 
 
@@ -64,7 +68,11 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
 
 def _live_parser(sub: Any) -> None:
     lv = sub.add_parser("live", help="normalize a bridge port live into a tap device for Suricata")
-    lv.add_argument("--iface", required=True, help="bridge port between proxy and decoys")
+    lv.add_argument(
+        "--iface",
+        required=True,
+        help="the decoys' bridge device (one capture for all of them) or a bridge port",
+    )
     lv.add_argument("--tap", default="snl0", help="tap device to write into (default snl0)")
     _engine_flags(lv)
     lv.add_argument("--cache", type=Path, help="connection cache (SQLite); resumes flows")
@@ -87,6 +95,19 @@ def _live_parser(sub: Any) -> None:
         "--ring-mb", type=_int_in(2, 1 << 16), default=64, metavar="N", help="capture ring size"
     )
     lv.add_argument("--stats-json", type=Path, help="write the counters as JSON on exit")
+    lv.add_argument(
+        "--no-promisc",
+        action="store_false",
+        dest="promisc",
+        help="no promiscuous membership (a bridge device then shows only the host's own frames)",
+    )
+    lv.add_argument(
+        "--warn-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="warn when no proxied flow was seen this long after the start (default 30)",
+    )
 
 
 def _engine_flags(p: argparse.ArgumentParser) -> None:
@@ -106,6 +127,12 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--custom-magic", metavar="HEX", help="8-byte magic of the custom header")
     p.add_argument("--midstream", help="flows whose SYN was not captured: pass or drop")
+    p.add_argument(
+        "--checksums",
+        choices=("keep", "auto", "fix"),
+        help="auto (default): complete partial checksums left by tx offload; fix: recompute"
+        " all; keep: leave them as captured",
+    )
     p.add_argument("--max-flows", type=int, metavar="N", help="flow table size")
     p.add_argument(
         "--cache-retention",
@@ -145,6 +172,7 @@ def _options(args: argparse.Namespace) -> Any:
             "header_kinds": args.header_kinds,
             "custom_magic": args.custom_magic,
             "midstream": args.midstream,
+            "checksums": args.checksums,
             "max_flows": args.max_flows,
             "restore_addresses": args.restore_addresses,
             "decapsulate": args.decapsulate,
@@ -229,6 +257,8 @@ def _live(args: argparse.Namespace) -> int:
         tap_mtu=args.tap_mtu,
         ring_mb=args.ring_mb,
         stats_json=args.stats_json,
+        promisc=args.promisc,
+        warn_after=args.warn_after,
     )
     live = LiveNormalizer(settings, lambda: _options(args))
     live.run()
@@ -238,6 +268,8 @@ def _live(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(live_summary(counters), file=sys.stderr)
+    if not live.stripped():
+        print(f"suricata-normalizer: no proxied flow: {live.silence()}", file=sys.stderr)
     return 0
 
 
@@ -250,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             return _live(args)
         if args.command == "test-rules":
             return rulecheck_command.run(args)
+        if args.command == "suricata-config":
+            return suricata_config.run(args)
+        if args.command == "reference-gateway":
+            return reference_gateway.run(args)
     except ConfigError as exc:
         print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from normalizer.headers.detect import HeaderKind
+from normalizer.offload import CHECKSUM_MODES
 from normalizer.options import MIDSTREAM_POLICIES, Options
 
 SECTION = "normalizer"
@@ -92,6 +93,12 @@ def _midstream(key: str, value: Any) -> str:
     return str(value)
 
 
+def _checksums(key: str, value: Any) -> str:
+    if value not in CHECKSUM_MODES:
+        raise ConfigError(f"{key}: expected one of {', '.join(CHECKSUM_MODES)}, got {value!r}")
+    return str(value)
+
+
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -133,6 +140,7 @@ _FIELDS = {
     "header_kinds": _kinds,
     "custom_magic": _magic,
     "midstream": _midstream,
+    "checksums": _checksums,
     "max_flows": _positive_int,
     "idle_timeout": _positive_number,
     "closed_timeout": _positive_number,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+MAX_BACKENDS = 1024  # bound of headers_by_backend: the proxies choose backends, not attackers
+
 
 @dataclass(slots=True)
 class Counters:
@@ -29,6 +31,9 @@ class Counters:
     flows_expired: int = 0
     flows_evicted: int = 0
     headers_stripped: dict[str, int] = field(default_factory=dict)
+    # Headers stripped per backend (the decoy's wire address), so one capture of the bridge
+    # shows every decoy behind it; backends past MAX_BACKENDS are counted under "other".
+    headers_by_backend: dict[str, int] = field(default_factory=dict)
     headers_local: int = 0
     addresses_restored: int = 0  # flows shown to Suricata with the real client and target
     restore_unsupported: int = 0  # family change needed on a link type that cannot say so
@@ -38,6 +43,10 @@ class Counters:
     hold_overflow: int = 0
     hold_timeout: int = 0
     events_dropped: int = 0
+    # Checksums on the way in (offload.py), one of these per frame the policy looked at.
+    checksum_completed: int = 0  # partial (an offload's pseudo-header sum), or mode "fix"
+    checksum_kept: int = 0  # auto: not partial, left as captured (right, or wrong on the wire)
+    checksum_unchecked: int = 0  # fix: not TCP/UDP over IP, a fragment or truncated
     # Decapsulation, in front of the core (decap.py). An unfragmented frame is counted once in
     # decapsulated, passed, bad_header or untrusted; an outer UDP fragment of a tunnel peer in
     # fragments, and its datagram, once whole, in reassembled and again in decapsulated or

@@ -14,6 +14,12 @@ proxied flows already resolved are adopted by the new engine (the same path as a
 in practice only flows still waiting for their header at that instant lose normalization.
 Signals wake the poll through ``signal.set_wakeup_fd``, so reaction is immediate.
 
+No silent zero: ``warn_after`` seconds after the start, if frames arrived but no header was
+stripped (or no frame arrived at all), the loop says so once on stderr and in the
+``no_proxied_flows`` gauge: the sources that opened the most connections (the proxy the user
+probably meant to trust), what became of the trusted proxies' flows, and whether the
+interface is a bridge captured without promiscuous mode (which sees only the host's own frames).
+
 Under systemd (Type=notify): READY=1 once the ring and tap exist, WATCHDOG=1 from the loop
 itself (a stuck loop stops pinging and gets restarted), STOPPING=1 on shutdown. A start that
 fails (no such interface, the metrics port taken) removes the tap if it created it.
@@ -92,6 +98,8 @@ class LiveSettings:
     block_timeout_ms: int = 10
     tick_interval: float = 0.5
     stats_json: Path | None = None
+    promisc: bool = True  # PACKET_MR_PROMISC: a bridge device then shows forwarded frames too
+    warn_after: float = 30.0  # seconds before "no proxied flow seen" is reported
 
 
 class LiveNormalizer:
@@ -114,10 +122,17 @@ class LiveNormalizer:
                 bpf=settings.bpf,
                 fanout_group=settings.fanout_group,
                 ignore_outgoing=settings.ignore_outgoing,
+                promisc=settings.promisc,
+                # The ring's CSUMNOTREADY flag names the partial checksums: completed there, and
+                # the pipeline need not guess from the field ("auto"); "keep" leaves them partial.
+                complete_partial=self.options.checksums != "keep",
             )
         except BaseException:
             self._abort_start(capture=False)
             raise
+        self.is_bridge = Path(f"/sys/class/net/{settings.iface}/bridge").is_dir()
+        self._warn_at = time.monotonic() + settings.warn_after
+        self.warned = False
         self._retired: list[dict[str, Any]] = []  # counters of engines replaced by reloads
         self.reloads = 0
         self.frames_failed = 0  # frames passed untouched because processing them raised
@@ -139,6 +154,7 @@ class LiveNormalizer:
             on_events=sink.record if sink else None,
             resume=sink.resumable if sink else None,
             on_tunnels=sink.record_tunnels if sink else None,
+            checksums="fix" if self.options.checksums == "fix" else "keep",
         )
 
     def _abort_start(self, capture: bool = True) -> None:
@@ -213,6 +229,12 @@ class LiveNormalizer:
             kernel_drops=ring.kernel_drops,
             kernel_freezes=ring.kernel_freezes,
             capture_truncated=ring.truncated,
+            capture_promisc=int(self.capture.promisc),
+            capture_oversize=ring.oversize,
+            capture_max_frame=ring.max_frame,
+            csum_not_ready=ring.csum_not_ready,
+            csum_completed=ring.csum_completed,
+            no_proxied_flows=int(self.warned and not self._stripped(total)),
             ring_frames=ring.frames,
             tap_frames=tap.frames,
             tap_bytes=tap.bytes,
@@ -226,7 +248,41 @@ class LiveNormalizer:
         )
         return total
 
+    @staticmethod
+    def _stripped(counters: dict[str, Any]) -> int:
+        kinds = counters.get("headers_stripped", {})
+        return sum(kinds.values()) if isinstance(kinds, dict) else 0
+
+    def _check_silence(self) -> None:
+        """Once, ``warn_after`` seconds in: say why nothing is being stripped, if nothing is."""
+        if self.warned or time.monotonic() < self._warn_at:
+            return
+        c = self.counters()
+        if self._stripped(c):
+            self._warn_at = float("inf")  # working: never warn
+            return
+        self.warned = True
+        print(
+            f"suricata-normalizer: warning: {self.settings.warn_after:g} s in, no proxied flow: "
+            + self.silence(c),
+            file=sys.stderr,
+        )
+
+    def stripped(self) -> int:
+        """Headers stripped so far, over reloads."""
+        return self._stripped(self.counters())
+
+    def silence(self, counters: dict[str, Any] | None = None) -> str:
+        return silence_report(
+            self.counters() if counters is None else counters,
+            self.pipe.engine.untrusted_syns.top(),
+            self.options.proxies,
+            self.settings.iface,
+            self.is_bridge,
+        )
+
     def _tick(self) -> None:
+        self._check_silence()
         try:
             self.pipe.tick(time.time_ns())
         except Exception as exc:  # expiring one flow must not stop the sensor
@@ -370,10 +426,49 @@ def _log(text: str) -> None:
     print(text, file=sys.stderr)
 
 
+def silence_report(
+    c: dict[str, Any],
+    sources: list[tuple[str, int]],
+    proxies: tuple[str, ...],
+    iface: str,
+    is_bridge: bool,
+) -> str:
+    """Why a live capture strips nothing, in words, with what to try."""
+    parts = []
+    if not c["ring_frames"]:
+        parts.append(f"no frame at all was captured on {iface}")
+    elif not c["flows_created"]:
+        parts.append(
+            f"{c['ring_frames']} frames captured, none opened a connection from a trusted proxy"
+            f" ({', '.join(proxies)})"
+        )
+    else:
+        parts.append(
+            f"{c['flows_created']} connections from trusted proxies, none with a usable header"
+            f" ({c['header_malformed']} malformed, {c['header_missing']} without one,"
+            f" {c['header_truncated']} truncated, {c['hold_overflow']} hold overflows;"
+            " check --header and the gateway's send-proxy setting)"
+        )
+    if sources:
+        listed = ", ".join(f"{a} ({n})" for a, n in sources)
+        parts.append(
+            f"connections were opened by {listed}: if one is the proxy, try --proxy {sources[0][0]}"
+        )
+    if is_bridge and not c.get("capture_promisc"):
+        parts.append(
+            f"{iface} is a bridge captured without promiscuous mode: frames forwarded between"
+            " its ports (a proxy behind a port) are not seen; drop --no-promisc"
+        )
+    return "; ".join(parts)
+
+
 def live_summary(c: dict[str, Any]) -> str:
     return (
         f"capture: {c['kernel_packets']} packets, {c['kernel_drops']} dropped by the kernel, "
-        f"{c['capture_truncated']} truncated; tap: {c['tap_frames']} frames written, "
+        f"{c['capture_truncated']} truncated, {c.get('csum_completed', 0)} of"
+        f" {c.get('csum_not_ready', 0)} offloaded checksums completed,"
+        f" {c.get('capture_oversize', 0)} GSO/GRO frames (largest {c.get('capture_max_frame', 0)}"
+        " bytes); tap: {c['tap_frames']} frames written, "
         f"{c['tap_write_errors']} write errors, recreated {c['tap_recreated']} times; "
         f"cache: {c['cache_rows']} connections and {c.get('cache_tunnel_rows', 0)} tunnel flows"
         f" in {c['cache_writes']} writes (max {c['cache_write_seconds_max'] * 1000:.1f} ms),"

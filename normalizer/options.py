@@ -24,6 +24,9 @@ class Options:
     # "pass" forwards them as captured (Suricata ignores them unless stream.midstream is on),
     # "drop" keeps header-tainted streams away from Suricata altogether.
     midstream: str = "pass"
+    # Checksums on the way in (offload.py): "auto" completes the partial checksums the kernel's
+    # tx offload leaves in captures from the sending host, "fix" recomputes all, "keep" none.
+    checksums: str = "auto"
     # Rewrite proxied flows so Suricata sees the real client and target (from the header)
     # instead of proxy -> backend; False keeps the wire addresses (--keep-addresses).
     restore_addresses: bool = True
