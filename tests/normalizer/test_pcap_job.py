@@ -219,3 +219,31 @@ def test_a_full_output_filesystem_names_the_output_and_leaves_nothing(tmp_path: 
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+@pytest.mark.parametrize("mode", ["fix", "auto"])
+def test_frames_whose_checksums_are_completed_keep_their_original_length(
+    tmp_path: Path, mode: str
+) -> None:
+    """--checksums fix (or auto on a partial checksum) copies the frame; a frame captured
+    without its trailer keeps its original length through that copy."""
+    frames = conversation(Conv(client="192.0.2.77"), b"", coalesce=True)
+    if mode == "auto":  # a partial checksum, as an offloading sender leaves it
+        frames = [offload_partial(f) for f in frames]
+    records = [(f, len(f) + 4) for f in frames]
+    _write(tmp_path / "in.pcap", records)
+    opts = Options(proxies=("192.0.2.1/32",), checksums=mode)
+    c = rewrite_file(tmp_path / "in.pcap", tmp_path / "out.pcap", opts)
+    assert c.as_dict()["checksum_completed"] == len(frames)
+    assert [o for _f, o in _records(tmp_path / "out.pcap")] == [o for _f, o in records]
+
+
+def offload_partial(frame: bytes) -> bytes:
+    """The TCP checksum field holding only the pseudo-header sum (tx offload)."""
+    from normalizer.checksum import ones_sum, pseudo_header_sum
+
+    out = bytearray(frame)
+    size = len(frame) - 34
+    partial = pseudo_header_sum(frame[26:30], frame[30:34], 6, size)
+    out[50:52] = (ones_sum(partial.to_bytes(4, "big")) & 0xFFFF).to_bytes(2, "big")
+    return bytes(out)
