@@ -275,7 +275,7 @@ class CacheSink:
         """Flows to adopt; none when the cache cannot be read (counted, reported)."""
         try:
             return self.cache.resumable(since)
-        except (sqlite3.Error, ValueError) as exc:  # ValueError: a row that does not decode
+        except (sqlite3.Error, ValueError, TypeError) as exc:  # a row that does not decode
             self._failed("read", exc)
             return []
 

@@ -289,8 +289,12 @@ class LiveNormalizer:
             self.internal_errors += 1
             self._report("tick", exc)
         self._forward(self._take())
-        if self.tap.check():
-            print(f"suricata-normalizer: tap {self.tap.name} was gone, recreated", file=sys.stderr)
+        try:
+            if self.tap.check():
+                _log(f"suricata-normalizer: tap {self.tap.name} was gone, recreated")
+        except OSError as exc:  # could not recreate it (yet): frames are counted as write errors
+            self.internal_errors += 1
+            self._report("tap", exc)
         self.capture.stats()
         now = time.time()
         if self.sink is not None and now >= self._next_expiry:

@@ -336,3 +336,14 @@ def test_rewrite_with_its_cache_on_a_full_filesystem_writes_the_output_and_exits
         assert counters["cache_errors"] >= 1 and 0 < counters["cache_rows"] < 1200
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_cache_row_that_does_not_decode_costs_the_resume_not_the_run(tmp_path: Path) -> None:
+    cache = ConnectionCache(tmp_path / "c.db")
+    cache.record([_event()])
+    cache._db.execute("UPDATE connections SET fields = 'not json', vlan = 'zz'")
+    cache._db.commit()
+    logged: list[str] = []
+    sink = CacheSink(cache, logged.append)
+    assert sink.resumable(0.0) == [] and sink.stats.errors == 1
+    assert "cache read failed" in logged[0] and str(tmp_path / "c.db") in logged[0]
