@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from normalizer.counters import Counters
 from normalizer.pcap_io import PcapError
 from normalizer.pcap_job import print_progress, rewrite_file, summary
 from normalizer.rulecheck import command as rulecheck_command
+
+_TAP_MAX_MTU = 65521  # tap.MAX_MTU, without importing the live adapters for ``rewrite``
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +47,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in lo..hi, else a usage error naming the flag (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
+        return value
+
+    return parse
+
+
 def _live_parser(sub: Any) -> None:
     lv = sub.add_parser("live", help="normalize a bridge port live into a tap device for Suricata")
     lv.add_argument(
@@ -55,11 +73,23 @@ def _live_parser(sub: Any) -> None:
     _engine_flags(lv)
     lv.add_argument("--cache", type=Path, help="connection cache (SQLite); resumes flows")
     lv.add_argument("--bpf", metavar="FILTER", help="capture filter (tcpdump syntax)")
-    lv.add_argument("--fanout-group", type=int, metavar="ID", help="PACKET_FANOUT group id")
+    lv.add_argument(
+        "--fanout-group", type=_int_in(0, 0xFFFF), metavar="ID", help="PACKET_FANOUT group id"
+    )
     lv.add_argument("--ignore-outgoing", action="store_true", help="drop PACKET_OUTGOING frames")
-    lv.add_argument("--metrics-port", type=int, metavar="N", help="Prometheus on 127.0.0.1:N")
-    lv.add_argument("--tap-mtu", type=int, default=65521, metavar="N", help="default 65521")
-    lv.add_argument("--ring-mb", type=int, default=64, metavar="N", help="capture ring size")
+    lv.add_argument(
+        "--metrics-port", type=_int_in(1, 65535), metavar="N", help="Prometheus on 127.0.0.1:N"
+    )
+    lv.add_argument(
+        "--tap-mtu",
+        type=_int_in(68, _TAP_MAX_MTU),
+        default=_TAP_MAX_MTU,
+        metavar="N",
+        help="default 65521",
+    )
+    lv.add_argument(
+        "--ring-mb", type=_int_in(2, 1 << 16), default=64, metavar="N", help="capture ring size"
+    )
     lv.add_argument("--stats-json", type=Path, help="write the counters as JSON on exit")
     lv.add_argument(
         "--no-promisc",
@@ -120,6 +150,13 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         dest="decapsulate",
         help="emit the inner frames of VXLAN/GENEVE packets, tagged per VNI (docs/tunnels.md)",
     )
+    p.add_argument(
+        "--tunnel-peer",
+        action="append",
+        metavar="CIDR",
+        dest="tunnel_peers",
+        help="outer source whose tunnels --decap opens (repeatable; replaces the config's list)",
+    )
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -135,6 +172,7 @@ def _options(args: argparse.Namespace) -> Any:
             "max_flows": args.max_flows,
             "restore_addresses": args.restore_addresses,
             "decapsulate": args.decapsulate,
+            "tunnel_peers": args.tunnel_peers,
             "cache_retention": args.cache_retention,
         },
     )
