@@ -46,7 +46,7 @@ _REQUIRED = {1: 8, 2: 8, 3: 4}  # class 0x0108 option type -> data size
 
 # Why a datagram was neither returned nor inspected.
 REASONS = (
-    "peer",  # outer source not in tunnel_peers
+    "peer",  # outer source not in tunnel_peers, or the appliance itself
     "short",  # shorter than a GENEVE header
     "version",  # GENEVE version other than 0
     "length",  # option length past the datagram, or options that do not fill it
@@ -231,7 +231,7 @@ class Appliance:
         """A datagram from ``src:sport``; None when it is rejected (counted by reason)."""
         c = self.counters
         c.received += 1
-        if not self._peers.contains(src):
+        if src == self.address or not self._peers.contains(src):  # our own return: no loop
             c.rejected_peer += 1
             return None
         try:
