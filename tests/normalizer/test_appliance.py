@@ -6,15 +6,25 @@ checksums); the inspection frame against the inner packet it must carry byte for
 
 from __future__ import annotations
 
+import json
 import struct
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP  # type: ignore[import-untyped]
 
 from normalizer import geneve
 from normalizer.appliance import REASONS, Appliance, Rejected, healthy, validate
+from normalizer.cli import main
+from normalizer.conn_cache import ConnectionCache
+from normalizer.frame import LINKTYPE_ETHERNET
+from normalizer.options import Options
+from normalizer.pipeline import Pipeline
 from normalizer.tunnel import tunnel_json
+from tests.normalizer.packets import PROXY4, Conv
+from tests.normalizer.test_engine import REQ, V2, conversation
 
 BALANCER = bytes([10, 98, 0, 1])
 APPLIANCE = bytes([10, 98, 0, 2])
@@ -195,3 +205,37 @@ def test_healthy_needs_all_three() -> None:
     assert not healthy(False, True, False)
     assert not healthy(True, False, False)
     assert not healthy(True, True, True)
+
+
+def test_header_stripping_composes_and_the_cache_names_the_endpoint(tmp_path: Path) -> None:
+    """A proxied flow inside the balancer's GENEVE (a proxy in the protected VPC): its header is
+    stripped on the way to the tap, and its connection row carries ENI id and cookie."""
+    conv = conversation(Conv(), V2, coalesce=True)
+    opts = Options(proxies=(f"{PROXY4}/32",), restore_addresses=False, idle_timeout=350.0)
+    cache = ConnectionCache(tmp_path / "c.db")
+    pipe = Pipeline(
+        opts,
+        LINKTYPE_ETHERNET,
+        on_events=cache.record,
+        on_tunnels=cache.record_tunnels,
+        tunnelled=True,
+    )
+    a = appliance()
+    for i, f in enumerate(conv):
+        v = a.receive(datagram(f[14:]), BALANCER, 50001)
+        assert v is not None
+        pipe.push_inner(v.frame, 1_700_000_000_000_000_000 + i * 1000, v.ref)
+    pipe.flush()
+    out = [bytes(f) for _t, f in pipe.take()]
+    assert pipe.counters.headers_stripped == {"proxy-v2": 1}
+    assert REQ in b"".join(out)
+    rows = cache._db.execute("SELECT tunnel FROM connections").fetchall()
+    assert len(rows) == 1
+    tunnel = json.loads(rows[0][0])
+    assert (tunnel["eni_id"], tunnel["flow_cookie"]) == (ENI.hex(), COOKIE.hex())
+    cache.close()
+
+
+def test_the_cli_refuses_an_appliance_without_balancers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["appliance", "--listen", "10.98.0.2", "--tap", "snlx0"]) == 2
+    assert "normalizer.tunnel_peers" in capsys.readouterr().err
