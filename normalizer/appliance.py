@@ -29,11 +29,11 @@ Bytes in, bytes out: no sockets here (``appliance_live.py`` owns them).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 from normalizer import geneve, vxlan
-from normalizer.checksum import checksum, ones_sum, pseudo_header_sum
 from normalizer.frame import SYNTH_MACS
 from normalizer.trust import TrustedProxies
 from normalizer.tunnel import TunnelRef, VlanMap
@@ -42,7 +42,9 @@ IDLE_TIMEOUT = 350.0  # the balancer's flow idle timeout: default lifetime of fl
 TTL = 64
 _UDP = 17
 _VXLAN_KEY = 1 << 24  # VlanMap key bit: ENI + VXLAN VNI, distinct from the ENI alone
-_REQUIRED = {1: 8, 2: 8, 3: 4}  # class 0x0108 option type -> data size
+_REQUIRED = {1: 8, 2: 8, 3: 4}
+# IPv4 header (checksum 0) + UDP header without its checksum: the return packet's outer part.
+_OUTER = struct.Struct("!BBHHHBBH4s4sHHH")  # class 0x0108 option type -> data size
 
 # Why a datagram was neither returned nor inspected.
 REASONS = (
@@ -75,6 +77,13 @@ class Datagram(NamedTuple):
 
 def validate(payload: bytes) -> Datagram:
     """Check a UDP payload as the balancer sends it; raise ``Rejected`` naming the reason."""
+    d = validate_header(payload)
+    check_inner(payload, d.inner, d.header.protocol)
+    return d
+
+
+def validate_header(payload: bytes) -> Datagram:
+    """The GENEVE header and its options (everything before the inner packet)."""
     n = len(payload)
     if n < geneve.BASE_LEN:
         raise Rejected("short", f"{n} bytes, a GENEVE header has 8")
@@ -98,8 +107,12 @@ def validate(payload: bytes) -> Datagram:
     if len(found) != 3:
         missing = sorted(set(_REQUIRED) - set(found))
         raise Rejected("options", f"options of class 0x0108 missing: types {missing}")
-    at = g.length
-    size = n - at
+    return Datagram(g, found[1], found[2], found[3], g.length)
+
+
+def check_inner(payload: bytes, at: int, protocol: int) -> None:
+    """The inner IP packet at ``at`` must be one whole packet: its own length fills the rest."""
+    size = len(payload) - at
     if protocol == geneve.PROTO_IPV4:
         ok = size >= 20 and payload[at] >> 4 == 4 and (payload[at] & 0x0F) >= 5
         ok = ok and (payload[at + 2] << 8 | payload[at + 3]) == size
@@ -109,22 +122,31 @@ def validate(payload: bytes) -> Datagram:
         ok = ok and 40 + (payload[at + 4] << 8 | payload[at + 5]) == size
     if not ok:
         raise Rejected("inner", f"inner packet of {size} bytes contradicts its IP header")
-    return Datagram(g, found[1], found[2], found[3], at)
 
 
 def return_packet(payload: bytes, src: bytes, sport: int, dst: bytes, dport: int) -> bytes:
     """The outer IPv4/UDP packet that hands ``payload`` back: received from ``src:sport`` at
     ``dst:dport``, sent from ``dst:sport`` to ``src:dport`` (addresses swapped, ports kept),
-    the payload byte for byte as received, IP and UDP checksums complete."""
+    the payload byte for byte as received, IP and UDP checksums complete.
+
+    Checksums by congruence (2**16 = 1 mod 0xFFFF, so the one's complement sum of 16-bit words
+    is the number the bytes spell, mod 0xFFFF): one big-integer conversion in C instead of a
+    loop over words. The UDP value is never 0 ("no checksum"): a computed 0 goes out as 0xFFFF.
+    """
     ulen = 8 + len(payload)
-    udp = bytearray(sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + ulen.to_bytes(2, "big"))
-    udp += b"\x00\x00"
-    csum = checksum(payload, ones_sum(udp, pseudo_header_sum(dst, src, _UDP, ulen)))
-    udp[6:8] = (csum or 0xFFFF).to_bytes(2, "big")
-    ip = bytearray(b"\x45\x00" + (20 + ulen).to_bytes(2, "big") + b"\x00\x00\x40\x00")
-    ip += bytes((TTL, _UDP)) + b"\x00\x00" + dst + src
-    ip[10:12] = checksum(ip).to_bytes(2, "big")
-    return bytes(ip + udp) + payload
+    head = _OUTER.pack(0x45, 0, 20 + ulen, 0, 0x4000, TTL, _UDP, 0, dst, src, sport, dport, ulen)
+    pad = b"\x00" if ulen & 1 else b""
+    udp_sum = int.from_bytes(head[12:] + payload + pad, "big") + _UDP + ulen
+    ip_sum = int.from_bytes(head[:20], "big")
+    return b"".join(
+        (
+            head[:10],
+            ((0xFFFF - ip_sum % 0xFFFF) % 0xFFFF).to_bytes(2, "big"),
+            head[12:],
+            (0xFFFF - udp_sum % 0xFFFF).to_bytes(2, "big"),
+            payload,
+        )
+    )
 
 
 def vlan_tag(vlan: int) -> bytes:
@@ -148,14 +170,14 @@ class Mirror(NamedTuple):
     frame: int  # offset of the inner Ethernet frame in the payload
 
 
-def mirrored(payload: bytes, d: Datagram, vxlan_ports: frozenset[int]) -> Mirror | None:
+def mirrored(payload: bytes, ip: int, vxlan_ports: frozenset[int]) -> Mirror | None:
     """The VXLAN layer of a mirrored packet (GENEVE -> IPv4/UDP -> VXLAN -> Ethernet), if any.
 
-    Only an unfragmented IPv4 datagram to a VXLAN port, with a valid VXLAN header and room for
-    an Ethernet header behind it; anything else is inspected as the plain inner packet it is.
+    ``ip``: offset of the inner IPv4 header. Only an unfragmented datagram to a VXLAN port,
+    with a valid VXLAN header and room for an Ethernet header behind it; anything else is
+    inspected as the plain inner packet it is.
     """
-    ip = d.inner
-    if d.header.protocol != geneve.PROTO_IPV4 or payload[ip + 9] != _UDP:
+    if payload[ip + 9] != _UDP:
         return None
     if (payload[ip + 6] << 8 | payload[ip + 7]) & 0x3FFF:
         return None
@@ -200,6 +222,16 @@ class ApplianceCounters:
         return d
 
 
+class _Known(NamedTuple):
+    protocol: int
+    eni: int  # VlanMap key of the ENI
+    ether: bytes  # Ethernet header with its 802.1Q tag, for the inspection frame
+    ref: TunnelRef
+
+
+_MAX_KNOWN = 65_536
+
+
 class Verdict(NamedTuple):
     """What to do with one datagram: send ``ret`` to the balancer, inspect ``frame``."""
 
@@ -226,39 +258,66 @@ class Appliance:
         self.vlans = VlanMap()
         self._peers = TrustedProxies(peers)
         self._vxlan = frozenset(vxlan_ports)
+        self._known: dict[bytes, _Known] = {}  # header + source port -> validated tunnel
+        self._trusted: dict[bytes, bool] = {}  # outer source -> in tunnel_peers
 
     def receive(self, payload: bytes, src: bytes, sport: int) -> Verdict | None:
         """A datagram from ``src:sport``; None when it is rejected (counted by reason)."""
         c = self.counters
         c.received += 1
-        if src == self.address or not self._peers.contains(src):  # our own return: no loop
+        trusted = self._trusted.get(src)
+        if trusted is None:
+            # Our own address never: a return that came back must not be returned again.
+            trusted = src != self.address and self._peers.contains(src)
+            if len(self._trusted) >= _MAX_KNOWN:
+                self._trusted.clear()
+            self._trusted[src] = trusted
+        if not trusted:
             c.rejected_peer += 1
             return None
+        # A flow's datagrams share their header (the cookie is per flow) and source port:
+        # validated and turned into a TunnelRef once, then looked up.
+        at = 8 + (payload[0] & 0x3F) * 4 if payload else 0
+        key = payload[:at] + sport.to_bytes(2, "big")
+        known = self._known.get(key)
         try:
-            d = validate(payload)
+            if known is None:
+                known = self._learn(payload, src, sport, key)
+            check_inner(payload, at, known.protocol)
         except Rejected as exc:
             name = f"rejected_{exc.reason}"
             setattr(c, name, getattr(c, name) + 1)
             return None
         ret = return_packet(payload, src, sport, self.address, self.port)
-        eni = int.from_bytes(d.eni_id, "big") << 25
-        m = mirrored(payload, d, self._vxlan)
-        if m is None:
-            vlan = self._vlan(eni)
-            frame = inspection_frame(payload, d, vlan)
-            mirror = None
-        else:
-            vlan = self._vlan(eni | _VXLAN_KEY | m.vni)
-            eth = payload[m.frame :]
-            frame = eth[:12] + vlan_tag(vlan) + eth[12:]
-            mirror = TunnelRef("vxlan", m.vni, vlan, m.src, m.dst, m.sport, m.dport, b"")
-            c.mirrored += 1
         c.inspected += 1
+        if payload[at + 9] == _UDP and known.protocol == geneve.PROTO_IPV4:
+            m = mirrored(payload, at, self._vxlan)
+            if m is not None:
+                return self._mirror(payload, ret, known, m)
+        frame = known.ether + payload[at:]
+        return Verdict(ret, frame, known.ref)
+
+    def _learn(self, payload: bytes, src: bytes, sport: int, key: bytes) -> _Known:
+        d = validate_header(payload)
         g = d.header
-        ref = TunnelRef(
-            "geneve", g.vni, vlan, src, self.address, sport, self.port, b"", g.options, mirror
-        )
-        return Verdict(ret, frame, ref)
+        eni = int.from_bytes(d.eni_id, "big") << 25
+        vlan = self._vlan(eni)
+        ref = TunnelRef("geneve", g.vni, vlan, src, self.address, sport, self.port, b"", g.options)
+        ether = SYNTH_MACS + vlan_tag(vlan) + g.protocol.to_bytes(2, "big")
+        known = _Known(g.protocol, eni, ether, ref)
+        if len(self._known) >= _MAX_KNOWN:  # bounded: start over rather than grow
+            self._known.clear()
+        self._known[key] = known
+        return known
+
+    def _mirror(self, payload: bytes, ret: bytes, known: _Known, m: Mirror) -> Verdict:
+        """VXLAN inside: its Ethernet frame, tagged for this ENI and VNI, both layers noted."""
+        self.counters.mirrored += 1
+        vlan = self._vlan(known.eni | _VXLAN_KEY | m.vni)
+        eth = payload[m.frame :]
+        mirror = TunnelRef("vxlan", m.vni, vlan, m.src, m.dst, m.sport, m.dport, b"")
+        ref = known.ref._replace(vlan=vlan, mirror=mirror)
+        return Verdict(ret, eth[:12] + vlan_tag(vlan) + eth[12:], ref)
 
     def _vlan(self, key: int) -> int:
         before = self.vlans.collisions

@@ -58,6 +58,7 @@ _STALE = 5.0  # seconds without a loop iteration after which the health check sa
 _EXPIRE_EVERY = 60.0
 _GC_EVERY = 60.0
 _RCVBUF = 8 << 20
+_SO_RCVBUFFORCE = 33  # Linux; the socket module does not name it
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,10 @@ class ApplianceLive:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+            try:  # past net.core.rmem_max: bursts from the balancer must not overflow it
+                self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
+            except PermissionError:  # without CAP_NET_ADMIN: as much as rmem_max allows
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
             self.sock.bind((settings.listen, settings.port))
             self.sock.setblocking(False)
             self.raw.setblocking(False)
