@@ -6,18 +6,20 @@
 #
 #   scripts/install-units.sh && systemctl enable --now normalizer eve-enricher
 #   # then add to suricata's command line: --include /etc/suricata/normalizer.yaml --af-packet=snl0
+#   # (an appliance behind a gateway load balancer instead: systemctl enable --now appliance
+#   # eve-enricher; see docs/appliance.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DESTDIR=${DESTDIR:-}
 VENV=/opt/suricata-normalizer
-UNITS=(normalizer.service eve-enricher.service)
+UNITS=(normalizer.service eve-enricher.service appliance.service)
 
 install -d "$DESTDIR/etc/systemd/system" "$DESTDIR/etc/suricata-normalizer" \
   "$DESTDIR/etc/suricata/rules" "$DESTDIR/usr/local/bin"
 for u in "${UNITS[@]}"; do
   install -m 0644 "suricata/systemd/$u" "$DESTDIR/etc/systemd/system/$u"
 done
-for f in config.toml normalizer.env; do  # local edits survive a re-install
+for f in config.toml normalizer.env appliance.toml appliance.env; do  # local edits survive a re-install
   [ -e "$DESTDIR/etc/suricata-normalizer/$f" ] ||
     install -m 0644 "suricata/$f" "$DESTDIR/etc/suricata-normalizer/$f"
 done

@@ -59,3 +59,18 @@ def test_enricher_unit_checkpoints_and_rejects() -> None:
     exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     assert " follow " in exec_start and "--checkpoint /var/lib/eve-enricher/" in exec_start
     assert "--reject" in exec_start and "StateDirectory=eve-enricher" in text
+
+
+def test_appliance_unit_and_example_config() -> None:
+    """The appliance's unit restarts always (the protected traffic waits on it) and its example
+    config names balancers; header stripping stays optional there."""
+    text = (UNITS / "appliance.service").read_text().splitlines()
+    for line in (
+        "Type=notify",
+        "Restart=always",
+        "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN",
+    ):
+        assert line in text, line
+    values = load_file(ROOT / "suricata" / "appliance.toml")
+    options = build_options(values, {}, require_proxies=False)
+    assert options.tunnel_peers and options.idle_timeout == 350.0 and not options.proxies
