@@ -15,6 +15,10 @@ them in two timed stages with its own thread CPU clock:
 * return path: ``recvfrom`` + validation + building the return + the raw ``sendto``;
 * tap path: ``Pipeline.push_inner`` + ``take`` + the tap ``write`` of the same datagrams.
 
+It also times ``Appliance.receive`` alone in process: the rest of the return path is the two
+syscalls, and on veths the raw ``sendto`` carries the peer namespace's receive path too (the
+kernel runs it in the sender's context), which a NIC driver would not.
+
 Packets/s per core = datagrams / CPU seconds of each stage (and of both). In the service both
 stages run per batch of up to 256, the return stage first, so the sum is the appliance's
 single-core capacity and the return stage alone its latency-relevant part.
@@ -177,6 +181,21 @@ def measure(batch: int, rounds: int, cpu: int | None) -> dict[str, float]:
     return result
 
 
+def core_only(n: int = 20_000) -> float:
+    """Microseconds per datagram of ``Appliance.receive`` alone (validate, build the return
+    and the frame; no syscalls): what of the return path is Python rather than the kernel."""
+    from normalizer.appliance import Appliance
+
+    pkts = datagrams(n)
+    src = socket.inet_aton(BALANCER)
+    core = Appliance((f"{BALANCER}/32",), socket.inet_aton(APPLIANCE))
+    receive = core.receive
+    t0 = time.thread_time()
+    for p in pkts:
+        receive(p, src, 50001)
+    return (time.thread_time() - t0) / n * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_send"]:
@@ -194,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench appliance: needs root (network namespaces)", file=sys.stderr)
         return 2
+    print(f"core alone (Appliance.receive, no syscalls): {core_only():.1f} us per datagram")
     for i in range(args.runs):
         r = measure(args.batch, args.rounds, args.cpu)
         print(
