@@ -7,6 +7,7 @@ Topology (every veth with offloads off; IPv6 off everywhere)::
 
     attacker c0 ==== ca [balancer] sa ==== s0 decoy        (site A, ENI_A)
     client2  c0 ==== cb [balancer] sb ==== s0 server2      (site B, ENI_B, same addresses)
+    client3  c0 ==== cc [balancer] sc ==== s0 server3      (site C, ENI_C: a mirror target)
                        [balancer] u0 ==== u1 appliance     (underlay 10.98.0.0/24, MTU 9001)
 
 The clients' and servers' gateways are static neighbour entries pointing at the balancer's
@@ -29,16 +30,19 @@ from typing import Any
 from tests.lab.netlab import ATTACKER, DECOY, Lab, LabError, run, stop
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES = ("attacker", "decoy", "client2", "server2", "balancer", "appliance")
+ROLES = ("attacker", "decoy", "client2", "server2", "client3", "server3", "balancer", "appliance")
 BALANCER, STRANGER, APPLIANCE = "10.98.0.1", "10.98.0.9", "10.98.0.2"
 CLIENT_GW, SERVER_GW = "198.51.100.1", "192.0.2.1"
-ENI_A, ENI_B = "0e1a2b3c4d5e6f70", "0e99aabbccddeeff"
+ENI_A, ENI_B, ENI_C = "0e1a2b3c4d5e6f70", "0e99aabbccddeeff", "0e3c3c3c3c3c3c3c"
+MIRROR_VNI = 100
 HEALTH_PORT = 8080
 TAP = "snl0"
-# site: (client role, server role, balancer's client veth, balancer's server veth, ENI, sport)
+# site: (client role, server role, balancer's client veth, balancer's server veth, ENI, sport,
+# mirror VNI: site C's balancer is a mirror target, its traffic flows directly)
 SITES = (
-    ("attacker", "decoy", "ca", "sa", ENI_A, 50001),
-    ("client2", "server2", "cb", "sb", ENI_B, 50002),
+    ("attacker", "decoy", "ca", "sa", ENI_A, 50001, 0),
+    ("client2", "server2", "cb", "sb", ENI_B, 50002, 0),
+    ("client3", "server3", "cc", "sc", ENI_C, 50003, MIRROR_VNI),
 )
 _MAC = "02:00:00:00:{:02x}:{:02x}"
 _SEQ = itertools.count()
@@ -59,7 +63,7 @@ class ApplianceLab(Lab):
             self.ip(role, "link", "set", "lo", "up")
             self.sh(role, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
             self.sh(role, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
-        for i, (client, server, cif, sif, _eni, _sport) in enumerate(SITES):
+        for i, (client, server, cif, sif, _eni, _sport, _vni) in enumerate(SITES):
             self._veth(client, "c0", mac(i, 1), cif, mac(i, 2))
             self._veth(server, "s0", mac(i, 4), sif, mac(i, 3))
             self.ip(client, "addr", "add", f"{ATTACKER[4]}/24", "dev", "c0")
@@ -101,6 +105,10 @@ class ApplianceLab(Lab):
 
     # -- the pieces the test starts -------------------------------------------------------------
 
+    def as_role(self, real: str, role: str) -> Lab:
+        """A view running ``role``'s commands in ``real``'s namespace (traffic.py's attacker)."""
+        return Lab(ns={role: self.ns[real]}, procs=self.procs)
+
     def start_balancer(self, d: Path) -> Path:
         """The simulator in the balancer namespace; returns where its counters appear."""
         stats = d / "balancer.json"
@@ -113,8 +121,9 @@ class ApplianceLab(Lab):
                 "server_mac": mac(i, 4),
                 "server_net": "192.0.2.0/24",
                 "sport": sport,
+                "mirror_vni": vni,
             }
-            for i, (_c, _s, cif, sif, eni, sport) in enumerate(SITES)
+            for i, (_c, _s, cif, sif, eni, sport, vni) in enumerate(SITES)
         ]
         cfg = d / "balancer-config.json"
         cfg.write_text(

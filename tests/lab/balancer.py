@@ -13,6 +13,10 @@ port per site) to the appliance's port 6081. Returns arrive on the balancer's ow
 (the appliance keeps the ports): the ENI option names the site, the inner destination the
 side, and the inner packet goes out there with Ethernet addresses of that link.
 
+A mirror site (``mirror_vni``) is a balancer as traffic-mirror target: its frames go on
+between client and server directly, and a copy of each, wrapped in VXLAN (the mirror session)
+and then GENEVE, goes to the appliance; its returns are counted, not delivered.
+
 Counters go to a JSON file after every change (the lab test reads it): datagrams sent,
 returned per ENI id, returns it could not deliver, and ICMP errors (port unreachable while the
 appliance is down) read from the send sockets' error queues.
@@ -56,6 +60,7 @@ class Site:
     server_mac: bytes
     server_net: ipaddress.IPv4Network  # inner destinations on the server side
     sport: int  # outer UDP source port of this site's datagrams
+    mirror_vni: int = 0  # > 0: a traffic-mirror site (see ``Balancer._captured``)
 
 
 def cookie_for(inner: bytes) -> bytes:
@@ -66,8 +71,23 @@ def cookie_for(inner: bytes) -> bytes:
     return zlib.crc32(bytes((proto,)) + min(a, b) + max(a, b)).to_bytes(4, "big")
 
 
+MIRROR_SOURCE, MIRROR_TARGET = "10.1.0.5", "10.1.0.6"  # the mirror session's VXLAN addresses
+
+
+def vxlan_copy(frame: bytes, vni: int) -> bytes:
+    """A mirrored Ethernet frame as the mirror session sends it: IPv4 / UDP 4789 / VXLAN."""
+    vx = struct.pack("!BBHI", 0x08, 0, 0, vni << 8) + frame
+    udp = struct.pack("!HHHH", 49152 + vni, 4789, 8 + len(vx), 0) + vx
+    src, dst = socket.inet_aton(MIRROR_SOURCE), socket.inet_aton(MIRROR_TARGET)
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, src, dst)
+    csum = sum(struct.unpack("!10H", head))
+    csum = (csum & 0xFFFF) + (csum >> 16)
+    csum = (csum & 0xFFFF) + (csum >> 16)
+    return head[:10] + struct.pack("!H", ~csum & 0xFFFF) + head[12:] + udp
+
+
 def wrap(inner: bytes, eni: bytes, cookie: bytes | None = None) -> bytes:
-    opts = geneve.aws_options(eni, ATTACHMENT_ID, cookie or cookie_for(inner))
+    opts = geneve.aws_options(eni, ATTACHMENT_ID, cookie_for(inner) if cookie is None else cookie)
     return geneve.build(0, geneve.PROTO_IPV4, opts) + inner
 
 
@@ -95,6 +115,7 @@ class Balancer:
                 bytes.fromhex(s["server_mac"].replace(":", "")),
                 ipaddress.IPv4Network(s["server_net"]),
                 int(s["sport"]),
+                int(s.get("mirror_vni", 0)),
             )
             for s in cfg["sites"]
         ]
@@ -160,8 +181,18 @@ class Balancer:
                 return n > 0
             if addr[2] == PACKET_OUTGOING or frame[12:14] != b"\x08\x00":
                 continue
+            if site.mirror_vni:
+                # A mirror target's balancer: the traffic itself goes on directly (a bridge),
+                # a copy goes to the appliance as VXLAN (the mirror session) inside GENEVE.
+                other = site.server_if if ifname == site.client_if else site.client_if
+                peer_mac = site.server_mac if other == site.server_if else site.client_mac
+                s_out, own = self.out[other]
+                s_out.send(peer_mac + own + frame[12:])
+                datagram = wrap(vxlan_copy(frame, site.mirror_vni), site.eni_id, bytes(4))
+            else:
+                datagram = wrap(frame[14:], site.eni_id)
             try:
-                self.senders[site.eni_id].sendto(wrap(frame[14:], site.eni_id), self.appliance)
+                self.senders[site.eni_id].sendto(datagram, self.appliance)
                 self.stats["sent"] += 1
             except OSError:
                 self.stats["send_errors"] += 1
@@ -184,6 +215,8 @@ class Balancer:
 
     def _deliver(self, payload: bytes, eni: bytes | None) -> None:
         site = next((s for s in self.sites if s.eni_id == eni), None)
+        if site is not None and site.mirror_vni:  # a mirrored copy: the original went on
+            return
         try:
             inner = payload[geneve.parse(payload).length :]
         except geneve.GeneveError:

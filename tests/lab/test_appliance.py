@@ -10,7 +10,9 @@ check one part of what it recorded.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import zlib
@@ -27,6 +29,8 @@ from tests.lab.appliance_lab import (
     BALANCER,
     ENI_A,
     ENI_B,
+    ENI_C,
+    MIRROR_VNI,
     ROOT,
     STRANGER,
     TAP,
@@ -34,7 +38,14 @@ from tests.lab.appliance_lab import (
     balancer_stats,
     wait_stats,
 )
-from tests.lab.balancer import ATTACHMENT_ID, HOSTILE_ENI, MARKER_ENI, hostile_datagrams
+from tests.lab.balancer import (
+    ATTACHMENT_ID,
+    HOSTILE_ENI,
+    MARKER_ENI,
+    MIRROR_SOURCE,
+    MIRROR_TARGET,
+    hostile_datagrams,
+)
 from tests.lab.netlab import DECOY
 from tests.lab.services import make_webroot, start_decoy
 from tests.lab.suricata_run import (
@@ -78,6 +89,7 @@ class Run:
     events: list[Event] = field(default_factory=list)  # Suricata on the tap
     reference: list[Event] = field(default_factory=list)  # Suricata on the server's own veth
     enriched: list[Event] = field(default_factory=list)
+    tunnel_rows: list[dict[str, Any]] = field(default_factory=list)  # the cache's, at the end
 
 
 def _curl(lab: ApplianceLab, role: str, path: str, *extra: str) -> subprocess.Popen[str]:
@@ -100,6 +112,7 @@ def _phases(lab: ApplianceLab, r: Run) -> None:
     www = make_webroot(d / "www")
     start_decoy(lab, d, www, proxy_protocol=False, role="decoy", addrs=(DECOY[4],))
     start_decoy(lab, d, www, proxy_protocol=False, role="server2", addrs=(DECOY[4],))
+    start_decoy(lab, d, www, proxy_protocol=False, role="server3", addrs=(DECOY[4],))
     stats = lab.start_balancer(d)
     app = lab.start_appliance(d, cache, "appliance")
     suri = live_demo.start_suricata(lab, d, iface=TAP, role="appliance")
@@ -108,6 +121,8 @@ def _phases(lab: ApplianceLab, r: Run) -> None:
     # 1. The scripted attack from site A, captured unencapsulated at the server for reference.
     with lab.capture(d / "reference.pcap", port="s0", role="decoy"):
         run_traffic(lab, d, url=URL)
+    # 1b. The same attack at site C, whose balancer only mirrors (VXLAN inside GENEVE).
+    run_traffic(lab.as_role("client3", "attacker"), d, url=URL)
     # 2. The same 5-tuple at the same time behind both endpoints.
     both = [
         _curl(lab, role, "/docs.bin", "--local-port", SAME_PORT) for role in ("attacker", "client2")
@@ -169,6 +184,8 @@ def run(lab_ready: None, lab_dir: Path) -> Iterator[Run]:
     argv += ["--cache", str(d / "appliance.db"), "-o", str(out), "-q"]
     subprocess.run(argv, check=True, timeout=120)
     r.enriched = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    with contextlib.closing(sqlite3.connect(d / "appliance.db")) as db:
+        r.tunnel_rows = [json.loads(t) for (t,) in db.execute("SELECT tunnel FROM tunnels")]
     yield r
 
 
@@ -189,27 +206,42 @@ def test_protected_traffic_flows_through_the_appliance(run: Run) -> None:
     assert c["cache_tunnel_rows"] > 0 and c["cache_errors"] == 0, c
 
 
+def _alerts(run: Run, eni: str) -> list[Event]:
+    return [e for e in run.enriched if e["event_type"] == "alert" and e["tunnel"]["eni_id"] == eni]
+
+
 def test_suricata_on_the_tap_alerts_like_the_unencapsulated_traffic(run: Run) -> None:
     want = expected_alerts(False)
     assert alerts_by_sid(run.reference) == want
-    assert alerts_by_sid(run.events) == want
+    assert alerts_by_sid(_alerts(run, ENI_A)) == want
+    assert alerts_by_sid(run.events) == want + want  # and site C's mirrored copies
     assert invalid_checksums(run.events) == 0 and decoder_invalid(run.events) == 0
     assert live_demo.kernel_drops(run.events) == 0
 
 
 def test_every_enriched_alert_names_its_endpoint(run: Run) -> None:
     alerts = [e for e in run.enriched if e["event_type"] == "alert"]
-    assert len(alerts) == expected_alerts(False).total()
+    assert len(alerts) == 2 * expected_alerts(False).total()
     for e in alerts:
         t = e["tunnel"]
-        assert (t["type"], t["eni_id"], t["attachment_id"]) == (
-            "geneve",
-            ENI_A,
-            ATTACHMENT_ID.hex(),
-        )
-        assert t["flow_cookie"] == _cookie(e), e
+        assert (t["type"], t["attachment_id"]) == ("geneve", ATTACHMENT_ID.hex()), e
+        assert t["eni_id"] in (ENI_A, ENI_C) and t["vlan"] == e["vlan"][0]
         assert t["outer"]["src_ip"] == BALANCER and t["outer"]["dest_ip"] == APPLIANCE
-        assert t["vlan"] == e["vlan"][0]
+        if t["eni_id"] == ENI_A:
+            assert t["flow_cookie"] == _cookie(e) and "mirror" not in t, e
+
+
+def test_mirrored_vxlan_inside_geneve_is_inspected_through_both_layers(run: Run) -> None:
+    """Site C's balancer mirrors: Suricata sees the VXLAN session's frames, on their own VLAN
+    id, and raises the attack's alerts once; the enriched alerts name both layers."""
+    alerts = _alerts(run, ENI_C)
+    assert alerts_by_sid(alerts) == expected_alerts(False)
+    assert len({e["vlan"][0] for e in alerts} | {e["vlan"][0] for e in _alerts(run, ENI_A)}) == 2
+    for e in alerts:
+        m = e["tunnel"]["mirror"]
+        assert (m["type"], m["vni"]) == ("vxlan", MIRROR_VNI), e
+        assert (m["outer"]["src_ip"], m["outer"]["dest_ip"]) == (MIRROR_SOURCE, MIRROR_TARGET)
+    assert run.counters["mirrored"] > 0
 
 
 def test_equal_tuples_behind_two_endpoints_stay_two_flows(run: Run) -> None:
@@ -231,8 +263,10 @@ def test_hostile_geneve_is_counted_never_returned_or_inspected(run: Run) -> None
     for reason in [*hostile_datagrams(), "peer"]:
         key = f"rejected_{reason}"
         assert after[key] - before[key] == 1, (key, before[key], after[key])
-    assert after["inspected"] - before["inspected"] == 1  # only the marker
-    assert after["returned"] - before["returned"] == 1
+    # Inspected inner flows each have a tunnel row: the marker's, none of the hostile ones'.
+    enis = [t.get("eni_id", "none") for t in run.tunnel_rows]
+    assert enis.count(MARKER_ENI.hex()) == 1 and HOSTILE_ENI.hex() not in enis
+    assert all(e in (ENI_A, ENI_B, ENI_C, MARKER_ENI.hex()) for e in enis), set(enis)
     by_eni = run.balancer_hostile["returned_by_eni"]
     assert HOSTILE_ENI.hex() not in by_eni and "none" not in by_eni, by_eni
     assert by_eni[MARKER_ENI.hex()] == 1
