@@ -199,6 +199,7 @@ def mirrored(payload: bytes, ip: int, vxlan_ports: frozenset[int]) -> Mirror | N
 @dataclass(slots=True)
 class ApplianceCounters:
     received: int = 0  # datagrams read from the socket
+    receive_errors: int = 0  # socket reads that failed (adapter)
     returned: int = 0  # return packets sent (adapter)
     return_errors: int = 0  # return sends that failed (adapter): protected traffic lost
     inspected: int = 0  # inner frames handed to the pipeline

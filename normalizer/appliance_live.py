@@ -58,7 +58,8 @@ _STALE = 5.0  # seconds without a loop iteration after which the health check sa
 _EXPIRE_EVERY = 60.0
 _GC_EVERY = 60.0
 _RCVBUF = 8 << 20
-_SO_RCVBUFFORCE = 33  # Linux; the socket module does not name it
+_SO_RCVBUFFORCE = 33  # Linux; the socket module does not name them
+_SO_SNDBUFFORCE = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,10 @@ class ApplianceLive:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
             self.sock.bind((settings.listen, settings.port))
             self.sock.setblocking(False)
-            self.raw.setblocking(False)
+            # Blocking returns: when the device queue is full, a return waits for the kernel
+            # (never for Suricata) rather than being lost; the buffer absorbs bursts first.
+            with contextlib.suppress(PermissionError):
+                self.raw.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, _RCVBUF)
             self.tap = Tap(settings.tap, settings.tap_mtu)
         except BaseException:
             self.sock.close()
@@ -209,6 +213,10 @@ class ApplianceLive:
             try:
                 data, (host, port) = recv(65535)
             except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # nothing the balancer sends should cause this: say so
+                c.receive_errors += 1
+                print(f"suricata-normalizer: receive failed: {exc}", file=sys.stderr)
                 break
             verdict = receive(data, aton(host), port)
             if verdict is None:

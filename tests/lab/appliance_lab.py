@@ -136,8 +136,11 @@ class ApplianceLab(Lab):
         wait_for(d / "balancer.log", "balancer running", proc, 15)
         return stats
 
-    def start_appliance(self, d: Path, cache: Path, name: str) -> subprocess.Popen[bytes]:
+    def start_appliance(
+        self, d: Path, cache: Path, name: str, config: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         argv = [*NORMALIZER, "appliance", "--listen", APPLIANCE, "--tap", TAP]
+        argv += ["--config", str(config)] if config is not None else []
         argv += ["--tunnel-peer", f"{BALANCER}/32", "--health-port", str(HEALTH_PORT)]
         argv += ["--cache", str(cache), "--stats-json", str(d / f"{name}.json")]
         log = d / f"{name}.log"

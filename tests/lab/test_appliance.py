@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from tests.lab.appliance_lab import (
     TAP,
     ApplianceLab,
     balancer_stats,
+    wait_for,
     wait_stats,
 )
 from tests.lab.balancer import (
@@ -86,6 +88,7 @@ class Run:
     stopped_after: dict[str, Any] = field(default_factory=dict)
     stopped_curl_rc: int = 0
     restart_code: str = ""
+    reload_code: str = ""
     events: list[Event] = field(default_factory=list)  # Suricata on the tap
     reference: list[Event] = field(default_factory=list)  # Suricata on the server's own veth
     enriched: list[Event] = field(default_factory=list)
@@ -161,11 +164,18 @@ def _phases(lab: ApplianceLab, r: Run) -> None:
     p.communicate(timeout=30)
     r.stopped_curl_rc = p.returncode
     r.stopped_after = wait_stats(stats, lambda s: s["refused"] > r.stopped_before["refused"])
-    # 6. Restarted: healthy again, traffic flows again.
-    app = lab.start_appliance(d, cache, "appliance2")
+    # 6. Restarted: healthy again, traffic flows again; and again after a reload (SIGHUP) that
+    # changes the config (a proxy to strip headers from): core and pipeline are rebuilt.
+    config = d / "appliance.toml"
+    config.write_text("[normalizer]\nidle_timeout = 350.0\n")
+    app = lab.start_appliance(d, cache, "appliance2", config)
     lab.wait_health("200")
     r.health["restarted"] = lab.health()[0]
     r.restart_code = _code(_curl(lab, "attacker", "/index.html", "--max-time", "20"))
+    config.write_text('[normalizer]\nidle_timeout = 350.0\nproxies = ["192.0.2.99/32"]\n')
+    app.send_signal(signal.SIGHUP)
+    wait_for(d / "appliance2.log", "config reloaded", app, 10)
+    r.reload_code = _code(_curl(lab, "attacker", "/index.html", "--max-time", "20"))
     live_demo.settle(1.0)
     r.counters2 = lab.stop_appliance(app, d, "appliance2")
     r.events = live_demo.stop_suricata(lab, suri, d, iface=TAP)
@@ -286,6 +296,7 @@ def test_stopped_appliance_returns_nothing_and_a_restart_resumes(run: Run) -> No
     before, after = run.stopped_before, run.stopped_after
     assert run.stopped_curl_rc != 0
     assert after["sent"] > before["sent"] and after["returned"] == before["returned"]
-    assert run.restart_code == "200"
+    assert run.restart_code == run.reload_code == "200"
     c = run.counters2
     assert c["returned"] == c["inspected"] > 0 and c["return_errors"] == 0, c
+    assert c["reloads"] == 1 and c["tap_frames"] == c["inspected"], c
