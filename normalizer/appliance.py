@@ -42,9 +42,9 @@ IDLE_TIMEOUT = 350.0  # the balancer's flow idle timeout: default lifetime of fl
 TTL = 64
 _UDP = 17
 _VXLAN_KEY = 1 << 24  # VlanMap key bit: ENI + VXLAN VNI, distinct from the ENI alone
-_REQUIRED = {1: 8, 2: 8, 3: 4}
+_REQUIRED = {1: 8, 2: 8, 3: 4}  # class 0x0108 option type -> data size
 # IPv4 header (checksum 0) + UDP header without its checksum: the return packet's outer part.
-_OUTER = struct.Struct("!BBHHHBBH4s4sHHH")  # class 0x0108 option type -> data size
+_OUTER = struct.Struct("!BBHHHBBH4s4sHHH")
 
 # Why a datagram was neither returned nor inspected.
 REASONS = (
@@ -151,12 +151,6 @@ def return_packet(payload: bytes, src: bytes, sport: int, dst: bytes, dport: int
 
 def vlan_tag(vlan: int) -> bytes:
     return b"\x81\x00" + vlan.to_bytes(2, "big")
-
-
-def inspection_frame(payload: bytes, d: Datagram, vlan: int) -> bytes:
-    """The inner packet as Ethernet for the tap: synthesized MACs, the ENI's 802.1Q tag."""
-    proto = d.header.protocol.to_bytes(2, "big")
-    return SYNTH_MACS + vlan_tag(vlan) + proto + payload[d.inner :]
 
 
 class Mirror(NamedTuple):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from normalizer.appliance import IDLE_TIMEOUT
 from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, ConnectionCache
 from normalizer.counters import Counters
@@ -22,7 +23,6 @@ from normalizer.pcap_job import print_progress, rewrite_file, summary
 from normalizer.rulecheck import command as rulecheck_command
 
 _TAP_MAX_MTU = 65521  # tap.MAX_MTU, without importing the live adapters for ``rewrite``
-APPLIANCE_IDLE_TIMEOUT = 350.0  # appliance.IDLE_TIMEOUT: the balancer's flow idle timeout
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -212,7 +212,7 @@ def _stripping_flags(p: argparse.ArgumentParser) -> None:
 def _options(args: argparse.Namespace, require_proxies: bool = True) -> Any:
     file_values = load_file(args.config) if args.config else {}
     if args.command == "appliance":  # the balancer's flow idle timeout unless configured
-        file_values = {"idle_timeout": APPLIANCE_IDLE_TIMEOUT, **file_values}
+        file_values = {"idle_timeout": IDLE_TIMEOUT, **file_values}
     return build_options(
         file_values,
         {
