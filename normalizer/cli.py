@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from normalizer import reference_gateway
+from normalizer import suricata_config_command as suricata_config
 from normalizer.appliance import IDLE_TIMEOUT
 from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, ConnectionCache
@@ -47,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     _live_parser(sub)
     _appliance_parser(sub)
     rulecheck_command.add_parser(sub)
+    suricata_config.add_parser(sub)
+    reference_gateway.add_parser(sub)
     return p
 
 
@@ -351,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             return _appliance(args)
         if args.command == "test-rules":
             return rulecheck_command.run(args)
+        if args.command == "suricata-config":
+            return suricata_config.run(args)
+        if args.command == "reference-gateway":
+            return reference_gateway.run(args)
     except ConfigError as exc:
         print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
         return 2

@@ -44,10 +44,9 @@ class Counters:
     hold_timeout: int = 0
     events_dropped: int = 0
     # Checksums on the way in (offload.py), one of these per frame the policy looked at.
-    checksum_valid: int = 0  # right as captured
     checksum_completed: int = 0  # partial (an offload's pseudo-header sum), or mode "fix"
-    checksum_bad: int = 0  # wrong, not partial: left wrong, as the receiver saw it
-    checksum_unchecked: int = 0  # not TCP/UDP over IP, a fragment or truncated
+    checksum_kept: int = 0  # auto: not partial, left as captured (right, or wrong on the wire)
+    checksum_unchecked: int = 0  # fix: not TCP/UDP over IP, a fragment or truncated
     # Decapsulation, in front of the core (decap.py). An unfragmented frame is counted once in
     # decapsulated, passed, bad_header or untrusted; an outer UDP fragment of a tunnel peer in
     # fragments, and its datagram, once whole, in reassembled and again in decapsulated or

@@ -45,7 +45,7 @@ _LABELLED = (
     ("hold_timeout", "header_problems", "Headers not stripped", "problem", "hold_timeout"),
     ("csum_completed", "checksums", "Checksums on the way in", "outcome", "offload_completed"),
     ("checksum_completed", "checksums", "Checksums on the way in", "outcome", "recomputed"),
-    ("checksum_bad", "checksums", "Checksums on the way in", "outcome", "bad_kept"),
+    ("checksum_kept", "checksums", "Checksums on the way in", "outcome", "kept"),
 )
 _PLAIN = (
     ("rewritten", "packets_rewritten", "Frames of proxied flows rewritten"),

@@ -15,9 +15,10 @@ Modes (``checksums`` in the config, ``--checksums``):
 * ``auto`` (default): complete the checksums of frames that are partial -- live, the ring's
   CSUMNOTREADY flag says which (see afpacket.py); in files, the field holding exactly the
   pseudo-header sum does (measured here: every offloaded frame, GSO frames included, has that
-  signature). Any other wrong checksum is left wrong and counted: the receiver dropped that
-  segment, so Suricata must not inspect it (correcting it would hand attackers an insertion
-  evasion: data the decoy never accepted, reassembled by the IDS).
+  signature), confirmed by a full sum. Any other wrong checksum is left wrong: the receiver
+  dropped that segment, so Suricata must not inspect it (correcting it would hand attackers an
+  insertion evasion: data the decoy never accepted, reassembled by the IDS). The signature
+  test reads 10 bytes, so ``auto`` costs no pass over the payload of ordinary frames.
 * ``fix``: recompute every checksum (IPv4 header, TCP, UDP) of every complete frame.
 
 Truncated captures and fragments cannot be summed; they are passed as they are and counted.
@@ -115,16 +116,47 @@ def complete(frame: bytes | bytearray, linktype: int = LINKTYPE_ETHERNET) -> byt
     return out
 
 
-class ChecksumStats:
-    """Counts of what the policy did; folded into the engine's counters by the pipeline."""
+def looks_partial(frame: bytes | bytearray, linktype: int = LINKTYPE_ETHERNET) -> bool:
+    """Whether the transport checksum field holds exactly the pseudo-header sum.
 
-    __slots__ = ("bad", "completed", "unchecked", "valid")
+    Cheap (no pass over the payload): it is what lets ``auto`` run on every frame. A right
+    checksum equals that value about once in 65535 frames; ``verdict`` then tells them apart.
+    """
+    # Ethernet + IPv4 without options + TCP, the common case, inline (a fragment or a cut frame
+    # that passes this test is refused by ``verdict``).
+    if (
+        linktype == LINKTYPE_ETHERNET
+        and frame[12:15] == b"\x08\x00\x45"
+        and len(frame) >= 54
+        and frame[23] == _TCP
+    ):
+        end = 14 + ((frame[16] << 8) | frame[17])
+        pseudo = (int.from_bytes(frame[26:34], "big") + _TCP + end - 34) % 0xFFFF
+        return ((frame[50] << 8) | frame[51]) % 0xFFFF == pseudo
+    f = locate_l4(frame, linktype)
+    if f is None or f.proto not in _CSUM_AT or f.end > len(frame):
+        return False
+    at = f.l4 + _CSUM_AT[f.proto]
+    if at + 2 > f.end:
+        return False
+    field = (frame[at] << 8) | frame[at + 1]
+    return field % 0xFFFF == _pseudo(frame, f.ip, f.proto, f.end - f.l4)
+
+
+class ChecksumStats:
+    """Counts of what the policy did; folded into the engine's counters by the pipeline.
+
+    ``auto`` does not sum every frame (that would cost as much as the rest of the rewrite):
+    frames without the offload signature are "kept", right or wrong; Suricata counts the wrong
+    ones itself (``tcp.invalid_checksum``), and ``test-rules`` reports them.
+    """
+
+    __slots__ = ("completed", "kept", "unchecked")
 
     def __init__(self) -> None:
-        self.valid = 0  # checked and right: left untouched
         self.completed = 0  # partial (auto) or any complete frame (fix): recomputed in full
-        self.bad = 0  # wrong without the offload signature: left wrong (auto)
-        self.unchecked = 0  # could not be summed: passed as captured
+        self.kept = 0  # auto: no offload signature (or a right checksum that looked like one)
+        self.unchecked = 0  # fix: could not be summed (not TCP/UDP over IP, fragment, cut)
 
 
 class ChecksumPolicy:
@@ -147,16 +179,10 @@ class ChecksumPolicy:
                 return frame
             st.completed += 1
             return bytes(out)
-        v = verdict(frame, self.linktype)
-        if v is Verdict.VALID:
-            st.valid += 1
-        elif v is Verdict.PARTIAL:
-            out = complete(frame, self.linktype)
-            assert out is not None  # a partial verdict means the frame could be summed
+        if looks_partial(frame, self.linktype) and verdict(frame, self.linktype) is Verdict.PARTIAL:
+            fixed = complete(frame, self.linktype)
+            assert fixed is not None  # a partial verdict means the frame could be summed
             st.completed += 1
-            return bytes(out)
-        elif v is Verdict.BAD:
-            st.bad += 1
-        else:
-            st.unchecked += 1
+            return bytes(fixed)
+        st.kept += 1
         return frame

@@ -68,8 +68,8 @@ class Pipeline:
         c = self.engine.counters
         if self._checksums is not None:
             st = self._checksums.stats
-            c.checksum_valid, c.checksum_completed = st.valid, st.completed
-            c.checksum_bad, c.checksum_unchecked = st.bad, st.unchecked
+            c.checksum_completed, c.checksum_kept = st.completed, st.kept
+            c.checksum_unchecked = st.unchecked
         return c
 
     def push(self, frame: bytes, ts: int) -> None:

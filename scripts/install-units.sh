@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs the sidecar pair as root: the package into its own venv (/opt/suricata-normalizer),
 # the two commands into /usr/local/bin, the systemd units, the example config (never overwriting
-# an existing one), Suricata's include fragment and the lab rules, then checks the units with
-# `systemd-analyze verify`. DESTDIR=/some/root installs the files only (packaging, tests).
+# an existing one) and the lab rules, generates Suricata's include fragment from this host's
+# /etc/suricata/suricata.yaml (`suricata-normalizer suricata-config`: the operator's af-packet and
+# outputs lists plus the tap; rerun it after editing suricata.yaml), then checks the units with
+# `systemd-analyze verify`. DESTDIR=/some/root installs the files only (packaging, tests; the
+# fragment is host-specific and is not generated there).
 #
 #   scripts/install-units.sh && systemctl enable --now normalizer eve-enricher
-#   # then add to suricata's command line: --include /etc/suricata/normalizer.yaml --af-packet=snl0
+#   # Suricata: -c /etc/suricata/suricata.yaml --include /etc/suricata/normalizer.yaml --af-packet
+#   # (--af-packet without an interface: every af-packet entry, the stock ones and the tap)
 #   # (an appliance behind a gateway load balancer instead: systemctl enable --now appliance
 #   # eve-enricher; see docs/appliance.md)
 set -euo pipefail
@@ -23,7 +27,6 @@ for f in config.toml normalizer.env appliance.toml appliance.env; do  # local ed
   [ -e "$DESTDIR/etc/suricata-normalizer/$f" ] ||
     install -m 0644 "suricata/$f" "$DESTDIR/etc/suricata-normalizer/$f"
 done
-install -m 0644 suricata/normalizer.yaml "$DESTDIR/etc/suricata/normalizer.yaml"
 install -m 0644 suricata/rules/decoy.rules "$DESTDIR/etc/suricata/rules/decoy.rules"
 
 if [ -n "$DESTDIR" ]; then
@@ -36,6 +39,9 @@ python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q .
 ln -sf "$VENV/bin/suricata-normalizer" /usr/local/bin/suricata-normalizer
 ln -sf "$VENV/bin/eve-enricher" /usr/local/bin/eve-enricher
+TAP=$(sed -n 's/.*--tap \([^ "]*\).*/\1/p' /etc/suricata-normalizer/normalizer.env)
+/usr/local/bin/suricata-normalizer suricata-config --suricata-yaml /etc/suricata/suricata.yaml \
+  --tap "${TAP:-snl0}" -o /etc/suricata/normalizer.yaml
 getent passwd suricata-normalizer >/dev/null ||
   useradd --system --home-dir /var/lib/suricata-normalizer --shell /usr/sbin/nologin \
     suricata-normalizer

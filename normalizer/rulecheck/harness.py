@@ -43,12 +43,11 @@ class CaseResult:
     comparison: Comparison | None = None
     error: str = ""
     usage_error: bool = False  # a manifest problem: the engineer must fix an input file
-    # Packets Suricata dropped for a bad checksum (-k all), and what the normalizer saw:
-    # frames whose checksum was wrong without being an offload's partial sum (left wrong),
-    # and partial ones it completed. A capture recorded on the sending host with offloads on
-    # shows up here instead of as silently missing alerts.
+    # Packets Suricata dropped for a bad checksum (-k all), the manifest's checksum mode and
+    # the partial checksums the normalizer completed: a capture recorded on the sending host
+    # with offloads on shows up here instead of as silently missing alerts.
     invalid_checksums: int = 0
-    checksum_bad: int = 0
+    checksum_mode: str = "auto"
     checksum_completed: int = 0
 
     def checksum_hint(self) -> str:
@@ -56,15 +55,14 @@ class CaseResult:
         if not self.invalid_checksums:
             return ""
         hint = f"Suricata dropped {self.invalid_checksums} packets with invalid checksums (-k all)"
-        if self.checksum_bad:
+        if self.checksum_mode == "keep":
             return (
-                f"{hint}; {self.checksum_bad} frames were already wrong in the capture and not an"
-                " offload's partial sum: if they are genuine, record with offloads off or set"
-                " 'options: {checksums: fix}' in the manifest"
+                f"{hint}: the capture was probably recorded on the sending host with offloads on;"
+                " the manifest sets 'checksums: keep', the default 'auto' completes them"
             )
         return (
-            f"{hint}: the capture was probably recorded on the sending host with offloads on;"
-            " keep the default 'checksums: auto' (the manifest sets 'keep')"
+            f"{hint} that are not an offload's partial sum, so 'auto' left them as the receiver"
+            " saw them; if they are an artefact of the recording, set 'options: {checksums: fix}'"
         )
 
 
@@ -127,7 +125,7 @@ def run_case(
     return dataclasses.replace(
         result("pass" if comparison.passed else "fail", comparison=comparison),
         invalid_checksums=invalid_checksums(events),
-        checksum_bad=counters.checksum_bad,
+        checksum_mode=manifest.options().checksums,
         checksum_completed=counters.checksum_completed,
     )
 

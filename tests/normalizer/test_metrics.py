@@ -13,7 +13,7 @@ def test_collector_exposes_checksum_backend_and_silence_metrics() -> None:
     snap.update(
         headers_by_backend={"192.0.2.11": 3, "192.0.2.12": 4},
         csum_completed=7,
-        checksum_bad=2,
+        checksum_kept=2,
         capture_promisc=1,
         no_proxied_flows=0,
         capture_oversize=5,
@@ -23,7 +23,7 @@ def test_collector_exposes_checksum_backend_and_silence_metrics() -> None:
     text = generate_latest(reg).decode()
     assert 'suricata_normalizer_headers_stripped_by_backend_total{backend="192.0.2.12"} 4.0' in text
     assert 'suricata_normalizer_checksums_total{outcome="offload_completed"} 7.0' in text
-    assert 'suricata_normalizer_checksums_total{outcome="bad_kept"} 2.0' in text
+    assert 'suricata_normalizer_checksums_total{outcome="kept"} 2.0' in text
     assert "suricata_normalizer_capture_promisc 1.0" in text
     assert "suricata_normalizer_no_proxied_flows 0.0" in text
     assert "suricata_normalizer_capture_oversize_total 5.0" in text

@@ -75,7 +75,7 @@ def test_other_wrong_checksums_are_bad_not_partial(frame: bytes, delta: int) -> 
     assert verdict(broken) is Verdict.BAD
     policy = ChecksumPolicy("auto", LINKTYPE_ETHERNET)
     assert policy.apply(broken) == broken  # left as the receiver saw it
-    assert policy.stats.bad == 1
+    assert policy.stats.kept == 1
     fixer = ChecksumPolicy("fix", LINKTYPE_ETHERNET)
     assert fixer.apply(broken) == frame
     assert fixer.stats.completed == 1
@@ -152,6 +152,6 @@ def test_pipeline_auto_completes_partial_frames_before_the_core_edits_them() -> 
     for i, fr in enumerate(_offloaded(wire)):
         c.push(fr, i)
     assert c.counters.checksum_completed == len(wire)
-    assert c.counters.checksum_valid == 0
+    assert c.counters.checksum_kept == 0
     # keep: the core's incremental edits keep every partial checksum wrong
     assert all(verdict(fr) is not Verdict.VALID for fr in outs["keep"])
