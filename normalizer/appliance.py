@@ -292,6 +292,10 @@ class Appliance:
         frame = known.ether + payload[at:]
         return Verdict(ret, frame, known.ref)
 
+    def trusts(self, addr: bytes) -> bool:
+        """Whether ``addr`` (packed IPv4) is one of the balancers (for the health server)."""
+        return self._peers.contains(addr)
+
     def _learn(self, payload: bytes, src: bytes, sport: int, key: bytes) -> _Known:
         d = validate_header(payload)
         g = d.header

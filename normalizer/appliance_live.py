@@ -60,6 +60,8 @@ _GC_EVERY = 60.0
 _RCVBUF = 8 << 20
 _SO_RCVBUFFORCE = 33  # Linux; the socket module does not name them
 _SO_SNDBUFFORCE = 32
+_HEALTH_CLIENTS = 32  # concurrent health requests
+_HEALTH_TIMEOUT = 5.0  # seconds a health client may take to send its request
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,22 +281,31 @@ class ApplianceLive:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = _HEALTH_TIMEOUT  # a client that sends nothing is dropped, not waited on
+
             def do_GET(self) -> None:
-                ok, body = owner.health()
-                data = (json.dumps(body, sort_keys=True) + "\n").encode()
+                self._answer(body=True)
+
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
+            def _answer(self, body: bool) -> None:
+                ok, counters = owner.health()
+                data = (json.dumps(counters, sort_keys=True) + "\n").encode()
                 self.send_response(200 if ok else 503)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
-
-            do_HEAD = do_GET
+                if body:
+                    self.wfile.write(data)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # the balancer probes every few seconds: no log line each time
 
-        server = ThreadingHTTPServer((self.settings.listen, port), Handler)
-        server.daemon_threads = True
+        def trusted(host: str) -> bool:
+            return host == self.settings.listen or self.core.trusts(socket.inet_aton(host))
+
+        server = _HealthServer((self.settings.listen, port), Handler, trusted)
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
         self._health = server
 
@@ -372,6 +383,40 @@ class ApplianceLive:
         self.tap.close()
         if self.cache is not None:
             self.cache.close()
+
+
+class _HealthServer(ThreadingHTTPServer):
+    """Each request cut off after ``_HEALTH_TIMEOUT``; at most ``_HEALTH_CLIENTS`` at a time from
+    hosts other than the balancers (``trusted``) and this host, whose probes are always
+    answered: whoever else reaches the port can neither pile up threads nor starve the probe."""
+
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connects must not drop the probe's SYN
+
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        trusted: Callable[[str], bool],
+    ) -> None:
+        super().__init__(addr, handler)
+        self._slots = threading.BoundedSemaphore(_HEALTH_CLIENTS)
+        self._trusted = trusted
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        slot = not self._trusted(client_address[0])
+        if slot and not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        args = (request, client_address, slot)
+        threading.Thread(target=self._serve_one, args=args, daemon=True).start()
+
+    def _serve_one(self, request: Any, client_address: Any, slot: bool) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            if slot:
+                self._slots.release()
 
 
 def appliance_summary(c: dict[str, Any]) -> str:

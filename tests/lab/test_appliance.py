@@ -70,6 +70,17 @@ DROP_RETURNS = """table ip snlapp {
   }
 }
 """
+HOLD_HEALTH = f"""
+import socket, sys
+held = []
+for _ in range(40):
+    s = socket.socket()
+    s.bind(("{STRANGER}", 0))
+    s.connect(("{APPLIANCE}", 8080))
+    held.append(s)
+print("held", len(held), flush=True)
+sys.stdin.read()
+"""
 PY = ["env", f"PYTHONPATH={ROOT}", sys.executable]
 
 
@@ -89,6 +100,8 @@ class Run:
     stopped_curl_rc: int = 0
     restart_code: str = ""
     reload_code: str = ""
+    flood_held: str = ""
+    head_status: str = ""
     events: list[Event] = field(default_factory=list)  # Suricata on the tap
     reference: list[Event] = field(default_factory=list)  # Suricata on the server's own veth
     enriched: list[Event] = field(default_factory=list)
@@ -148,6 +161,21 @@ def _phases(lab: ApplianceLab, r: Run) -> None:
     )
     r.balancer_hostile = wait_stats(stats, lambda s: MARKER_ENI.hex() in s["returned_by_eni"])
     r.hostile_after = lab.health()[1]
+    # 3b. 40 idle connections from a stranger to the health port: the balancer's probe is
+    # still answered (the cap applies to others), and HEAD answers without a body.
+    holder = subprocess.Popen(
+        lab.cmd("balancer", sys.executable, "-c", HOLD_HEALTH),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    r.flood_held = holder.stdout.readline().strip()
+    r.health["flooded"] = lab.health()[0]
+    head = lab.sh("balancer", "curl", "-sI", "--max-time", "5", f"http://{APPLIANCE}:8080/")
+    r.head_status = head.splitlines()[0] if head else ""
+    holder.stdin.close()
+    holder.wait(timeout=30)
     # 4. Returns that cannot be sent: 503 until one succeeds again.
     _nft(lab, DROP_RETURNS)
     _code(_curl(lab, "attacker", "/index.html", "--max-time", "2"))
@@ -285,6 +313,8 @@ def test_hostile_geneve_is_counted_never_returned_or_inspected(run: Run) -> None
 def test_health_follows_the_appliance(run: Run) -> None:
     h = run.health
     assert h["started"] == "200" and h["failing"] == "503"
+    assert run.flood_held == "held 40" and h["flooded"] == "200"
+    assert run.head_status.startswith("HTTP/1.0 200")
     body = run.health_bodies["failing"]
     assert body["returns_failing"] and body["return_errors"] > 0 and not body["healthy"]
     assert h["recovered_curl"] == "200" and h["recovered"] == "200"
