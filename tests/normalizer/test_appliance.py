@@ -239,3 +239,24 @@ def test_header_stripping_composes_and_the_cache_names_the_endpoint(tmp_path: Pa
 def test_the_cli_refuses_an_appliance_without_balancers(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["appliance", "--listen", "10.98.0.2", "--tap", "snlx0"]) == 2
     assert "normalizer.tunnel_peers" in capsys.readouterr().err
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    eth=st.binary(min_size=14, max_size=600),
+    vni=st.integers(0, (1 << 24) - 1),
+    eni=st.binary(min_size=8, max_size=8),
+)
+def test_any_mirrored_frame_comes_out_whole_with_one_tag(eth: bytes, vni: int, eni: bytes) -> None:
+    """Whatever Ethernet frame the mirror session carries: returned as received, inspected as
+    itself plus one tag after its MACs, on an id of its own (ENI and VNI)."""
+    vx = struct.pack("!HHHH", 40000, 4789, 16 + len(eth), 0) + b"\x08\x00\x00\x00"
+    vx += (vni << 8).to_bytes(4, "big") + eth
+    payload = datagram(ipv4(vx, proto=17), eni)
+    a = appliance()
+    v = a.receive(payload, BALANCER, 9)
+    plain = a.receive(datagram(ipv4(b""), eni), BALANCER, 9)
+    assert v is not None and plain is not None and v.ret.endswith(payload)
+    assert v.frame == eth[:12] + b"\x81\x00" + v.ref.vlan.to_bytes(2, "big") + eth[12:]
+    assert v.ref.mirror is not None and v.ref.mirror.vni == vni
+    assert v.ref.vlan != plain.ref.vlan
