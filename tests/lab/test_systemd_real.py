@@ -1,0 +1,203 @@
+"""The systemd pair on stock Debian under a real systemd (root, about a minute from a warm cache).
+
+Claims, each checked in a booted Debian bookworm container (tests/lab/systemd_lab.py) where the
+project, Suricata 7 and the units are installed the way README's "Live" section tells a user:
+(1) normalizer.service (Type=notify) reaches active, Debian's own suricata.service runs with our
+drop-in (the include, the tap) and eve-enricher.service runs as the project's user, reading the
+eve.json Suricata writes and writing into its own log directory; (2) a PROXY v2 capture replayed
+onto the container's capture interface comes out of the enricher as alerts naming the attacker
+and the proxy hop; (3) killing or stopping the normalizer leaves Suricata running (same process);
+(4) a stalled loop (SIGSTOP) is killed by the watchdog and restarted, Suricata untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.lab.systemd_lab import (
+    Container,
+    Overlay,
+    bookworm_tree,
+    copy_project,
+    missing_tools,
+    wait_until,
+    wheelhouse,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.lab]
+
+ROOT = Path(__file__).resolve().parents[2]
+PCAP = ROOT / "pcaps" / "haproxy-v2-tlv.pcap"
+ATTACKER = "198.51.100.10"  # the client named in the capture's PROXY v2 headers
+PROXY = "192.0.2.1"  # the capture's proxy, as in the shipped config.toml
+SIDS = set(range(9100001, 9100011))  # pcaps/haproxy-v2-tlv.yaml: each once
+SRC = "/root/suricata-normalizer"  # the user's clone
+ENRICHED = "/var/log/eve-enricher/eve-enriched.json"
+WATCHDOG_DROPIN = "/etc/systemd/system/normalizer.service.d/test-watchdog.conf"
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (debootstrap, overlay mount, network namespaces, nspawn)")
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"missing: {', '.join(missing)} (scripts/setup.sh installs them)")
+    tree = bookworm_tree()
+    wheels = wheelhouse()
+    d = tmp_path_factory.mktemp("systemd")
+    # The container's network: eth0 (the stock config's af-packet interface) and eth1 (the
+    # capture port, normalizer.env's default), veths whose peers sit in a replay namespace.
+    ns, rns = f"snl-sd-{os.getpid()}", f"snl-sdr-{os.getpid()}"
+    _ip("netns", "add", ns)
+    _ip("netns", "add", rns)
+    try:
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "mgmt0", "netns", rns)
+        _ip("-n", ns, "link", "add", "eth1", "type", "veth", "peer", "name", "rpl0", "netns", rns)
+        for n, dev in ((ns, "eth0"), (ns, "eth1"), (rns, "mgmt0"), (rns, "rpl0")):
+            _ip("-n", n, "link", "set", dev, "up")
+        with Overlay(tree, d / "overlay") as ov:
+            copy_project(ov.root / SRC.lstrip("/"))
+            shutil.copytree(wheels, ov.root / "root" / "wheels")
+            box = Container(ov.root, ns, d / "nspawn.log")
+            box.replay_ns = rns  # type: ignore[attr-defined]
+            try:
+                box.boot()
+                # udev makes /dev/net/tun 0666 on Debian (50-udev-default.rules); a container
+                # has no udev and nspawn copies the node's mode from this host, which may be 0600.
+                box.run("chmod", "0666", "/dev/net/tun")
+                _install(box)
+                yield box
+            finally:
+                box.poweroff()
+    finally:
+        for n in (ns, rns):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+
+
+def _install(box: Container) -> None:
+    """README, "Live", installing with systemd; pip offline from the wheelhouse."""
+    offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/root/wheels"}
+    box.sh(f"cd {SRC} && scripts/install-units.sh", timeout=300, env=offline)
+    # The operator's rules where Debian's suricata.yaml looks (suricata-update puts them there).
+    box.sh(
+        "mkdir -p /var/lib/suricata/rules"
+        " && cp /etc/suricata/rules/decoy.rules /var/lib/suricata/rules/suricata.rules"
+    )
+    box.sh("systemctl enable --now normalizer eve-enricher && systemctl restart suricata")
+
+
+def _active(box: Container, unit: str) -> bool:
+    return box.prop(unit, "ActiveState") == "active"
+
+
+def _pid(box: Container, unit: str) -> int:
+    return int(box.prop(unit, "MainPID"))
+
+
+def _enriched_alerts(box: Container) -> list[dict[str, object]]:
+    text = box.run("cat", ENRICHED, check=False).stdout
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [e for e in events if e.get("event_type") == "alert"]
+
+
+def test_pair_reaches_active_with_suricata_on_the_tap(box: Container) -> None:
+    for unit in ("normalizer", "suricata", "eve-enricher"):
+        wait_until(f"{unit} active", lambda u=unit: _active(box, u))  # type: ignore[misc]
+    assert box.prop("normalizer", "Type") == "notify"
+    assert box.prop("normalizer", "SubState") == "running"
+    assert "live on eth1 -> tap snl0" in box.journal("normalizer")
+    # Debian's unit, our drop-in: the include, and ordered after the normalizer without needing it.
+    assert "/etc/systemd/system/suricata.service.d/normalizer.conf" in box.prop(
+        "suricata", "DropInPaths"
+    )
+    assert "--include /etc/suricata/normalizer.yaml" in box.prop("suricata", "ExecStart")
+    assert "normalizer.service" in box.prop("suricata", "Wants").split()
+    assert "normalizer.service" in box.prop("suricata", "After").split()
+    assert "normalizer.service" not in box.prop("suricata", "Requires").split()
+    assert "suricata.service" not in box.prop("normalizer", "RequiredBy").split()
+    wait_until(
+        "Suricata capturing snl0",
+        lambda: "snl0" in box.run("cat", "/var/log/suricata/suricata.log").stdout,
+    )
+    # The enricher runs as the project's user, reads eve.json and owns its output directory.
+    pid = _pid(box, "eve-enricher")
+    assert box.sh(f"stat -c %U /proc/{pid}").strip() == "suricata-normalizer"
+    assert box.sh("stat -c %U:%G:%a /var/log/suricata").strip() == "root:root:755"
+    eve_mode = box.sh("stat -c %U:%G:%a /var/log/suricata/eve.json").strip()
+    assert eve_mode == "root:root:644", eve_mode
+    assert box.sh("stat -c %U:%a /var/log/eve-enricher").strip() == "suricata-normalizer:750"
+
+
+def test_replayed_proxy_v2_capture_becomes_enriched_alerts_naming_the_attacker(
+    box: Container,
+) -> None:
+    rns = box.replay_ns  # type: ignore[attr-defined]
+    subprocess.run(
+        ["ip", "netns", "exec", rns, "tcpreplay", "-q", "--pps=500", "-i", "rpl0", str(PCAP)],
+        check=True,
+        capture_output=True,
+    )
+    wait_until(
+        "ten enriched alerts",
+        lambda: {a["alert"]["signature_id"] for a in _enriched_alerts(box)} >= SIDS,  # type: ignore[index]
+        timeout=90,
+    )
+    alerts = _enriched_alerts(box)
+    assert {a["alert"]["signature_id"] for a in alerts} == SIDS  # type: ignore[index]
+    assert {a["src_ip"] for a in alerts} == {ATTACKER}
+    hops = {a["proxy"]["wire"]["src_ip"] for a in alerts}  # type: ignore[index]
+    assert hops == {PROXY}
+    assert box.run("test", "-s", "/var/lib/eve-enricher/checkpoint.json", check=False).returncode == 0
+
+
+def test_killing_and_stopping_the_normalizer_leave_suricata_running(box: Container) -> None:
+    suricata = _pid(box, "suricata")
+    before = _pid(box, "normalizer")
+    box.run("systemctl", "kill", "-s", "KILL", "normalizer")
+    wait_until(
+        "normalizer restarted after SIGKILL",
+        lambda: _active(box, "normalizer") and _pid(box, "normalizer") not in (0, before),
+    )
+    assert _active(box, "suricata") and _pid(box, "suricata") == suricata
+    box.run("systemctl", "stop", "normalizer")
+    assert box.prop("normalizer", "ActiveState") == "inactive"
+    assert _active(box, "suricata") and _pid(box, "suricata") == suricata
+    box.run("systemctl", "start", "normalizer")
+    assert _active(box, "normalizer")
+    assert _active(box, "suricata") and _pid(box, "suricata") == suricata
+
+
+def test_watchdog_restarts_a_stalled_normalizer(box: Container) -> None:
+    # A short watchdog for the test; TimeoutAbortSec short too: a stopped process cannot act on
+    # the watchdog's SIGABRT, so systemd's SIGKILL after the abort timeout ends it.
+    box.sh(
+        f"mkdir -p {os.path.dirname(WATCHDOG_DROPIN)} && printf '[Service]\\nWatchdogSec=3s\\n"
+        f"TimeoutAbortSec=2s\\n' > {WATCHDOG_DROPIN} && systemctl daemon-reload"
+        " && systemctl restart normalizer"
+    )
+    try:
+        suricata = _pid(box, "suricata")
+        stalled = _pid(box, "normalizer")
+        box.run("kill", "-STOP", str(stalled))
+        wait_until(
+            "normalizer restarted by the watchdog",
+            lambda: _active(box, "normalizer") and _pid(box, "normalizer") not in (0, stalled),
+            timeout=90,
+        )
+        assert "Watchdog timeout" in box.journal("normalizer")
+        assert _active(box, "suricata") and _pid(box, "suricata") == suricata
+    finally:
+        box.sh(f"rm -f {WATCHDOG_DROPIN} && systemctl daemon-reload && systemctl restart normalizer")
