@@ -184,14 +184,24 @@ class Container:
         deadline = time.monotonic() + timeout
         while not self.init_pid:
             if self.proc.poll() is not None:
-                raise SystemdLabError(f"systemd-nspawn exited {self.proc.returncode}: {self._tail()}")
+                raise SystemdLabError(
+                    f"systemd-nspawn exited {self.proc.returncode}: {self._tail()}"
+                )
             if time.monotonic() > deadline:
                 raise SystemdLabError(f"no init in the container: {self._tail()}")
             self.init_pid = self._find_init()
             time.sleep(0.2)
-        # Returns once boot is done: "running", or "degraded" with a failed unit (exit 1).
-        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout)
-        self.boot_state = state.stdout.strip()
+        # --wait returns once boot is done ("running", or "degraded" with a failed unit), but
+        # fails at once while PID 1 has no bus yet: retry until it gives one of the two.
+        self.boot_state = ""
+        while self.boot_state not in ("running", "degraded"):
+            if time.monotonic() > deadline:
+                raise SystemdLabError(f"boot never finished ({self.boot_state}): {self._tail()}")
+            time.sleep(0.2)
+            state = self.run(
+                "systemctl", "is-system-running", "--wait", check=False, timeout=timeout
+            )
+            self.boot_state = state.stdout.strip()
 
     def _find_init(self) -> int:
         assert self.proc is not None
@@ -206,7 +216,11 @@ class Container:
         return self.log.read_text(errors="replace")[-2000:]
 
     def run(
-        self, *argv: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+        self,
+        *argv: str,
+        check: bool = True,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         full_env = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8", **(env or {})}
         p = subprocess.run(
@@ -220,8 +234,15 @@ class Container:
             raise SystemdLabError(f"{' '.join(argv)}: exit {p.returncode}\n{p.stdout}\n{p.stderr}")
         return p
 
-    def sh(self, script: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
-        return self.run("sh", "-c", script, timeout=timeout, env=env).stdout
+    def sh(
+        self,
+        script: str,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+    ) -> str:
+        p = self.run("sh", "-c", script, timeout=timeout, env=env, check=check)
+        return p.stdout + (p.stderr if not check else "")
 
     def prop(self, unit: str, name: str) -> str:
         return self.run("systemctl", "show", "-P", name, unit).stdout.strip()
@@ -242,13 +263,17 @@ class Container:
 
 
 def wait_until(
-    what: str, probe: Callable[[], object], timeout: float = 60, every: float = 0.5
+    what: str,
+    probe: Callable[[], object],
+    timeout: float = 60,
+    every: float = 0.5,
+    detail: Callable[[], str] = lambda: "",
 ) -> None:
     """Poll ``probe()`` until true; a failure names what never happened (no timed assertion)."""
     deadline = time.monotonic() + timeout
     while not probe():
         if time.monotonic() > deadline:
-            raise SystemdLabError(f"gave up waiting for: {what}")
+            raise SystemdLabError(f"gave up waiting for: {what}\n{detail()}")
         time.sleep(every)
 
 
