@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from normalizer import suricata_config_command as suricata_config
 from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, ConnectionCache
 from normalizer.counters import Counters
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _live_parser(sub)
     rulecheck_command.add_parser(sub)
+    suricata_config.add_parser(sub)
     return p
 
 
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             return _live(args)
         if args.command == "test-rules":
             return rulecheck_command.run(args)
+        if args.command == "suricata-config":
+            return suricata_config.run(args)
     except ConfigError as exc:
         print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
         return 2

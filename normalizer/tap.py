@@ -8,7 +8,7 @@ MTU: GRO/LRO on the captured bridge port can hand AF_PACKET frames far larger th
 and Suricata's af-packet sizes its snaplen from the tap's MTU, truncating anything larger. The
 default 65521 (a tap's largest: 65535 minus the Ethernet header) keeps every frame whole; the
 better fix is turning GRO/LRO off on the bridge ports (``ethtool -K PORT gro off lro off``),
-which makes Suricata see the segments as they were on the wire (see suricata/normalizer.yaml).
+which makes Suricata see the segments as they were on the wire (suricata/normalizer.env says so).
 
 If the device disappears (``ip link del``, a network restart), writes fail with EBADFD/ENODEV;
 the device is then recreated and the event counted, the frame that failed is counted as a write

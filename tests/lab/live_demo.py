@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from normalizer.cli import main as normalizer_main
 from tests.lab.netlab import ATTACKER, DECOY, GATEWAY_BACK, GATEWAY_FRONT, Lab, LabError, stop
 from tests.lab.services import make_webroot, start_decoy, start_haproxy
 from tests.lab.suricata_run import RULES, alerts_by_sid
 from tests.lab.traffic import expected_alerts, run_traffic
 
 ROOT = Path(__file__).resolve().parents[2]
-FRAGMENT = ROOT / "suricata" / "normalizer.yaml"
+STOCK_SURICATA = Path("/etc/suricata/suricata.yaml")
 NORMALIZER = [str(ROOT / ".venv" / "bin" / "suricata-normalizer")]
 ENRICHER = [str(ROOT / ".venv" / "bin" / "eve-enricher")]
 TAP = "snl0"
@@ -90,15 +91,20 @@ def stop_live(lab: Lab, live: Live) -> dict[str, Any]:
 def start_suricata(
     lab: Lab, d: Path, iface: str = TAP, wrap: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
-    """Suricata 7 on ``iface`` with the stock config plus our fragment and the lab rules."""
+    """Suricata 7 on ``iface`` with the stock config plus the fragment ``suricata-config``
+    generates for ``iface`` (its af-packet entry: checksum validation on) and the lab rules;
+    ``--af-packet=IFACE`` captures that one interface, not the stock config's eth0."""
     out = d / f"suricata-{iface}"
     out.mkdir(exist_ok=True)
     for f in out.iterdir():
         f.unlink()
-    argv = [*wrap, "suricata", "-c", "/etc/suricata/suricata.yaml", "--include", str(FRAGMENT)]
+    fragment = d / f"normalizer-{iface}.yaml"
+    gen = ["suricata-config", "--suricata-yaml", str(STOCK_SURICATA), "--tap", iface]
+    if normalizer_main([*gen, "-o", str(fragment)]) != 0:
+        raise LabError(f"suricata-config failed for {iface}")
+    argv = [*wrap, "suricata", "-c", str(STOCK_SURICATA), "--include", str(fragment)]
     argv += [f"--af-packet={iface}", "-S", str(RULES), "-l", str(out), "-k", "all"]
-    argv += ["--set", "unix-command.enabled=no", "--set", f"af-packet.0.interface={iface}"]
-    argv += ["--set", "outputs.1.eve-log.community-id=no"]
+    argv += ["--set", "unix-command.enabled=no", "--set", "outputs.1.eve-log.community-id=no"]
     proc = lab.spawn("sensor", argv, out / "stdout.log")
     _wait_for(out / "stdout.log", "Engine started", proc, 60)
     return proc
