@@ -26,12 +26,15 @@ install -d "$DESTDIR/etc/systemd/system/suricata.service.d" "$DESTDIR/etc/surica
 for u in "${UNITS[@]}"; do
   install -m 0644 "suricata/systemd/$u" "$DESTDIR/etc/systemd/system/$u"
 done
-install -m 0644 suricata/systemd/suricata.service.d/normalizer.conf \
-  "$DESTDIR/etc/systemd/system/suricata.service.d/normalizer.conf"
 for f in config.toml normalizer.env; do  # local edits survive a re-install
   [ -e "$DESTDIR/etc/suricata-normalizer/$f" ] ||
     install -m 0644 "suricata/$f" "$DESTDIR/etc/suricata-normalizer/$f"
 done
+TAP=$(sed -n 's/.*--tap \([^ "]*\).*/\1/p' "$DESTDIR/etc/suricata-normalizer/normalizer.env")
+TAP=${TAP:-snl0}
+sed "s/snl0/$TAP/g" suricata/systemd/suricata.service.d/normalizer.conf \
+  > "$DESTDIR/etc/systemd/system/suricata.service.d/normalizer.conf"
+chmod 0644 "$DESTDIR/etc/systemd/system/suricata.service.d/normalizer.conf"
 install -m 0644 suricata/rules/decoy.rules "$DESTDIR/etc/suricata/rules/decoy.rules"
 
 if [ -n "$DESTDIR" ]; then
@@ -48,9 +51,8 @@ python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q .
 ln -sf "$VENV/bin/suricata-normalizer" /usr/local/bin/suricata-normalizer
 ln -sf "$VENV/bin/eve-enricher" /usr/local/bin/eve-enricher
-TAP=$(sed -n 's/.*--tap \([^ "]*\).*/\1/p' /etc/suricata-normalizer/normalizer.env)
 /usr/local/bin/suricata-normalizer suricata-config --suricata-yaml "$SURICATA_YAML" \
-  --tap "${TAP:-snl0}" -o /etc/suricata/normalizer.yaml
+  --tap "$TAP" -o /etc/suricata/normalizer.yaml
 getent passwd suricata-normalizer >/dev/null ||
   useradd --system --home-dir /var/lib/suricata-normalizer --shell /usr/sbin/nologin \
     suricata-normalizer

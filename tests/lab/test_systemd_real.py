@@ -6,9 +6,12 @@ project, Suricata 7 and the units are installed the way README's "Live" section 
 drop-in (the include, the tap) and eve-enricher.service runs as the project's user, reading the
 eve.json Suricata writes and writing into its own log directory; (2) killing or stopping the
 normalizer leaves Suricata running (same process); (3) a stalled loop (SIGSTOP) is killed by the
-watchdog and restarted, Suricata untouched; (4) after all that, a PROXY v2 capture replayed onto
+watchdog and restarted, Suricata untouched; (4) with no tap and a normalizer that cannot start,
+Suricata still starts its engine (the drop-in creates the tap) and the fixed normalizer later
+comes up on that tap by its own restarts; (5) after all that, a PROXY v2 capture replayed onto
 the container's capture interface comes out of the enricher as alerts naming the attacker and
-the proxy hop. The tests share one booted container and run in file order.
+the proxy hop (so the Suricata that started on a tap nobody fed reads it once fed).
+The tests share one booted container and run in file order.
 """
 
 from __future__ import annotations
@@ -229,6 +232,37 @@ def test_watchdog_restarts_a_stalled_normalizer(lab: Box) -> None:
         box.sh(
             f"rm -f {WATCHDOG_DROPIN} && systemctl daemon-reload && systemctl restart normalizer"
         )
+
+
+def test_a_normalizer_that_cannot_start_leaves_suricata_capturing(lab: Box) -> None:
+    """No tap and a normalizer that fails before creating one (a bad option, exit 2): Suricata
+    still starts its engine (its drop-in creates the tap; without it Suricata 7 starts no
+    capture at all); once fixed, the normalizer's own restarts bring it up on that tap."""
+    box = lab.container
+    env = "/etc/suricata-normalizer/normalizer.env"
+    log = "/var/log/suricata/suricata.log"
+    box.sh(f"systemctl stop suricata normalizer && ip link del snl0 && cp {env} {env}.good")
+    box.sh(f"sed -i 's/--iface eth1/--iface eth1 --no-such-option/' {env}")
+    try:
+        log_start = len(box.run("cat", log).stdout)
+        box.run("systemctl", "start", "suricata")  # its Wants= starts the normalizer too
+        wait_until(
+            "the normalizer failing at start",
+            lambda: "status=2/INVALIDARGUMENT" in box.journal("normalizer"),
+        )
+        wait_until(
+            "Suricata's engine started without the normalizer",
+            lambda: "Engine started" in box.run("cat", log).stdout[log_start:],
+            timeout=90,
+        )
+        assert "snl0" in box.sh("ip -o link show dev snl0")  # made by the drop-in
+        assert _active(box, "suricata")
+        assert box.prop("normalizer", "ActiveState") != "active"
+        suricata = _pid(box, "suricata")
+    finally:
+        box.sh(f"mv {env}.good {env}")
+    wait_until("the normalizer up again by its own restarts", lambda: _active(box, "normalizer"))
+    assert _active(box, "suricata") and _pid(box, "suricata") == suricata
 
 
 def test_replayed_proxy_v2_capture_becomes_enriched_alerts_naming_the_attacker(lab: Box) -> None:
