@@ -103,6 +103,8 @@ def _install(box: Container) -> None:
     """README, "Live", installing with systemd; pip offline from the wheelhouse."""
     offline = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/root/wheels"}
     box.sh(f"cd {SRC} && scripts/install-units.sh", timeout=300, env=offline)
+    # The capture interface, as the user edits it (the shipped example may name another).
+    box.sh("sed -i -E 's/--iface [^ \"]+/--iface eth1/' /etc/suricata-normalizer/normalizer.env")
     # The operator's rules where Debian's suricata.yaml looks (suricata-update puts them there).
     box.sh(
         "mkdir -p /var/lib/suricata/rules"
