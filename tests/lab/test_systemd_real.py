@@ -179,7 +179,15 @@ def _replay_and_check(lab: Box) -> None:
 
 
 def _diagnose(box: Container) -> str:
-    return box.sh(
+    eve = box.run("cat", "/var/log/suricata/eve.json").stdout.splitlines()
+    raw = [json.loads(x) for x in eve if '"event_type":"alert"' in x]
+    rejected = box.run("cat", "/var/log/eve-enricher/eve-rejected.json", check=False).stdout
+    head = (
+        f"Suricata's alerts {sorted(_sids(raw).items())}, src {sorted({a['src_ip'] for a in raw})}"
+        f"\nenriched {sorted(_sids(_enriched_alerts(box)).items())}"
+        f"\nrejected lines: {len(rejected.splitlines())}\n"
+    )
+    return head + box.sh(
         "systemctl --no-pager status normalizer suricata eve-enricher | cat;"
         " grep -c '\"alert\"' /var/log/suricata/eve.json; tail -5 /var/log/suricata/suricata.log;"
         " journalctl -u normalizer -u eve-enricher -o cat --no-pager | tail -20;"
@@ -257,7 +265,8 @@ def test_a_normalizer_that_cannot_start_leaves_suricata_capturing(lab: Box) -> N
             lambda: "Engine started" in box.run("cat", log).stdout[log_start:],
             timeout=90,
         )
-        assert "snl0" in box.sh("ip -o link show dev snl0")  # made by the drop-in
+        assert "snl0" in box.sh("ip -o link show dev snl0")  # made by the drop-in, and up:
+        assert "snl0: failed to init socket" not in box.run("cat", log).stdout[log_start:]
         assert _active(box, "suricata")
         assert box.prop("normalizer", "ActiveState") != "active"
         suricata = _pid(box, "suricata")
