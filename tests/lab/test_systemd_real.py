@@ -277,9 +277,10 @@ def test_a_normalizer_that_cannot_start_leaves_suricata_capturing(lab: Box) -> N
 
 
 def test_replayed_proxy_v2_capture_becomes_enriched_alerts_naming_the_attacker(lab: Box) -> None:
-    """Last, so the chain is shown working after the kill, stop and watchdog restarts above
-    (the same Suricata process throughout). Once only: a second replay of the same flows
-    (same tuples and sequence numbers) joins Suricata's existing flows and raises nothing."""
+    """Last, so the chain is shown working after the kill, stop, watchdog restart and failed
+    start above (Suricata then runs on the tap its drop-in made). Once only: a second replay of
+    the same flows (same tuples and sequence numbers) joins Suricata's existing flows and
+    raises nothing."""
     _replay_and_check(lab)
     box = lab.container
     assert (
