@@ -50,7 +50,14 @@ class Tap:
     def open(self) -> None:
         """Create (or attach to) the persistent tap, set its MTU and bring it up."""
         self.close()
-        dev = pytun.TunTapDevice(name=self.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        try:
+            dev = pytun.TunTapDevice(name=self.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        except OSError as exc:  # say which device and what it takes, not a bare strerror
+            raise OSError(
+                exc.errno,
+                f"{exc.strerror}: tap {self.name} (needs read-write /dev/net/tun and"
+                " CAP_NET_ADMIN)",
+            ) from None
         try:
             dev.persist(True)
             dev.mtu = self.mtu
