@@ -178,8 +178,12 @@ def load_file(path: Path) -> dict[str, Any]:
     return section
 
 
-def build_options(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Options:
-    """Merge file values with non-None CLI overrides (which win) and validate every key."""
+def build_options(
+    file_values: Mapping[str, Any], overrides: Mapping[str, Any], require_proxies: bool = True
+) -> Options:
+    """Merge file values with non-None CLI overrides (which win) and validate every key.
+
+    ``require_proxies=False``: the appliance, where header stripping is optional."""
     merged = dict(file_values)
     merged.update({k: v for k, v in overrides.items() if v is not None})
     kwargs: dict[str, Any] = {}
@@ -188,7 +192,7 @@ def build_options(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) 
         if check is None:
             raise ConfigError(f"{SECTION}.{key}: unknown key (known: {', '.join(sorted(_FIELDS))})")
         kwargs[key] = check(f"{SECTION}.{key}", value)
-    if not kwargs.get("proxies"):
+    if require_proxies and not kwargs.get("proxies"):
         raise ConfigError(
             f"{SECTION}.proxies: at least one trusted proxy CIDR is required (--proxy CIDR)"
         )

@@ -155,6 +155,22 @@ def test_unwritable_output(tmp_path: Path) -> None:
     )
 
 
+def test_checksums_flag_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The offloaded corpus capture: auto completes, keep leaves, a bad value names the key."""
+    src = Path(__file__).resolve().parents[2] / "pcaps" / "host-offload.pcap"
+    out, stats = tmp_path / "o.pcap", tmp_path / "s.json"
+    base = ["rewrite", str(src), "-o", str(out), "--proxy", "192.0.2.1/32", "-q"]
+    assert main([*base, "--stats-json", str(stats)]) == 0
+    auto = json.loads(stats.read_text())
+    assert auto["checksum_completed"] > 100 and auto["checksum_kept"] == 6  # ARP, not TCP
+    assert main([*base, "--checksums", "keep", "--stats-json", str(stats)]) == 0
+    assert json.loads(stats.read_text())["checksum_completed"] == 0
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[normalizer]\nproxies = ["192.0.2.1/32"]\nchecksums = "sometimes"\n')
+    assert main(["rewrite", str(src), "-o", str(out), "--config", str(cfg)]) == 2
+    assert "normalizer.checksums: expected one of keep, auto, fix" in capsys.readouterr().err
+
+
 def test_a_config_file_that_is_not_utf8_is_a_config_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -199,19 +215,3 @@ def test_live_flags_out_of_range_are_usage_errors_naming_the_flag(
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}" in err and "Traceback" not in err
-
-
-def test_checksums_flag_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The offloaded corpus capture: auto completes, keep leaves, a bad value names the key."""
-    src = Path(__file__).resolve().parents[2] / "pcaps" / "host-offload.pcap"
-    out, stats = tmp_path / "o.pcap", tmp_path / "s.json"
-    base = ["rewrite", str(src), "-o", str(out), "--proxy", "192.0.2.1/32", "-q"]
-    assert main([*base, "--stats-json", str(stats)]) == 0
-    auto = json.loads(stats.read_text())
-    assert auto["checksum_completed"] > 100 and auto["checksum_kept"] == 6  # ARP, not TCP
-    assert main([*base, "--checksums", "keep", "--stats-json", str(stats)]) == 0
-    assert json.loads(stats.read_text())["checksum_completed"] == 0
-    cfg = tmp_path / "c.toml"
-    cfg.write_text('[normalizer]\nproxies = ["192.0.2.1/32"]\nchecksums = "sometimes"\n')
-    assert main(["rewrite", str(src), "-o", str(out), "--config", str(cfg)]) == 2
-    assert "normalizer.checksums: expected one of keep, auto, fix" in capsys.readouterr().err
