@@ -12,6 +12,20 @@ as PACKET_OUTGOING. Both directions are needed, so outgoing frames are kept by d
 ``ignore_outgoing`` exists for setups that capture on several ports of one bridge (or on the
 bridge device and a port), where each forwarded frame would otherwise be seen twice.
 
+Bridge device: a Linux bridge hands frames it forwards from port to port (decoy to decoy, or a
+proxy behind a port) to a socket bound to the bridge device only while the bridge is
+promiscuous. The socket therefore joins with a PACKET_MR_PROMISC membership, which the kernel
+counts per socket and drops when the socket closes (nothing to undo after a crash). On the
+bridge device each frame is seen once: sent by the host (OUTGOING), to the host (HOST), or
+forwarded (OTHERHOST). One capture there serves every decoy behind the bridge.
+
+Checksum offload: frames the host sends, or receives from a VM or veth that offloads, carry a
+partial TCP/UDP checksum (the pseudo-header sum only) and are flagged TP_STATUS_CSUMNOTREADY.
+With ``complete_partial`` their checksums are computed in full here (offload.py), edited or not,
+so the core's incremental updates stay exact and Suricata, validating checksums, accepts them.
+Frames larger than the MTU (GSO/GRO super-frames) are kept whole: the tap's MTU takes them and
+Suricata inspects them as the large segments they are.
+
 VLAN: with VLAN offload the kernel strips the 802.1Q tag into the ring header; the tag is put
 back into the frame (as libpcap does) so the core sees what was on the wire.
 
@@ -31,7 +45,11 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from normalizer.offload import complete
+
 SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
 PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
@@ -45,6 +63,7 @@ PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
+TP_STATUS_CSUMNOTREADY = 0x8
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 
@@ -58,6 +77,7 @@ _PKT = struct.Struct("=IIIIIIHHIIH")
 _REQ3 = struct.Struct("=IIIIIII")  # tpacket_req3
 _STATS3 = struct.Struct("=III")  # tp_packets, tp_drops, tp_freeze_q_cnt
 _VLAN = struct.Struct("!HH")
+_MREQ = struct.Struct("=iHH8s")  # struct packet_mreq: ifindex, type, alen, address
 
 Captured = tuple[int, bytes]  # (timestamp in ns since the epoch, frame)
 
@@ -76,35 +96,58 @@ class RingStats:
     frames: int = 0  # frames handed to the caller
     truncated: int = 0  # frames longer than fit in a block (tp_len > tp_snaplen)
     blocks: int = 0
+    csum_not_ready: int = 0  # frames the kernel flagged CSUMNOTREADY (offloaded checksums)
+    csum_completed: int = 0  # of those, checksums computed in full here
+    oversize: int = 0  # frames larger than an Ethernet MTU of 1500 (GSO/GRO super-frames)
+    max_frame: int = 0  # the largest frame seen
 
 
 def parse_block(
-    buf: bytes | bytearray | memoryview | mmap.mmap, base: int, stats: RingStats | None = None
+    buf: bytes | bytearray | memoryview | mmap.mmap,
+    base: int,
+    stats: RingStats | None = None,
+    complete_partial: bool = True,
 ) -> list[Captured]:
     """Frames of the ring block that starts at ``base`` in ``buf`` (status must be USER).
 
     Pure (no socket): unit tests feed it synthetic blocks. Tags stripped by VLAN offload are
-    reinserted after the MAC addresses.
+    reinserted after the MAC addresses; frames flagged CSUMNOTREADY get complete checksums
+    when ``complete_partial`` is set.
     """
     _, num, first = _BLOCK.unpack_from(buf, base + BLOCK_STATUS_OFF)
     out: list[Captured] = []
     append = out.append
     unpack = _PKT.unpack_from
     off = base + first
-    cut = 0
+    cut = partial = completed = big = 0
+    biggest = 0
     for _ in range(num):
         nxt, sec, nsec, snaplen, length, status, mac, _net, _hash, tci, tpid = unpack(buf, off)
         start = off + mac
         frame = bytes(buf[start : start + snaplen])
         if length != snaplen:
             cut += 1
+        if length > 1514:
+            big += 1
+            biggest = max(biggest, length)
         if status & TP_STATUS_VLAN_VALID:
             proto = tpid if status & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100
             frame = frame[:12] + _VLAN.pack(proto, tci) + frame[12:]
+        if status & TP_STATUS_CSUMNOTREADY:
+            partial += 1
+            if complete_partial:
+                fixed = complete(frame)
+                if fixed is not None:
+                    frame = bytes(fixed)
+                    completed += 1
         append((sec * 1_000_000_000 + nsec, frame))
         off += nxt
     if stats is not None:
         stats.truncated += cut
+        stats.csum_not_ready += partial
+        stats.csum_completed += completed
+        stats.oversize += big
+        stats.max_frame = max(stats.max_frame, biggest)
     return out
 
 
@@ -171,8 +214,12 @@ class RingCapture:
         bpf: str | None = None,
         fanout_group: int | None = None,
         ignore_outgoing: bool = False,
+        promisc: bool = True,
+        complete_partial: bool = True,
     ) -> None:
         self.iface = iface
+        self.complete_partial = complete_partial
+        self.promisc = False  # whether the membership was taken
         self.stats_acc = RingStats()
         self._block_size = block_size
         self._block_count = block_count
@@ -207,6 +254,11 @@ class RingCapture:
             if ignore_outgoing:
                 s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             s.bind((iface, ETH_P_ALL))
+            if promisc:
+                ifindex = socket.if_nametoindex(iface)
+                mreq = _MREQ.pack(ifindex, PACKET_MR_PROMISC, 0, b"")
+                s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+                self.promisc = True
             if fanout_group is not None:
                 s.setsockopt(
                     SOL_PACKET,
@@ -244,7 +296,7 @@ class RingCapture:
             base = self._next * size
             if not ring[base + BLOCK_STATUS_OFF] & TP_STATUS_USER:
                 break
-            out += parse_block(ring, base, st)
+            out += parse_block(ring, base, st, self.complete_partial)
             # Give the block back: the kernel fills blocks strictly in order.
             ring[base + BLOCK_STATUS_OFF : base + BLOCK_STATUS_OFF + 4] = b"\0\0\0\0"
             st.blocks += 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+MAX_BACKENDS = 1024  # bound of headers_by_backend: the proxies choose backends, not attackers
+
 
 @dataclass(slots=True)
 class Counters:
@@ -29,6 +31,9 @@ class Counters:
     flows_expired: int = 0
     flows_evicted: int = 0
     headers_stripped: dict[str, int] = field(default_factory=dict)
+    # Headers stripped per backend (the decoy's wire address), so one capture of the bridge
+    # shows every decoy behind it; backends past MAX_BACKENDS are counted under "other".
+    headers_by_backend: dict[str, int] = field(default_factory=dict)
     headers_local: int = 0
     addresses_restored: int = 0  # flows shown to Suricata with the real client and target
     restore_unsupported: int = 0  # family change needed on a link type that cannot say so
@@ -38,14 +43,21 @@ class Counters:
     hold_overflow: int = 0
     hold_timeout: int = 0
     events_dropped: int = 0
+    # Checksums on the way in (offload.py), one of these per frame the policy looked at.
+    checksum_completed: int = 0  # partial (an offload's pseudo-header sum), or mode "fix"
+    checksum_kept: int = 0  # auto: not partial, left as captured (right, or wrong on the wire)
+    checksum_unchecked: int = 0  # fix: not TCP/UDP over IP, a fragment or truncated
     # Decapsulation, in front of the core (decap.py). An unfragmented frame is counted once in
-    # decapsulated, passed or bad_header; an outer UDP fragment in fragments, and its datagram,
-    # once whole, in reassembled and again in decapsulated or bad_header. So frames in ==
-    # decapsulated + passed + bad_header + fragments - reassembled.
+    # decapsulated, passed, bad_header or untrusted; an outer UDP fragment of a tunnel peer in
+    # fragments, and its datagram, once whole, in reassembled and again in decapsulated or
+    # bad_header (a stranger's fragment in untrusted or passed, at once). So frames in ==
+    # decapsulated + passed + bad_header + untrusted + fragments - reassembled.
     tunnel_decapsulated: int = 0  # inner frames handed to the core (reassembled ones included)
     tunnel_passed: int = 0  # not a tunnel packet: forwarded as captured
     tunnel_bad_header: int = 0  # on a tunnel port but not decodable: forwarded as captured
+    tunnel_untrusted: int = 0  # on a tunnel port from a source not in tunnel_peers: as captured
     tunnel_truncated: int = 0  # inner packet cut short (mirror truncation, snap length)
+    tunnel_inner_malformed: int = 0  # inner IP header contradicting itself: handed on untrimmed
     tunnel_fragments: int = 0  # outer UDP fragments taken into reassembly
     tunnel_reassembled: int = 0  # datagrams rebuilt from them
     tunnel_frag_limit: int = 0  # fragments given up on (limits, timeout): forwarded as captured

@@ -17,7 +17,8 @@ import struct
 from dataclasses import dataclass
 
 from normalizer.checksum import adjust32
-from normalizer.counters import Counters
+from normalizer.counters import MAX_BACKENDS, Counters
+from normalizer.diagnostics import SourceTally
 from normalizer.flow import ACK, ACTIVE, FIN, HALF, MASK, PENDING, RST, SYN, Flow
 from normalizer.flow_key import endpoint_text, endpoints_of, from_first, make_key, split_key
 from normalizer.flow_table import FlowTable
@@ -68,10 +69,11 @@ class Normalizer:
         self.opts = options
         self.linktype = linktype
         self.trust = TrustedProxies(options.proxies)
-        self.table = FlowTable(options.max_flows)
+        self.table: FlowTable[Flow] = FlowTable(options.max_flows)
         self._flows = self.table.flows  # bound once: the lookup is on every packet
         self._ethernet = linktype == LINKTYPE_ETHERNET
         self.counters = Counters()
+        self.untrusted_syns = SourceTally()  # sources of SYNs the trust check ignored
         self.out: list[tuple[int, Frame]] = []
         self.events: list[HeaderEvent] = []
         self._held_total = 0
@@ -122,8 +124,13 @@ class Normalizer:
         flags = frame[t + 13]
         flow = self._flows.get(key)
         if flow is None:
-            if flags & (SYN | ACK | RST) == SYN and self.trust.contains(a[:-2]):
-                flow = self._new_flow(key, fwd, _U32.unpack_from(frame, t + 4)[0], ts)
+            if flags & (SYN | ACK | RST) == SYN:
+                if self.trust.contains(a[:-2]):
+                    flow = self._new_flow(key, fwd, _U32.unpack_from(frame, t + 4)[0], ts)
+                else:
+                    self.untrusted_syns.add(a[:-2])
+                    self._untracked(frame, ts, a[:-2], b[:-2])
+                    return
             else:
                 self._untracked(frame, ts, a[:-2], b[:-2])
                 return
@@ -390,13 +397,15 @@ class Normalizer:
                 c.addresses_restored += 1
         if header.command == "LOCAL":
             c.headers_local += 1
+        vlan, first, second = split_key(key)
+        client, server = (first, second) if flow.client_first else (second, first)
+        backend = endpoint_text(server)
+        per = c.headers_by_backend
+        name = backend[0] if backend[0] in per or len(per) < MAX_BACKENDS else "other"
+        per[name] = per.get(name, 0) + 1
         if len(self.events) < self.opts.max_pending_events:
-            vlan, first, second = split_key(key)
-            client, server = (first, second) if flow.client_first else (second, first)
             self.events.append(
-                HeaderEvent(
-                    started, endpoint_text(client), endpoint_text(server), vlan, header, flow.isn
-                )
+                HeaderEvent(started, endpoint_text(client), backend, vlan, header, flow.isn)
             )
         else:
             c.events_dropped += 1

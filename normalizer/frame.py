@@ -38,6 +38,7 @@ _MAX_VLAN_TAGS = 4
 # IPv6 extension headers that may precede TCP and can be skipped by their length field.
 _V6_EXT_8 = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options: (len+1)*8
 _V6_AH = 51  # authentication header: (len+2)*4
+_V6_FRAGMENT = 44  # a fragment: not rewritable, its transport header may be elsewhere
 _TCP = 6
 
 
@@ -56,7 +57,7 @@ class TcpFrame(NamedTuple):
     vlan: bytes
 
 
-def l3_offset(frame: bytes, linktype: int) -> tuple[int, int, bytes] | None:
+def l3_offset(frame: bytes | bytearray, linktype: int) -> tuple[int, int, bytes] | None:
     """Return (offset of the IP header, IP version, VLAN ids) or None for non-IP frames."""
     if linktype == LINKTYPE_ETHERNET:
         if len(frame) < 14:
@@ -105,8 +106,22 @@ def l3_offset(frame: bytes, linktype: int) -> tuple[int, int, bytes] | None:
     return off, version, b""
 
 
-def locate_tcp(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> TcpFrame | None:
-    """Find the TCP header and payload of an unfragmented, fully captured TCP/IP frame."""
+class L4Frame(NamedTuple):
+    """Offsets of the transport header of an unfragmented IP packet (any protocol)."""
+
+    ip: int
+    l4: int
+    end: int
+    proto: int
+    vlan: bytes
+
+
+def locate_l4(frame: bytes | bytearray, linktype: int = LINKTYPE_ETHERNET) -> L4Frame | None:
+    """Find the transport header of an unfragmented, fully captured IPv4/IPv6 packet.
+
+    The one walk over IPv4 options and IPv6 extension headers: TCP rewriting and checksum
+    completion (TCP and UDP) both start from it.
+    """
     l3 = l3_offset(frame, linktype)
     if l3 is None:
         return None
@@ -117,36 +132,71 @@ def locate_tcp(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> TcpFrame | No
             return None
         ihl = (frame[ip] & 0x0F) * 4
         total = (frame[ip + 2] << 8) | frame[ip + 3]
-        if ihl < 20 or total < ihl + 20 or frame[ip + 9] != _TCP:
+        if ihl < 20 or total < ihl:
             return None
         if ((frame[ip + 6] << 8) | frame[ip + 7]) & 0x3FFF:  # MF flag or fragment offset
             return None
-        tcp = ip + ihl
-        end = ip + total
-    else:
-        if n < ip + 40 or frame[ip] >> 4 != 6:
+        return L4Frame(ip, ip + ihl, ip + total, frame[ip + 9], vlan)
+    if n < ip + 40 or frame[ip] >> 4 != 6:
+        return None
+    plen = (frame[ip + 4] << 8) | frame[ip + 5]
+    nxt = frame[ip + 6]
+    l4 = ip + 40
+    while nxt in _V6_EXT_8 or nxt == _V6_AH:
+        if n < l4 + 8:
             return None
-        plen = (frame[ip + 4] << 8) | frame[ip + 5]
-        end = ip + 40 + plen
-        nxt = frame[ip + 6]
-        tcp = ip + 40
-        while nxt != _TCP:
-            if n < tcp + 8:
-                return None
-            if nxt in _V6_EXT_8:
-                hlen = (frame[tcp + 1] + 1) * 8
-            elif nxt == _V6_AH:
-                hlen = (frame[tcp + 1] + 2) * 4
-            else:  # fragment header, ESP, no next header, unknown: not rewritable
-                return None
-            nxt = frame[tcp]
-            tcp += hlen
-    if end > n or tcp + 20 > end:
+        hlen = (frame[l4 + 1] + 1) * 8 if nxt != _V6_AH else (frame[l4 + 1] + 2) * 4
+        nxt = frame[l4]
+        l4 += hlen
+    if nxt == _V6_FRAGMENT:
+        return None
+    return L4Frame(ip, l4, ip + 40 + plen, nxt, vlan)
+
+
+def locate_tcp(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> TcpFrame | None:
+    """Find the TCP header and payload of an unfragmented, fully captured TCP/IP frame."""
+    f = locate_l4(frame, linktype)
+    if f is None or f.proto != _TCP:
+        return None
+    tcp, end = f.l4, f.end
+    if end > len(frame) or tcp + 20 > end:
         return None
     payload = tcp + (frame[tcp + 12] >> 4) * 4
     if payload < tcp + 20 or payload > end:
         return None
-    return TcpFrame(ip, tcp, payload, end, vlan)
+    return TcpFrame(f.ip, tcp, payload, end, f.vlan)
+
+
+class CutFrame(bytes):
+    """A captured frame shorter than it was on the wire, carrying its original length.
+
+    Why on the object and not in a table beside the pipeline: a frame forwarded untouched is
+    the very object that was read, so its original length travels with it through holds,
+    decapsulation's pass-through and the core, and nothing can attach it to another frame. A
+    frame the core rewrites is a new object (and, being rewritable, was captured whole up to
+    its IP length): it is written with its own length. Only truncated frames pay for the
+    instance dictionary; the writer asks ``type(frame) is CutFrame``.
+    """
+
+    origlen: int
+
+    def __new__(cls, data: bytes, origlen: int) -> CutFrame:
+        self = super().__new__(cls, data)
+        self.origlen = origlen
+        return self
+
+
+def replaced(frame: bytes, data: bytes | bytearray) -> bytes:
+    """``data`` standing in for ``frame`` with the same length (checksums completed): a
+    ``CutFrame`` stays one, with its original length."""
+    if type(frame) is CutFrame:
+        return CutFrame(bytes(data), frame.origlen)
+    return bytes(data)
+
+
+def original_length(frame: bytes | bytearray) -> int:
+    """The frame's length on the wire: its own, unless it is a ``CutFrame``."""
+    return frame.origlen if type(frame) is CutFrame else len(frame)
 
 
 SYNTH_MACS = bytes.fromhex("020000000002020000000001")  # locally administered dst, src
@@ -156,14 +206,19 @@ _UNKNOWN = b"\x88\xb5"  # IEEE local experimental ethertype: bytes kept, decoded
 
 
 def as_ethernet(frame: bytes, linktype: int) -> bytes:
-    """The frame with its link header replaced by a synthesized Ethernet one."""
+    """The frame with its link header replaced by a synthesized Ethernet one (a ``CutFrame``
+    stays one, its original length changed by what the header change added or removed)."""
     if linktype == LINKTYPE_ETHERNET:
         return frame
     if linktype == LINKTYPE_LINUX_SLL and len(frame) >= 16:
-        return SYNTH_MACS + frame[14:16] + frame[16:]
-    if linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
-        return SYNTH_MACS + frame[0:2] + frame[20:]
-    body = frame[4:] if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP) else frame
-    version = body[0] >> 4 if body else 0
-    etype = _IPV4 if version == 4 else _IPV6 if version == 6 else _UNKNOWN
-    return SYNTH_MACS + etype + body
+        out = SYNTH_MACS + frame[14:16] + frame[16:]
+    elif linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
+        out = SYNTH_MACS + frame[0:2] + frame[20:]
+    else:
+        body = frame[4:] if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP) else frame
+        version = body[0] >> 4 if body else 0
+        etype = _IPV4 if version == 4 else _IPV6 if version == 6 else _UNKNOWN
+        out = SYNTH_MACS + etype + body
+    if type(frame) is CutFrame:
+        return CutFrame(out, frame.origlen + len(out) - len(frame))
+    return out

@@ -43,6 +43,9 @@ _LABELLED = (
     ("header_truncated", "header_problems", "Headers not stripped", "problem", "truncated"),
     ("hold_overflow", "header_problems", "Headers not stripped", "problem", "hold_overflow"),
     ("hold_timeout", "header_problems", "Headers not stripped", "problem", "hold_timeout"),
+    ("csum_completed", "checksums", "Checksums on the way in", "outcome", "offload_completed"),
+    ("checksum_completed", "checksums", "Checksums on the way in", "outcome", "recomputed"),
+    ("checksum_kept", "checksums", "Checksums on the way in", "outcome", "kept"),
 )
 _PLAIN = (
     ("rewritten", "packets_rewritten", "Frames of proxied flows rewritten"),
@@ -53,6 +56,7 @@ _PLAIN = (
     ("kernel_drops", "kernel_drops", "Packets the kernel dropped: capture ring full"),
     ("kernel_freezes", "kernel_freezes", "Times the capture ring was frozen"),
     ("capture_truncated", "capture_truncated", "Frames larger than a ring block, cut"),
+    ("capture_oversize", "capture_oversize", "GSO/GRO frames larger than a 1500-byte MTU"),
     ("tap_frames", "tap_frames", "Frames written to the tap"),
     ("tap_bytes", "tap_bytes", "Bytes written to the tap"),
     ("tap_write_errors", "tap_write_errors", "Frames that could not be written to the tap"),
@@ -64,11 +68,16 @@ _PLAIN = (
     ("cache_expired", "cache_expired_rows", "Cache rows removed by retention"),
     ("cache_write_seconds", "cache_write_seconds", "Time spent in cache writes"),
     ("reloads", "reloads", "Configuration reloads (SIGHUP)"),
+    ("frames_failed", "frames_failed", "Frames passed untouched because processing them raised"),
+    ("internal_errors", "internal_errors", "Ticks and cache hand-offs that raised"),
+    ("tunnel_untrusted", "tunnel_untrusted", "Tunnel packets from a source not in tunnel_peers"),
 )
 _GAUGES = (
     ("flows_active", "flows_active", "Flows in the flow table"),
     ("held_packets", "held_packets", "Frames held waiting for a header"),
     ("cache_write_seconds_max", "cache_write_seconds_max", "Slowest cache write so far"),
+    ("capture_promisc", "capture_promisc", "1 while the capture holds a promiscuous membership"),
+    ("no_proxied_flows", "no_proxied_flows", "1 when frames arrive but no header was stripped"),
 )
 
 
@@ -91,6 +100,14 @@ class NormalizerCollector(Collector):
         for kind, n in dict(snap.get("headers_stripped", {})).items():
             kinds.add_metric([str(kind)], float(n))
         yield kinds
+        backends = CounterMetricFamily(
+            f"{PREFIX}_headers_stripped_by_backend",
+            "Headers stripped per backend (decoy) address",
+            labels=["backend"],
+        )
+        for backend, n in dict(snap.get("headers_by_backend", {})).items():
+            backends.add_metric([str(backend)], float(n))
+        yield backends
         for key, name, doc in _PLAIN:
             yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=float(snap.get(key, 0)))
         for key, name, doc in _GAUGES:

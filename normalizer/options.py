@@ -24,6 +24,9 @@ class Options:
     # "pass" forwards them as captured (Suricata ignores them unless stream.midstream is on),
     # "drop" keeps header-tainted streams away from Suricata altogether.
     midstream: str = "pass"
+    # Checksums on the way in (offload.py): "auto" completes the partial checksums the kernel's
+    # tx offload leaves in captures from the sending host, "fix" recomputes all, "keep" none.
+    checksums: str = "auto"
     # Rewrite proxied flows so Suricata sees the real client and target (from the header)
     # instead of proxy -> backend; False keeps the wire addresses (--keep-addresses).
     restore_addresses: bool = True
@@ -38,6 +41,11 @@ class Options:
     # Mirrored / appliance traffic (see docs/tunnels.md): emit the inner frames of VXLAN and
     # GENEVE packets (output link type Ethernet) instead of passing the tunnel packets through.
     decapsulate: bool = False
+    # CIDRs of the outer sources whose tunnels are opened (mirror sources, load balancers): a
+    # tunnel packet from anywhere else is forwarded as captured, its inner frame never parsed,
+    # so no host can hand the core an inner frame that claims to come from a trusted proxy.
+    # Empty opens nothing; the config layer refuses decapsulate without it.
+    tunnel_peers: tuple[str, ...] = ()
     vxlan_ports: tuple[int, ...] = (4789,)  # UDP destination ports
     geneve_ports: tuple[int, ...] = (6081,)
     # VNI -> 802.1Q id for inner frames; VNIs not listed get the default mapping.

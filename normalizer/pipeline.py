@@ -13,7 +13,10 @@ from normalizer.counters import Counters
 from normalizer.decap import Decapsulator, Out
 from normalizer.engine import Frame, HeaderEvent, Normalizer, Resumable
 from normalizer.frame import LINKTYPE_ETHERNET
+from normalizer.offload import ChecksumPolicy
 from normalizer.options import Options
+from normalizer.restore import output_linktype
+from normalizer.tunnel import TunnelRef
 from normalizer.tunnel_flows import TunnelFlow, TunnelFlows
 
 EventSink = Callable[[list[HeaderEvent]], object]
@@ -31,40 +34,69 @@ class Pipeline:
         on_events: EventSink | None = None,
         resume: ResumeSource | None = None,
         on_tunnels: TunnelSink | None = None,
+        checksums: str | None = None,
+        tunnelled: bool = False,
     ) -> None:
+        """``tunnelled``: the caller decapsulates (the appliance) and hands inner Ethernet
+        frames with their ``TunnelRef`` to ``push_inner``; no Decapsulator then.
+
+        ``checksums`` overrides ``options.checksums``: the live adapter passes "keep" for
+        "auto", because there the ring's CSUMNOTREADY flag already said which frames were
+        partial (afpacket.py completes them), so guessing from the field again is wasted work.
+        """
         # Decapsulation hands the core Ethernet frames whatever the input's link type.
-        decap = options.decapsulate
-        self.engine = Normalizer(options, LINKTYPE_ETHERNET if decap else linktype)
-        self.linktype = self.engine.linktype  # of the frames ``take`` returns
+        decap = options.decapsulate and not tunnelled
+        inner = decap or tunnelled
+        self.engine = Normalizer(options, LINKTYPE_ETHERNET if inner else linktype)
+        # Of the frames ``take`` returns: raw IP may change family when addresses are restored.
+        self.linktype = output_linktype(self.engine.linktype, options.restore_addresses)
         self.decap = Decapsulator(options, linktype, self.engine.counters) if decap else None
         # Which tunnel each inner flow came through, only kept when someone records it.
         self.tunnels = (
-            TunnelFlows(options.max_flows, options.idle_timeout) if decap and on_tunnels else None
+            TunnelFlows(options.max_flows, options.idle_timeout) if inner and on_tunnels else None
         )
         self._on_tunnels = on_tunnels
         self._on_events = on_events
         self._resume = resume
         self._window = options.idle_timeout
+        mode = options.checksums if checksums is None else checksums
+        # Checksums are settled on the frames the core sees (inner frames when decapsulating):
+        # from then on its incremental updates are exact.
+        self._checksums = ChecksumPolicy(mode, self.linktype) if mode != "keep" else None
+        self._check = self._checksums.apply if self._checksums is not None else None
 
     @property
     def counters(self) -> Counters:
-        return self.engine.counters
+        c = self.engine.counters
+        if self._checksums is not None:
+            st = self._checksums.stats
+            c.checksum_completed, c.checksum_kept = st.completed, st.kept
+            c.checksum_unchecked = st.unchecked
+        return c
 
     def push(self, frame: bytes, ts: int) -> None:
         if self._resume is not None:
             self._adopt(ts)
         if self.decap is None:
+            if self._check is not None:
+                frame = self._check(frame)
             self.engine.feed(frame, ts)
         else:
             self._inner(self.decap.feed(frame, ts))
 
+    def push_inner(self, frame: bytes, ts: int, ref: TunnelRef) -> None:
+        """An inner frame the caller decapsulated itself (``tunnelled``), with its tunnel."""
+        if self._resume is not None:
+            self._adopt(ts)
+        self._inner([(ts, frame, ref)])
+
     def _inner(self, frames: list[Out]) -> None:
         """Decapsulated (or passed) frames to the core; inner flows noted for the cache."""
-        tunnels, feed = self.tunnels, self.engine.feed
+        tunnels, feed, check = self.tunnels, self.engine.feed, self._check
         for ts, frame, ref in frames:
             if ref is not None and tunnels is not None:
                 tunnels.note(frame, ref, ts)
-            feed(frame, ts)
+            feed(frame if check is None else check(frame), ts)
 
     def _adopt(self, ts: int) -> None:
         """On the first frame: take over flows a previous run resolved within the idle timeout."""

@@ -11,6 +11,7 @@ every capture and propagate.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -42,6 +43,27 @@ class CaseResult:
     comparison: Comparison | None = None
     error: str = ""
     usage_error: bool = False  # a manifest problem: the engineer must fix an input file
+    # Packets Suricata dropped for a bad checksum (-k all), the manifest's checksum mode and
+    # the partial checksums the normalizer completed: a capture recorded on the sending host
+    # with offloads on shows up here instead of as silently missing alerts.
+    invalid_checksums: int = 0
+    checksum_mode: str = "auto"
+    checksum_completed: int = 0
+
+    def checksum_hint(self) -> str:
+        """Why alerts may be missing, when checksums are the likely reason ("" otherwise)."""
+        if not self.invalid_checksums:
+            return ""
+        hint = f"Suricata dropped {self.invalid_checksums} packets with invalid checksums (-k all)"
+        if self.checksum_mode == "keep":
+            return (
+                f"{hint}: the capture was probably recorded on the sending host with offloads on;"
+                " the manifest sets 'checksums: keep', the default 'auto' completes them"
+            )
+        return (
+            f"{hint} that are not an offload's partial sum, so 'auto' left them as the receiver"
+            " saw them; if they are an artefact of the recording, set 'options: {checksums: fix}'"
+        )
 
 
 def enrich_events(eve: Path, cache_db: Path) -> list[Event]:
@@ -84,7 +106,7 @@ def run_case(
     try:
         cache = ConnectionCache(cache_db)
         try:
-            rewrite_file(
+            counters = rewrite_file(
                 target.capture,
                 normalized,
                 manifest.options(),
@@ -100,7 +122,27 @@ def run_case(
     except OSError as exc:
         return result("error", error=f"{exc.filename or target.capture}: {exc.strerror or exc}")
     comparison = compare(manifest.expected, fired_alerts(events))
-    return result("pass" if comparison.passed else "fail", comparison=comparison)
+    return dataclasses.replace(
+        result("pass" if comparison.passed else "fail", comparison=comparison),
+        invalid_checksums=invalid_checksums(events),
+        checksum_mode=manifest.options().checksums,
+        checksum_completed=counters.checksum_completed,
+    )
+
+
+def invalid_checksums(events: list[Event]) -> int:
+    """Every ``invalid_checksum`` counter of Suricata's last stats event, summed."""
+    stats = [e["stats"] for e in events if e.get("event_type") == "stats"]
+
+    def total(node: object) -> int:
+        if not isinstance(node, dict):
+            return 0
+        return sum(
+            v if k == "invalid_checksum" and isinstance(v, int) else total(v)
+            for k, v in node.items()
+        )
+
+    return total(stats[-1]) if stats else 0
 
 
 def _eve(pcap: Path, bundle: RuleBundle, workdir: Path, config: Path | None) -> Path:

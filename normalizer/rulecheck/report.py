@@ -13,7 +13,7 @@ from normalizer.rulecheck.harness import CaseResult
 from normalizer.rulecheck.manifest import AlertKey
 from normalizer.rulecheck.rules import RuleSet
 
-_HEAD = ("capture", "result", "expected", "fired", "missing", "unexpected", "time")
+_HEAD = ("capture", "result", "expected", "fired", "missing", "unexpected", "bad csum", "time")
 
 
 def _alert_line(kind: str, key: AlertKey, n: int, rules: RuleSet) -> str:
@@ -28,6 +28,8 @@ def details(r: CaseResult, rules: RuleSet, verbose: bool = False) -> list[str]:
     if c is None or (r.status == "pass" and not verbose):
         return []
     lines = [f"  {r.target.name}: {r.status.upper()}"]
+    if hint := r.checksum_hint():
+        lines.append(f"    hint: {hint}")
     lines += [_alert_line("missing", k, n, rules) for k, n in c.missing.items()]
     lines += [_alert_line("unexpected", k, n, rules) for k, n in c.unexpected.items()]
     if verbose:
@@ -41,7 +43,8 @@ def render(
     rows: list[tuple[str, ...]] = [_HEAD]
     for r in results:
         counts = r.comparison.totals() if r.comparison else ("-",) * 4
-        rows.append((r.target.name, r.status.upper(), *map(str, counts), f"{r.seconds:.1f}s"))
+        csum = str(r.invalid_checksums) if r.comparison else "-"
+        rows.append((r.target.name, r.status.upper(), *map(str, counts), csum, f"{r.seconds:.1f}s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(_HEAD))]
     out = [
         "  ".join(

@@ -22,6 +22,7 @@ CASES = {
     "haproxy-v2-ipv6": ("2001:db8:b::1/128", V6),
     "haproxy-v2-checks": ("192.0.2.1/32", V4),
     "haproxy-v2-hdrloss": ("192.0.2.1/32", V4),
+    "reference-custom": ("192.0.2.1/32", V4),  # our own header, from the reference gateway
     # IPv6 attacker behind an IPv4 hop: restoration rebuilds the packets as IPv6
     "haproxy-v2-v6client": ("192.0.2.1/32", Ends(V6.attacker, V6.target, V4.gateway, V4.decoy)),
 }

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from normalizer.cli import main as normalizer_main
 from tests.lab.netlab import ATTACKER, DECOY, GATEWAY_BACK, GATEWAY_FRONT, Lab, LabError, stop
 from tests.lab.services import make_webroot, start_decoy, start_haproxy
 from tests.lab.suricata_run import RULES, alerts_by_sid
 from tests.lab.traffic import expected_alerts, run_traffic
 
 ROOT = Path(__file__).resolve().parents[2]
-FRAGMENT = ROOT / "suricata" / "normalizer.yaml"
+STOCK_SURICATA = Path("/etc/suricata/suricata.yaml")
 NORMALIZER = [str(ROOT / ".venv" / "bin" / "suricata-normalizer")]
 ENRICHER = [str(ROOT / ".venv" / "bin" / "eve-enricher")]
 TAP = "snl0"
@@ -60,18 +61,21 @@ def start_live(
     cache: Path | None = None,
     *extra: str,
     wrap: Sequence[str] = (),
+    role: str = "sensor",
+    iface: str = PORT,
+    proxy: str = f"{GATEWAY_BACK[4]}/32",
 ) -> Live:
-    """Start the normalizer in the sensor namespace; return once it has printed "live on".
+    """Start the normalizer in the ``role`` namespace; return once it has printed "live on".
 
     ``wrap`` prefixes the command (the benchmark pins it to one core with taskset).
     """
     log, stats = d / f"{name}.log", d / f"{name}.json"
     stats.unlink(missing_ok=True)
-    argv = [*wrap, *NORMALIZER, "live", "--iface", PORT, "--tap", TAP]
-    argv += ["--proxy", f"{GATEWAY_BACK[4]}/32", "--stats-json", str(stats), *extra]
+    argv = [*wrap, *NORMALIZER, "live", "--iface", iface, "--tap", TAP]
+    argv += ["--proxy", proxy, "--stats-json", str(stats), *extra]
     if cache is not None:
         argv += ["--cache", str(cache)]
-    proc = lab.spawn("sensor", argv, log)
+    proc = lab.spawn(role, argv, log)
     _wait_for(log, "live on", proc, 15)
     return Live(proc, log, stats)
 
@@ -88,18 +92,29 @@ def stop_live(lab: Lab, live: Live) -> dict[str, Any]:
 
 
 def start_suricata(
-    lab: Lab, d: Path, iface: str = TAP, wrap: Sequence[str] = ()
+    lab: Lab,
+    d: Path,
+    iface: str = TAP,
+    wrap: Sequence[str] = (),
+    role: str = "sensor",
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """Suricata 7 on ``iface`` with the stock config plus our fragment and the lab rules."""
+    """Suricata 7 on ``iface`` with the stock config plus the fragment ``suricata-config``
+    generates for ``iface`` (its af-packet entry: checksum validation on) and the lab rules;
+    ``--af-packet=IFACE`` captures that one interface, not the stock config's eth0."""
     out = d / f"suricata-{iface}"
     out.mkdir(exist_ok=True)
     for f in out.iterdir():
         f.unlink()
-    argv = [*wrap, "suricata", "-c", "/etc/suricata/suricata.yaml", "--include", str(FRAGMENT)]
+    fragment = d / f"normalizer-{iface}.yaml"
+    gen = ["suricata-config", "--suricata-yaml", str(STOCK_SURICATA), "--tap", iface]
+    if normalizer_main([*gen, "-o", str(fragment)]) != 0:
+        raise LabError(f"suricata-config failed for {iface}")
+    argv = [*wrap, "suricata", "-c", str(STOCK_SURICATA), "--include", str(fragment)]
     argv += [f"--af-packet={iface}", "-S", str(RULES), "-l", str(out), "-k", "all"]
-    argv += ["--set", "unix-command.enabled=no", "--set", f"af-packet.0.interface={iface}"]
-    argv += ["--set", "outputs.1.eve-log.community-id=no"]
-    proc = lab.spawn("sensor", argv, out / "stdout.log")
+    argv += ["--set", "unix-command.enabled=no", "--set", "outputs.1.eve-log.community-id=no"]
+    argv += [*extra]
+    proc = lab.spawn(role, argv, out / "stdout.log")
     _wait_for(out / "stdout.log", "Engine started", proc, 60)
     return proc
 
@@ -175,12 +190,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def start_enricher(lab: Lab, d: Path, eve: Path, cache: Path, out: Path) -> subprocess.Popen[bytes]:
+def start_enricher(
+    lab: Lab, d: Path, eve: Path, cache: Path, out: Path, role: str = "sensor"
+) -> subprocess.Popen[bytes]:
     """``eve-enricher follow`` on Suricata's eve.json, as the eve-enricher.service runs it."""
     log = d / "enricher.log"
     argv = [*ENRICHER, "follow", str(eve), "--cache", str(cache), "-o", str(out)]
     argv += ["--poll", "0.2", "--checkpoint", str(d / "enricher.checkpoint")]
-    proc = lab.spawn("sensor", argv, log)
+    proc = lab.spawn(role, argv, log)
     _wait_for(log, "following", proc, 15)
     return proc
 

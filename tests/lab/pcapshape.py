@@ -8,12 +8,14 @@ and of scapy's 1 s import.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+CUSTOM_MAGIC = b"\x8aGW1\r\n\x1a\n"  # docs/custom-header.md, the default magic
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Shape:
     dup_segments: int = 0
     sack_blocks: int = 0
     headers: Counter[str] = field(default_factory=Counter)
+    endpoints: Counter[tuple[str, str]] = field(default_factory=Counter)  # TCP (src, dst) packets
 
 
 def _packets(path: Path) -> list[bytes]:
@@ -41,7 +44,7 @@ def _packets(path: Path) -> list[bytes]:
 
 
 def header_kind(payload: bytes) -> str:
-    """Describe the first client payload of a flow: PROXY v1/v2 (alone or +data) or plain."""
+    """Describe the first client payload of a flow: PROXY v1/v2 or custom (alone or +data)."""
     if payload.startswith(b"PROXY "):
         end = payload.find(b"\r\n") + 2
         kind = "v1 " + payload.split(b" ")[1].decode()
@@ -49,6 +52,9 @@ def header_kind(payload: bytes) -> str:
         end = 16 + int.from_bytes(payload[14:16], "big")
         cmd = "LOCAL" if payload[12] & 0x0F == 0 else "PROXY"
         kind = f"v2 {cmd} fam=0x{payload[13]:02x} len={end}"
+    elif payload.startswith(CUSTOM_MAGIC) and len(payload) >= 12:
+        end = int.from_bytes(payload[10:12], "big")
+        kind = f"custom fam={payload[9]} len={end}"
     else:
         return "none"
     return kind + (" +data" if len(payload) > end else " alone")
@@ -60,6 +66,7 @@ def shape(path: Path, server_port: int = 80) -> Shape:
     syns: Counter[tuple[bytes, int, bytes, int]] = Counter()
     segs: Counter[tuple[bytes, int, int, int]] = Counter()
     first: dict[tuple[bytes, int], bytes] = {}
+    ends: Counter[tuple[bytes, bytes]] = Counter()
     for frame in _packets(path):
         s.packets += 1
         etype = int.from_bytes(frame[12:14], "big")
@@ -73,6 +80,7 @@ def shape(path: Path, server_port: int = 80) -> Shape:
         else:
             continue
         sport, dport, seq = struct.unpack("!HHI", frame[tcp : tcp + 8])
+        ends[(src, dst)] += 1
         doff, flags = (frame[tcp + 12] >> 4) * 4, frame[tcp + 13]
         payload = frame[tcp + doff : ip_end]
         s.sack_blocks += _sack_blocks(frame[tcp + 20 : tcp + doff])
@@ -86,6 +94,8 @@ def shape(path: Path, server_port: int = 80) -> Shape:
     s.syn_retrans = sum(n - 1 for n in syns.values())
     s.dup_segments = sum(1 for n in segs.values() if n > 1)
     s.headers = Counter(header_kind(p) for p in first.values())
+    for (a, b), n in ends.items():
+        s.endpoints[(str(ipaddress.ip_address(a)), str(ipaddress.ip_address(b)))] = n
     return s
 
 

@@ -3,7 +3,8 @@
 Usage: ``python -m tests.lab.record OUTDIR [SCENARIO ...]`` (as root). Why a module and not a
 shell script: it reuses the exact scenarios the tests use, so committed pcaps match the tests.
 Besides the proxy-bridge scenarios, ``vxlan-haproxy-v2`` records the tunnel lab's mirrored proxy
-bridge: the HAProxy -> nginx hop carried in VXLAN (VNI 100) on the underlay, and its baseline.
+bridge: the HAProxy -> nginx hop carried in VXLAN (VNI 100) on the underlay, and its baseline;
+``host-offload`` records the host lab's bridge (gateways on the host, two decoys, offloads on).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.lab import tunnel_lab
+from tests.lab import hostlab, tunnel_lab
 from tests.lab.netlab import Lab
 from tests.lab.scenarios import SCENARIOS
 
 TUNNEL = "vxlan-haproxy-v2"
+HOST = hostlab.OFFLOAD_SCENARIO
 
 
 def record_tunnel(outdir: Path) -> None:
@@ -37,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "scenarios",
         nargs="*",
-        choices=[[], *SCENARIOS, TUNNEL],
+        choices=[[], *SCENARIOS, TUNNEL, HOST],
         metavar="SCENARIO",
-        help=f"default: all of {', '.join(SCENARIOS)} (and {TUNNEL} only when named)",
+        help=f"default: all of {', '.join(SCENARIOS)} ({TUNNEL} and {HOST} only when named)",
     )
     args = ap.parse_args(argv)
     # SIGTERM -> SystemExit, so the Lab's __exit__ removes namespaces and processes.
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{caps.name}: raw={caps.raw} baseline={caps.baseline} proxy={caps.proxy}")
     if TUNNEL in wanted:
         record_tunnel(args.outdir)
+    if HOST in wanted:
+        raw, baseline = hostlab.record_offload(args.outdir)
+        print(f"{HOST}: raw={raw} baseline={baseline} proxy={hostlab.BRIDGE_ADDR}/32")
     return 0
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.lab import services
-from tests.lab.netlab import DECOY, GATEWAY_BACK, Lab
+from tests.lab.netlab import DECOY, GATEWAY_BACK, GATEWAY_FRONT, Lab
 from tests.lab.traffic import expected_alerts, run_traffic
 
 
@@ -29,6 +29,8 @@ class Spec:
     raw_opts: str = "send-proxy-v2"
     base_opts: str = ""
     gateway: str = "haproxy"  # or "nginx" (stream proxy, PROXY v1 coalesced with data)
+    # or "reference" (our reference-gateway; raw_opts/base_opts are then its options, and the
+    # raw decoy is services.start_custom_decoy, which strips the custom header itself)
     family: int = 4  # of the captured hop (gateway -> decoy)
     client_family: int = 0  # of the attacker -> gateway hop; 0: the same as ``family``
     mode: str = "tcp"
@@ -109,6 +111,28 @@ SPECS = {
             loss="first-data",
         ),
         Spec(
+            "reference-custom",
+            "custom gateway header IPv4, own segment (reference-gateway)",
+            raw_opts="--header custom",
+            base_opts="--header none",
+            gateway="reference",
+        ),
+        Spec(
+            "reference-custom-coalesced",
+            "custom gateway header IPv4 coalesced with the first request bytes",
+            raw_opts="--header custom --coalesce",
+            base_opts="--header none --coalesce",
+            gateway="reference",
+        ),
+        Spec(
+            "reference-custom-ipv6",
+            "custom gateway header IPv6, own segment (reference-gateway)",
+            raw_opts="--header custom",
+            base_opts="--header none",
+            gateway="reference",
+            family=6,
+        ),
+        Spec(
             "haproxy-v2-loss",
             "PROXY v2; 2% random loss both ways, SACK, 2 MB download, 3 x 400 KB POSTs",
             loss="random",
@@ -153,10 +177,14 @@ def record(lab: Lab, spec: Spec, outdir: Path) -> ScenarioCaptures:
         d.mkdir(parents=True, exist_ok=True)
         tls = services.make_tls(outdir / "work" / "tls") if spec.tls else None
         lab.nft(loss_ruleset(spec.loss))
-        services.start_decoy(lab, d, services.make_webroot(outdir / "work" / "www"), raw)
+        www = services.make_webroot(outdir / "work" / "www")
+        if spec.gateway == "reference":
+            _start_reference(lab, d, www, spec, raw)
+        else:
+            services.start_decoy(lab, d, www, raw)
         if spec.gateway == "nginx":
             services.start_nginx_gateway(lab, d, spec.family, raw)
-        else:
+        elif spec.gateway == "haproxy":
             opts = spec.raw_opts if raw else spec.base_opts
             services.start_haproxy(
                 lab, d, spec.family, opts, mode=spec.mode, tls=tls, httpchk=spec.httpchk
@@ -178,6 +206,23 @@ def record(lab: Lab, spec: Spec, outdir: Path) -> ScenarioCaptures:
         spec.header,
         expected_alerts(spec.bulk),
         spec.client_family or spec.family,
+    )
+
+
+def _start_reference(lab: Lab, d: Path, www: Path, spec: Spec, raw: bool) -> None:
+    """The reference gateway; with the header, a decoy that strips it (nginx cannot)."""
+    fam = spec.family
+    if raw:
+        services.start_custom_decoy(lab, d, www, addr=DECOY[fam])
+    else:
+        services.start_decoy(lab, d, www, False)
+    services.start_reference_gateway(
+        lab,
+        d,
+        "gateway",
+        services._hostport(GATEWAY_FRONT[fam], 80),
+        services._hostport(DECOY[fam], 80),
+        *(spec.raw_opts if raw else spec.base_opts).split(),
     )
 
 
@@ -247,6 +292,21 @@ def nginx_v1_hdrloss(lab: Lab, outdir: Path) -> ScenarioCaptures:
     return record(lab, SPECS["nginx-v1-hdrloss"], outdir)
 
 
+def reference_custom(lab: Lab, outdir: Path) -> ScenarioCaptures:
+    """Our reference gateway: the custom header (docs/custom-header.md) in its own segment."""
+    return record(lab, SPECS["reference-custom"], outdir)
+
+
+def reference_custom_coalesced(lab: Lab, outdir: Path) -> ScenarioCaptures:
+    """The reference gateway with --coalesce: header and request in one segment."""
+    return record(lab, SPECS["reference-custom-coalesced"], outdir)
+
+
+def reference_custom_ipv6(lab: Lab, outdir: Path) -> ScenarioCaptures:
+    """The reference gateway over IPv6 both sides: the 48-byte family-6 header."""
+    return record(lab, SPECS["reference-custom-ipv6"], outdir)
+
+
 def haproxy_v2_loss(lab: Lab, outdir: Path) -> ScenarioCaptures:
     """2% random loss both ways with SACK during bulk transfers."""
     return record(lab, SPECS["haproxy-v2-loss"], outdir)
@@ -266,5 +326,8 @@ SCENARIOS = {
     "haproxy-v2-synloss": haproxy_v2_synloss,
     "haproxy-v2-hdrloss": haproxy_v2_hdrloss,
     "nginx-v1-hdrloss": nginx_v1_hdrloss,
+    "reference-custom": reference_custom,
+    "reference-custom-coalesced": reference_custom_coalesced,
+    "reference-custom-ipv6": reference_custom_ipv6,
     "haproxy-v2-loss": haproxy_v2_loss,
 }

@@ -1,4 +1,4 @@
-"""Real services of the lab: the nginx decoy, the HAProxy or nginx-stream gateway, TLS material.
+"""Real services of the lab: the nginx decoy, the HAProxy, nginx-stream or reference gateway, TLS.
 
 Why generated configs: each scenario differs only in a few directives (header on/off, v1/v2,
 TLVs, checks, HTTP mode), and the baseline must be the same config minus the header, so both are
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from tests.lab.netlab import DECOY, GATEWAY_FRONT, Lab, LabError, run
@@ -37,31 +39,38 @@ def _nginx_main(d: Path, name: str) -> str:
     )
 
 
-def start_decoy(lab: Lab, d: Path, webroot: Path, proxy_protocol: bool) -> None:
+def start_decoy(
+    lab: Lab,
+    d: Path,
+    webroot: Path,
+    proxy_protocol: bool,
+    role: str = "decoy",
+    addrs: tuple[str, ...] = (DECOY[4], DECOY[6]),
+) -> None:
     """nginx http server on the decoy; ``listen ... proxy_protocol`` iff the gateway sends one."""
     pp = " proxy_protocol" if proxy_protocol else ""
+    listen = "".join(f"    listen {_hostport(a, 80)}{pp};\n" for a in addrs)
     temps = "".join(
         f"  {k}_temp_path {d}/{k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    conf = _nginx_main(d, "decoy") + (
+    conf = _nginx_main(d, role) + (
         "http {\n"
         "  log_format lab '$remote_addr pp=$proxy_protocol_addr \"$request\" $status';\n"
-        f"  access_log {d}/decoy-access.log lab;\n{temps}"
+        f"  access_log {d}/{role}-access.log lab;\n{temps}"
         "  default_type application/octet-stream;\n  keepalive_requests 1000;\n"
         "  server {\n"
-        f"    listen {DECOY[4]}:80{pp};\n    listen [{DECOY[6]}]:80{pp};\n"
-        f"    root {webroot};\n"
+        f"{listen}    root {webroot};\n"
         '    location /upload { client_max_body_size 50m; return 200 "stored\\n"; }\n'
         '    location = /healthz { return 200 "ok\\n"; }\n'
         "  }\n}\n"
     )
-    path = d / "decoy.conf"
+    path = d / f"{role}.conf"
     path.write_text(conf)
-    lab.sh("decoy", "nginx", "-t", "-q", "-e", str(d / "decoy-t.log"), "-c", str(path))
+    lab.sh(role, "nginx", "-t", "-q", "-e", str(d / f"{role}-t.log"), "-c", str(path))
     lab.spawn(
-        "decoy", ["nginx", "-e", str(d / "decoy-error.log"), "-c", str(path)], d / "decoy.out"
+        role, ["nginx", "-e", str(d / f"{role}-error.log"), "-c", str(path)], d / f"{role}.out"
     )
-    lab.wait_listen("decoy", 80)
+    lab.wait_listen(role, 80)
 
 
 def start_nginx_gateway(lab: Lab, d: Path, family: int, proxy_protocol: bool) -> None:
@@ -192,3 +201,48 @@ def make_tls(d: Path) -> Path:
 
 def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def start_reference_gateway(
+    lab: Lab, d: Path, role: str, listen: str, backend: str, *args: str, name: str = "refgw"
+) -> Path:
+    """``suricata-normalizer reference-gateway`` in ``role``; returns its --stats-json path.
+
+    ``listen``/``backend`` are ADDR:PORT (IPv6 in brackets); ``args`` are further options,
+    e.g. ``--header custom --coalesce`` or ``--accept custom --header proxy-v1`` (a receiver).
+    The counters are written when the lab stops it (SIGTERM); ``--grace 1`` keeps that within
+    netlab.stop's 5 s.
+    """
+    stats = d / f"{name}-stats.json"
+    argv = [sys.executable, "-m", "normalizer.cli", "reference-gateway", "--listen", listen]
+    argv += ["--backend", backend, "--grace", "1", "--stats-json", str(stats), "-v", *args]
+    lab.spawn(role, argv, d / f"{name}.log")
+    host, _, port = listen.rpartition(":")
+    deadline = time.monotonic() + 10
+    while not lab.sh(role, "ss", "-Hltn", f"src {host}:{port}").strip():
+        if time.monotonic() > deadline:
+            raise LabError(f"reference gateway not listening on {listen} in {role}: {d}/{name}.log")
+        time.sleep(0.05)
+    return stats
+
+
+def start_custom_decoy(
+    lab: Lab, d: Path, webroot: Path, role: str = "decoy", addr: str = DECOY[4], port: int = 80
+) -> Path:
+    """A decoy that understands our custom header: a reference-gateway receiver on addr:port
+    (``--accept custom``, which closes connections whose header is malformed) in front of the
+    decoy nginx on 127.0.0.1:80, to which it passes the client as PROXY v1, so nginx's access
+    log (``pp=``) names the attacker. Returns the receiver's --stats-json path."""
+    start_decoy(lab, d, webroot, True, role=role, addrs=("127.0.0.1",))
+    return start_reference_gateway(
+        lab,
+        d,
+        role,
+        _hostport(addr, port),
+        "127.0.0.1:80",
+        "--accept",
+        "custom",
+        "--header",
+        "proxy-v1",
+        name=f"{role}-receiver",
+    )

@@ -51,6 +51,9 @@ HEADERS = {
     "haproxy-v2-synloss": {V2},
     "haproxy-v2-hdrloss": {V2},
     "nginx-v1-hdrloss": {"v1 TCP4 +data"},
+    "reference-custom": {"custom fam=4 len=24 alone"},
+    "reference-custom-coalesced": {"custom fam=4 len=24 +data"},
+    "reference-custom-ipv6": {"custom fam=6 len=48 alone"},
     "haproxy-v2-loss": {V2},
 }
 

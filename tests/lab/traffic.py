@@ -75,9 +75,17 @@ def expected_alerts(bulk: bool) -> Counter[int]:
 
 
 def run_traffic(
-    lab: Lab, d: Path, family: int = 4, tls: Path | None = None, bulk: bool = False
+    lab: Lab,
+    d: Path,
+    family: int = 4,
+    tls: Path | None = None,
+    bulk: bool = False,
+    url: str | None = None,
 ) -> None:
-    """Run every connection's curl, one after the other, so captures are deterministic."""
+    """Run every connection's curl, one after the other, so captures are deterministic.
+
+    ``url`` (e.g. ``http://198.51.100.1:81``) targets another gateway than the default one.
+    """
     if tls:
         base = f"https://{TLS_NAME}"
         opts = [
@@ -94,6 +102,8 @@ def run_traffic(
         host = GATEWAY_FRONT[family]
         base = f"http://[{host}]" if family == 6 else f"http://{host}"
         opts = []
+    if url is not None:
+        base, opts = url.rstrip("/"), []
     log: list[str] = []
     for i, conn in enumerate(connections(bulk)):
         argv = ["curl", "-sS"]
@@ -119,4 +129,5 @@ def run_traffic(
             argv.append(base + req.path)
         # curl exits 0 on 404/400 (no --fail); non-zero means the lab itself is broken.
         log.append(lab.sh("attacker", *argv, timeout=120))
-    (d / "curl.log").write_text("".join(log))
+    with (d / "curl.log").open("a") as out:
+        out.write("".join(log))

@@ -100,3 +100,35 @@ def test_parse_tcpdump_ddd() -> None:
         parse_ddd("3\n40 0 0 12\n")
     with pytest.raises(CaptureError):
         parse_ddd("tcpdump: syntax error")
+
+
+def test_csum_not_ready_frames_get_complete_checksums_and_are_counted() -> None:
+    """TP_STATUS_CSUMNOTREADY (tx offload): the field holds the pseudo-header sum only."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    from normalizer.afpacket import TP_STATUS_CSUMNOTREADY
+    from normalizer.checksum import pseudo_header_sum
+    from normalizer.offload import Verdict, verdict
+
+    good = bytes(Ether() / IP(src="192.0.2.1", dst="192.0.2.2") / TCP(flags="PA") / b"GET /")
+    tcp_len = len(good) - 34
+    pseudo = pseudo_header_sum(good[26:30], good[30:34], 6, tcp_len).to_bytes(2, "big")
+    partial = good[:50] + pseudo + good[52:]
+    assert verdict(partial) is Verdict.PARTIAL
+    big = partial + bytes(0)  # the same frame, flagged as the oversize GSO case below is not
+    block = make_block(
+        [
+            (1, 0, partial, len(partial), TP_STATUS_CSUMNOTREADY, 0, 0),
+            (1, 1, good, len(good), 0, 0, 0),
+            (1, 2, big, 9000, TP_STATUS_CSUMNOTREADY, 0, 0),  # GSO-sized wire length, cut
+        ]
+    )
+    stats = RingStats()
+    out = parse_block(block, 0, stats)
+    assert out[0][1] == good
+    assert out[1][1] == good
+    assert (stats.csum_not_ready, stats.csum_completed) == (2, 2)
+    assert (stats.oversize, stats.max_frame, stats.truncated) == (1, 9000, 1)
+    kept = parse_block(block, 0, RingStats(), complete_partial=False)
+    assert kept[0][1] == partial

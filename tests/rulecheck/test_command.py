@@ -109,3 +109,24 @@ def test_explicit_suricata_config_and_kept_outputs(sample_case: Path, tmp_path: 
     assert p.returncode == 0, p.stdout + p.stderr
     assert (keep / f"01-{SAMPLE}" / "normalized.pcap").is_file()
     assert (keep / f"01-{SAMPLE}" / "suricata" / "eve.json").is_file()
+
+
+@needs_suricata
+def test_offloaded_capture_passes_and_with_checksums_kept_says_why_alerts_vanish(
+    tmp_path: Path,
+) -> None:
+    """pcaps/host-offload: recorded on the sending host, every TCP checksum partial."""
+    corpus = Path(__file__).resolve().parents[2] / "pcaps"
+    for name in ("host-offload.pcap", "host-offload.yaml"):
+        (tmp_path / name).write_bytes((corpus / name).read_bytes())
+    p = _run(tmp_path / "host-offload.pcap")
+    assert p.returncode == 0, p.stdout + p.stderr
+    manifest = tmp_path / "host-offload.yaml"
+    manifest.write_text(manifest.read_text() + "options: {checksums: keep}\n")
+    p = _run(tmp_path / "host-offload.pcap")
+    assert p.returncode == 1, p.stdout + p.stderr
+    row = next(line for line in p.stdout.splitlines() if line.startswith("host-offload.pcap"))
+    assert row.split()[1:6] == ["FAIL", "20", "0", "20", "0"]
+    assert int(row.split()[6]) > 100  # packets Suricata dropped for their checksum
+    assert "hint: Suricata dropped" in p.stdout
+    assert "recorded on the sending host with offloads on" in p.stdout

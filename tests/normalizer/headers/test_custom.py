@@ -40,7 +40,9 @@ DOC_EXT = bytes.fromhex(
 def doc_examples() -> list[bytes]:
     """The hex blocks of docs/custom-header.md, annotations after the hex dropped."""
     text = (Path(__file__).parents[3] / "docs" / "custom-header.md").read_text()
-    blocks = re.findall(r"```\n(.*?)```", text, re.S)
+    # Untagged fences only: the ```sh blocks are command lines, not vectors.
+    fences = re.findall(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M)
+    blocks = [body for tag, body in fences if not tag]
     leading_hex = re.compile(r"(?:[0-9a-f]{2}(?: |$))*")
     return [
         bytes.fromhex(" ".join(m.group() for ln in b.splitlines() if (m := leading_hex.match(ln))))
