@@ -7,6 +7,7 @@ named). Bad input produces one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from normalizer import suricata_config_command as suricata_config
 from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, ConnectionCache
 from normalizer.counters import Counters
+from normalizer.fastpath import ENGINES, compiled_available, resolve_engine
 from normalizer.pcap_io import PcapError
 from normalizer.pcap_job import print_progress, rewrite_file, summary
 from normalizer.rulecheck import command as rulecheck_command
@@ -26,6 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="suricata-normalizer",
         description="Strip PROXY-protocol / gateway headers from proxied TCP flows for Suricata.",
+    )
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"suricata-normalizer {_version()} ({resolve_engine('auto')} engine)",
     )
     sub = p.add_subparsers(dest="command", required=True)
     rw = sub.add_parser("rewrite", help="normalize a recorded capture (pcap or pcapng) into a pcap")
@@ -80,8 +87,23 @@ def _live_parser(sub: Any) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("suricata-normalizer")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="TOML file with a [normalizer] table")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="rewriting engine: compiled (C), python (the reference), auto (default: compiled"
+        " when built, else python)",
+    )
     p.add_argument(
         "--proxy",
         action="append",
@@ -128,7 +150,7 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
 
 def _options(args: argparse.Namespace) -> Any:
     file_values = load_file(args.config) if args.config else {}
-    return build_options(
+    options = build_options(
         file_values,
         {
             "proxies": args.proxy,
@@ -142,6 +164,18 @@ def _options(args: argparse.Namespace) -> Any:
             "cache_retention": args.cache_retention,
         },
     )
+    return _with_engine(options, args.engine)
+
+
+def _with_engine(options: Any, choice: str | None) -> Any:
+    if choice is None:
+        return options
+    if choice == "compiled" and not compiled_available():
+        raise ConfigError(
+            "engine: the compiled engine is not built on this installation (reinstall with gcc"
+            " and python3-dev, see scripts/setup.sh); use --engine python or auto"
+        )
+    return dataclasses.replace(options, engine=choice)
 
 
 def _rewrite(args: argparse.Namespace) -> int:
@@ -173,10 +207,13 @@ def _rewrite(args: argparse.Namespace) -> int:
             cache.close()
     if show:
         print(file=sys.stderr)
+    engine = resolve_engine(options.engine)
     if not args.quiet:
         print(summary(counters), file=sys.stderr)
+        print(f"engine: {engine}", file=sys.stderr)
     if args.stats_json:
-        args.stats_json.write_text(json.dumps(counters.as_dict(), indent=2) + "\n")
+        stats = {**counters.as_dict(), "engine": engine}
+        args.stats_json.write_text(json.dumps(stats, indent=2) + "\n")
     return 0
 
 
@@ -206,6 +243,7 @@ def _live(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(live_summary(counters), file=sys.stderr)
+    print(f"engine: {resolve_engine(live.options.engine)}", file=sys.stderr)
     if not live.stripped():
         print(f"suricata-normalizer: no proxied flow: {live.silence()}", file=sys.stderr)
     return 0

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from normalizer.counters import Counters
 from normalizer.decap import Decapsulator, Out
-from normalizer.engine import Frame, HeaderEvent, Normalizer, Resumable
+from normalizer.engine import Frame, HeaderEvent, Resumable
+from normalizer.fastpath import make_engine
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.offload import ChecksumPolicy
 from normalizer.options import Options
@@ -40,7 +41,8 @@ class Pipeline:
         """
         # Decapsulation hands the core Ethernet frames whatever the input's link type.
         decap = options.decapsulate
-        self.engine = Normalizer(options, LINKTYPE_ETHERNET if decap else linktype)
+        # The compiled engine or the Python one, as options.engine says (fastpath.py).
+        self.engine = make_engine(options, LINKTYPE_ETHERNET if decap else linktype)
         self.linktype = self.engine.linktype  # of the frames ``take`` returns
         self.decap = Decapsulator(options, linktype, self.engine.counters) if decap else None
         # Which tunnel each inner flow came through, only kept when someone records it.

@@ -1,0 +1,222 @@
+"""Picks the rewriting engine: the compiled one (``_fastpath``) when it was built, else Python.
+
+Why two engines: ``engine.Normalizer`` is the specification -- readable, property-tested --
+but costs more CPU per packet than the Suricata it feeds. ``_fastpath.c`` transcribes it to C
+and is held to identical output bytes and counters by tests/normalizer/test_fastpath.py. The
+extension is optional (a machine without a compiler installs and runs on the Python engine),
+so every adapter asks ``make_engine`` and reports ``engine_name`` of what it got.
+
+``CompiledNormalizer`` has the interface of ``Normalizer``. The C core calls back into this
+module only once per flow (the header: parse it, count it, record the HeaderEvent), for an
+address family change, and for SYNs from untrusted sources.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from normalizer.counters import MAX_BACKENDS, Counters
+from normalizer.diagnostics import SourceTally
+from normalizer.engine import Frame, HeaderEvent, Normalizer
+from normalizer.flow_key import endpoint_text, make_key, split_key
+from normalizer.frame import LINKTYPE_ETHERNET, TcpFrame
+from normalizer.headers.base import HeaderError, ProxyHeader
+from normalizer.headers.detect import parse_header
+from normalizer.options import Options
+from normalizer.restore import real_endpoints, restore_endpoints
+from normalizer.trust import TrustedProxies
+
+ENGINES = ("auto", "compiled", "python")
+_NS = 1_000_000_000
+
+
+def _load() -> ModuleType | None:
+    try:
+        from normalizer import _fastpath  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _fastpath  # type: ignore[no-any-return]
+
+
+_fastpath = _load()
+
+
+def compiled_available() -> bool:
+    return _fastpath is not None
+
+
+def resolve_engine(choice: str) -> str:
+    """The engine ``make_engine`` builds for ``choice``: "compiled" or "python"."""
+    if choice == "auto":
+        return "compiled" if _fastpath is not None else "python"
+    return choice
+
+
+class EngineUnavailable(RuntimeError):
+    """``--engine compiled`` on an installation whose extension was not built."""
+
+
+def make_engine(
+    options: Options, linktype: int, choice: str | None = None
+) -> Normalizer | CompiledNormalizer:
+    """The engine ``choice`` (default ``options.engine``) names; auto prefers compiled."""
+    choice = choice or options.engine
+    if choice not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {choice!r}")
+    if choice == "python" or (choice == "auto" and _fastpath is None):
+        return Normalizer(options, linktype)
+    if _fastpath is None:
+        raise EngineUnavailable(
+            "the compiled engine is not built on this installation (reinstall with a C "
+            "compiler and Python headers: scripts/setup.sh), use --engine python or auto"
+        )
+    return CompiledNormalizer(options, linktype)
+
+
+def engine_name(engine: object) -> str:
+    return "compiled" if isinstance(engine, CompiledNormalizer) else "python"
+
+
+class _Table:
+    """``len(engine.table)``, as the live adapter's gauges read it."""
+
+    __slots__ = ("_core", "max_flows")
+
+    def __init__(self, core: Any, max_flows: int) -> None:
+        self._core = core
+        self.max_flows = max_flows
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+
+class CompiledNormalizer:
+    """``engine.Normalizer`` with the packet path in C (see the module docstring)."""
+
+    # The core's own methods, bound once: feed is called for every packet.
+    feed: Callable[[Frame, int], None]
+    tick: Callable[[int], None]
+    flush: Callable[[], None]
+    drain: Callable[[], list[tuple[int, Frame]]]
+
+    def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:
+        if _fastpath is None:
+            raise EngineUnavailable("normalizer._fastpath is not built")
+        if options.max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+        self.opts = options
+        self.linktype = linktype
+        self.trust = TrustedProxies(options.proxies)
+        self.untrusted_syns = SourceTally()
+        self.events: list[HeaderEvent] = []
+        self._counters = Counters()
+        t4 = bytearray()
+        t6 = bytearray()
+        for net in self.trust.networks:
+            block = net.network_address.packed + net.netmask.packed
+            (t4 if net.version == 4 else t6).extend(block)
+        self._core = _fastpath.Engine(
+            linktype=linktype,
+            trust4=bytes(t4),
+            trust6=bytes(t6),
+            midstream_drop=options.midstream == "drop",
+            max_flows=options.max_flows,
+            idle_ns=int(options.idle_timeout * _NS),
+            closed_ns=int(options.closed_timeout * _NS),
+            pending_ns=int(options.pending_timeout * _NS),
+            max_hold_packets=options.max_hold_packets,
+            max_hold_bytes=options.max_hold_bytes,
+            max_total_hold_bytes=options.max_total_hold_bytes,
+            seed=int.from_bytes(os.urandom(8), "little"),
+            header_cb=self._on_header,
+            family_cb=self._on_family_change,
+            untrusted_cb=self.untrusted_syns.add,
+        )
+        self.table = _Table(self._core, options.max_flows)
+        self.feed = self._core.feed
+        self.tick = self._core.tick
+        self.flush = self._core.flush
+        self.drain = self._core.drain
+
+    @property
+    def counters(self) -> Counters:
+        """The one Counters object (decapsulation adds to it too), with the core's values."""
+        c = self._counters
+        for name, value in self._core.counters().items():
+            setattr(c, name, value)
+        return c
+
+    @property
+    def held_packets(self) -> int:
+        return int(self._core.held_packets())
+
+    def drain_events(self) -> list[HeaderEvent]:
+        events = self.events
+        self.events = []
+        return events
+
+    def resume(
+        self,
+        client: tuple[str, int],
+        server: tuple[str, int],
+        vlan: bytes,
+        isn: int,
+        header: ProxyHeader,
+        now: int,
+    ) -> bool:
+        """As ``Normalizer.resume``."""
+        a = ipaddress.ip_address(client[0]).packed + client[1].to_bytes(2, "big")
+        b = ipaddress.ip_address(server[0]).packed + server[1].to_bytes(2, "big")
+        real = real_endpoints(header) if self.opts.restore_addresses else None
+        if not self._core.resume(make_key(vlan, a, b), a < b, isn, header.length, real, now):
+            return False
+        self._counters.flows_resumed += 1
+        return True
+
+    # -- called by the core ---------------------------------------------------------------------
+
+    def _on_header(
+        self, buf: bytes, key: bytes, client_first: bool, isn: int, started: int
+    ) -> object:
+        """None: need more bytes; False: malformed; else (header length, real endpoints).
+
+        Everything ``Normalizer._resolve`` does besides releasing the held frames."""
+        o = self.opts
+        try:
+            header = parse_header(buf, o.header_kinds, o.custom_magic)
+        except HeaderError:
+            return False
+        if not isinstance(header, ProxyHeader):
+            return None
+        c = self._counters
+        c.headers_stripped[header.kind] = c.headers_stripped.get(header.kind, 0) + 1
+        real = None
+        if o.restore_addresses:
+            real = real_endpoints(header)
+            if real is not None:
+                c.addresses_restored += 1
+        if header.command == "LOCAL":
+            c.headers_local += 1
+        vlan, first, second = split_key(key)
+        client, server = (first, second) if client_first else (second, first)
+        backend = endpoint_text(server)
+        per = c.headers_by_backend
+        name = backend[0] if backend[0] in per or len(per) < MAX_BACKENDS else "other"
+        per[name] = per.get(name, 0) + 1
+        if len(self.events) < o.max_pending_events:
+            self.events.append(
+                HeaderEvent(started, endpoint_text(client), backend, vlan, header, isn)
+            )
+        else:
+            c.events_dropped += 1
+        return header.length, real
+
+    def _on_family_change(
+        self, frame: bytes, ip: int, tcp: int, payload: int, end: int, block: bytes
+    ) -> bytes | None:
+        out = restore_endpoints(frame, TcpFrame(ip, tcp, payload, end, b""), block, self.linktype)
+        return None if out is None else bytes(out)
