@@ -51,6 +51,7 @@ typedef struct {
 typedef struct {
     int64_t ts;
     PyObject *frame;
+    int64_t origlen;
 } held;
 
 typedef struct {
@@ -92,6 +93,10 @@ typedef struct {
     PyObject *header_cb;    /* (buf, key, client_first, isn, started) -> None | False | (len, real) */
     PyObject *family_cb;    /* (frame, ip, tcp, payload, end, vlan, block) -> bytes | None */
     PyObject *untrusted_cb; /* (addr) -> None */
+    PyObject *cur;          /* list mode: the rewritten frame under construction */
+    int pcap_sink, sink_nano;
+    uint8_t *sink;          /* pcap mode: the records written so far */
+    Py_ssize_t sink_len, sink_cap, rec_at;
 } Engine;
 
 /* ---- small helpers ----------------------------------------------------------------------- */
@@ -186,43 +191,68 @@ static int l3_offset(const uint8_t *f, Py_ssize_t n, int linktype, tcpframe *out
     return 1;
 }
 
-static int locate_tcp(const uint8_t *f, Py_ssize_t n, int linktype, tcpframe *out) {
+/* frame.locate_l4: fills ip, tcp (the transport header, any protocol) and end; returns the
+ * protocol number, or -1. */
+static int locate_l4(const uint8_t *f, Py_ssize_t n, int linktype, tcpframe *out) {
     int version;
-    if (!l3_offset(f, n, linktype, out, &version)) return 0;
+    if (!l3_offset(f, n, linktype, out, &version)) return -1;
     Py_ssize_t ip = out->ip, l4, end;
     int proto;
     if (version == 4) {
-        if (n < ip + 20 || f[ip] >> 4 != 4) return 0;
+        if (n < ip + 20 || f[ip] >> 4 != 4) return -1;
         Py_ssize_t ihl = (f[ip] & 0x0F) * 4;
         Py_ssize_t total = rd16(f + ip + 2);
-        if (ihl < 20 || total < ihl) return 0;
-        if (rd16(f + ip + 6) & 0x3FFF) return 0;
+        if (ihl < 20 || total < ihl) return -1;
+        if (rd16(f + ip + 6) & 0x3FFF) return -1;
         l4 = ip + ihl;
         end = ip + total;
         proto = f[ip + 9];
     } else {
-        if (n < ip + 40 || f[ip] >> 4 != 6) return 0;
+        if (n < ip + 40 || f[ip] >> 4 != 6) return -1;
         Py_ssize_t plen = rd16(f + ip + 4);
         int nxt = f[ip + 6];
         l4 = ip + 40;
         while (nxt == 0 || nxt == 43 || nxt == 60 || nxt == 51) {
-            if (n < l4 + 8) return 0;
+            if (n < l4 + 8) return -1;
             Py_ssize_t hlen = nxt != 51 ? (f[l4 + 1] + 1) * 8 : (f[l4 + 1] + 2) * 4;
             nxt = f[l4];
             l4 += hlen;
         }
-        if (nxt == 44) return 0;
+        if (nxt == 44) return -1;
         end = ip + 40 + plen;
         proto = nxt;
     }
-    if (proto != 6) return 0;
+    out->tcp = l4;
+    out->end = end;
+    return proto;
+}
+
+static int locate_tcp(const uint8_t *f, Py_ssize_t n, int linktype, tcpframe *out) {
+    if (locate_l4(f, n, linktype, out) != 6) return 0;
+    Py_ssize_t l4 = out->tcp, end = out->end;
     if (end > n || l4 + 20 > end) return 0;
     Py_ssize_t payload = l4 + (f[l4 + 12] >> 4) * 4;
     if (payload < l4 + 20 || payload > end) return 0;
-    out->tcp = l4;
     out->payload = payload;
-    out->end = end;
     return 1;
+}
+
+/* offload.looks_partial: the transport checksum field holds exactly the pseudo-header sum. */
+static int looks_partial(const uint8_t *f, Py_ssize_t n, int linktype) {
+    if (linktype == 1 && n >= 54 && f[12] == 8 && f[13] == 0 && f[14] == 0x45 && f[23] == 6) {
+        int64_t end = 14 + rd16(f + 16);
+        unsigned pseudo = pymod(mod_words(f + 26, 8) + 6 + end - 34);
+        return rd16(f + 50) % 0xFFFF == pseudo;
+    }
+    tcpframe t;
+    int proto = locate_l4(f, n, linktype, &t);
+    if ((proto != 6 && proto != 17) || t.end > n) return 0;
+    Py_ssize_t at = t.tcp + (proto == 6 ? 16 : 6);
+    if (at + 2 > t.end) return 0;
+    int v4 = f[t.ip] >> 4 == 4;
+    int64_t addrs = v4 ? mod_words(f + t.ip + 12, 8) : mod_words(f + t.ip + 8, 32);
+    unsigned pseudo = pymod(addrs + proto + (t.end - t.tcp));
+    return rd16(f + at) % 0xFFFF == pseudo;
 }
 
 /* (source, destination) endpoint = address + port; returns the address length. */
@@ -331,27 +361,127 @@ static flow *table_put(Engine *e, const uint8_t *k, Py_ssize_t n, uint64_t h) {
     return f;
 }
 
-/* ---- output ------------------------------------------------------------------------------ */
+/* ---- output ------------------------------------------------------------------------------
+ * Two sinks. List mode (feed): (ts, frame) tuples in ``out``, as engine.py appends them; an
+ * untouched frame is the very object fed in. Pcap mode (feed_pcap, and any call while
+ * ``pcap_sink`` is set): pcap records appended to one buffer, so a whole chunk costs no Python
+ * object per packet; an untouched frame keeps its original length (truncated captures), a
+ * rewritten one is fully captured, exactly what pcap_job writes. */
 
-/* Appends (ts, frame); steals nothing. */
-static int emit(Engine *e, int64_t ts, PyObject *frame) {
+/* A frame on its way through: its bytes, its object (NULL until one is needed), and its original
+ * length on the wire (-1 when unknown: list mode, or a frame rebuilt before the core). */
+typedef struct {
+    PyObject *obj;
+    const uint8_t *p;
+    Py_ssize_t n;
+    int64_t origlen;
+} pkt;
+
+static PyObject *pkt_obj(pkt *k) {
+    if (!k->obj) k->obj = PyBytes_FromStringAndSize((const char *)k->p, k->n);
+    return k->obj;
+}
+
+static int sink_reserve(Engine *e, Py_ssize_t add) {
+    if (e->sink_len + add <= e->sink_cap) return 0;
+    Py_ssize_t cap = e->sink_cap ? e->sink_cap : 1 << 16;
+    while (cap < e->sink_len + add) cap *= 2;
+    uint8_t *nb = PyMem_Realloc(e->sink, cap);
+    if (!nb) { PyErr_NoMemory(); return -1; }
+    e->sink = nb;
+    e->sink_cap = cap;
+    return 0;
+}
+
+static void sink_header(Engine *e, uint8_t *at, int64_t ts, Py_ssize_t n, int64_t origlen) {
+    int64_t sec = ts / NS, ns = ts % NS;
+    if (ns < 0) { ns += NS; sec -= 1; }
+    uint32_t v[4] = {(uint32_t)sec, (uint32_t)(e->sink_nano ? ns : ns / 1000), (uint32_t)n,
+                     (uint32_t)(origlen > n ? origlen : n)};
+    for (int i = 0; i < 4; i++) {
+        at[4 * i] = v[i] & 0xFF; at[4 * i + 1] = (v[i] >> 8) & 0xFF;
+        at[4 * i + 2] = (v[i] >> 16) & 0xFF; at[4 * i + 3] = (v[i] >> 24) & 0xFF;
+    }
+}
+
+/* Forward a frame as it came. */
+static int emit_pkt(Engine *e, int64_t ts, pkt *k) {
+    if (e->pcap_sink) {
+        const uint8_t *p = k->p;
+        Py_ssize_t n = k->n;
+        Py_buffer v;
+        int view = 0;
+        if (!p) {
+            if (PyObject_GetBuffer(k->obj, &v, PyBUF_SIMPLE) < 0) return -1;
+            p = v.buf; n = v.len; view = 1;
+        }
+        int r = sink_reserve(e, 16 + n);
+        if (r == 0) {
+            sink_header(e, e->sink + e->sink_len, ts, n, k->origlen);
+            memcpy(e->sink + e->sink_len + 16, p, n);
+            e->sink_len += 16 + n;
+            e->c[C_PACKETS_OUT]++;
+        }
+        if (view) PyBuffer_Release(&v);
+        return r;
+    }
+    PyObject *obj = pkt_obj(k);
+    if (!obj) return -1;
     PyObject *t = PyTuple_New(2);
     if (!t) return -1;
     PyObject *pts = PyLong_FromLongLong(ts);
     if (!pts) { Py_DECREF(t); return -1; }
     PyTuple_SET_ITEM(t, 0, pts);
-    Py_INCREF(frame);
-    PyTuple_SET_ITEM(t, 1, frame);
+    Py_INCREF(obj);
+    PyTuple_SET_ITEM(t, 1, obj);
     int r = PyList_Append(e->out, t);
     Py_DECREF(t);
     if (r == 0) e->c[C_PACKETS_OUT]++;
     return r;
 }
 
-static PyObject *copy_frame(const uint8_t *p, Py_ssize_t n) {
-    return PyBytes_FromStringAndSize((const char *)p, n);
+/* Space for a new (rewritten) frame of n bytes; ob_commit forwards it. */
+static uint8_t *ob_new(Engine *e, Py_ssize_t n) {
+    if (e->pcap_sink) {
+        if (sink_reserve(e, 16 + n) < 0) return NULL;
+        e->rec_at = e->sink_len;
+        return e->sink + e->sink_len + 16;
+    }
+    Py_XDECREF(e->cur);
+    e->cur = PyBytes_FromStringAndSize(NULL, n);
+    return e->cur ? (uint8_t *)PyBytes_AS_STRING(e->cur) : NULL;
 }
-#define BUF(o) ((uint8_t *)PyBytes_AS_STRING(o))
+
+static int ob_commit(Engine *e, int64_t ts, Py_ssize_t n) {
+    if (e->pcap_sink) {
+        sink_header(e, e->sink + e->rec_at, ts, n, -1);
+        e->sink_len = e->rec_at + 16 + n;
+        e->c[C_PACKETS_OUT]++;
+        return 0;
+    }
+    pkt k = {e->cur, NULL, 0, -1};
+    e->cur = NULL;
+    if (PyBytes_GET_SIZE(k.obj) != n && _PyBytes_Resize(&k.obj, n) < 0) return -1;
+    int r = emit_pkt(e, ts, &k);
+    Py_DECREF(k.obj);
+    return r;
+}
+
+/* Replace the frame under construction by ``b`` (bytes); returns its buffer. */
+static uint8_t *ob_replace(Engine *e, PyObject *b) {
+    Py_ssize_t n = PyBytes_GET_SIZE(b);
+    if (e->pcap_sink) {
+        Py_ssize_t keep = e->sink_len;
+        e->sink_len = e->rec_at;
+        if (sink_reserve(e, 16 + n) < 0) { e->sink_len = keep; return NULL; }
+        e->sink_len = keep;
+        memcpy(e->sink + e->rec_at + 16, PyBytes_AS_STRING(b), n);
+        return e->sink + e->rec_at + 16;
+    }
+    Py_INCREF(b);
+    Py_XSETREF(e->cur, b);
+    return (uint8_t *)PyBytes_AS_STRING(b);
+}
 
 /* ---- flow lifecycle ---------------------------------------------------------------------- */
 
@@ -365,8 +495,10 @@ static int give_up(Engine *e, flow *f) {
     e->held_total -= h->nbytes;
     e->c[C_PASSED_UNPARSED_FLOW] += h->n;
     int r = 0;
-    for (Py_ssize_t i = 0; i < h->n; i++)
-        if (r == 0 && emit(e, h->frames[i].ts, h->frames[i].frame) < 0) r = -1;
+    for (Py_ssize_t i = 0; i < h->n && r == 0; i++) {
+        pkt k = {h->frames[i].frame, NULL, 0, h->frames[i].origlen};
+        r = emit_pkt(e, h->frames[i].ts, &k);
+    }
     hold_free(h);
     return r;
 }
@@ -454,41 +586,24 @@ static void replace_endpoints(uint8_t *buf, Py_ssize_t ip, Py_ssize_t t, const u
     }
 }
 
-/* Restore the endpoints of ``*out`` (a new reference, replaced on success). Returns -1 on error. */
-static int restore(Engine *e, flow *f, PyObject **out, const tcpframe *t, int from_client) {
-    const uint8_t *block = f->real + (from_client ? 0 : f->reallen);
-    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(*out);
-    int same = f->reallen == ((p[t->ip] >> 4 == 4) ? 12 : 36);
-    if (same) {
-        if (Py_REFCNT(*out) != 1) { /* the input frame, or shared: copy before editing */
-            PyObject *c = copy_frame(p, PyBytes_GET_SIZE(*out));
-            if (!c) return -1;
-            Py_SETREF(*out, c);
-        }
-        replace_endpoints(BUF(*out), t->ip, t->tcp, block, f->reallen);
-        return 0;
-    }
-    PyObject *r = PyObject_CallFunction(e->family_cb, "Onnnny#", *out, t->ip, t->tcp, t->payload,
-                                        t->end, (const char *)block, (Py_ssize_t)f->reallen);
-    if (!r) return -1;
-    if (r == Py_None) {
-        Py_DECREF(r);
-        e->c[C_RESTORE_UNSUPPORTED]++;
-        return 0;
-    }
-    if (!PyBytes_Check(r)) {
-        Py_DECREF(r);
-        PyErr_SetString(PyExc_TypeError, "family_cb must return bytes or None");
-        return -1;
-    }
-    Py_SETREF(*out, r);
-    return 0;
-}
+/* A frame's bytes copied into a new output frame, unless already done. */
+#define MATERIALIZE()                                  \
+    do {                                               \
+        if (!o) {                                      \
+            o = ob_new(e, n);                          \
+            if (!o) return -1;                         \
+            memcpy(o, p, n);                           \
+            olen = n;                                  \
+        }                                              \
+    } while (0)
 
-/* A frame whose buffer is p/n, object ``frame`` (bytes or bytearray). */
-static int rewrite(Engine *e, flow *f, PyObject *frame, const uint8_t *p, Py_ssize_t n,
-                   tcpframe t, int from_client, int flags, int64_t ts) {
-    PyObject *out = NULL;
+/* Normalizer._rewrite (with _restore): the general path of an ACTIVE flow's segment. */
+static int rewrite(Engine *e, flow *f, pkt *k, tcpframe t, int from_client, int flags,
+                   int64_t ts) {
+    const uint8_t *p = k->p;
+    Py_ssize_t n = k->n;
+    uint8_t *o = NULL; /* the output frame, once it differs from the input */
+    Py_ssize_t olen = 0;
     Py_ssize_t tc = t.tcp;
     if (from_client) {
         uint32_t seq = rd32(p + tc + 4);
@@ -496,19 +611,18 @@ static int rewrite(Engine *e, flow *f, PyObject *frame, const uint8_t *p, Py_ssi
         uint64_t start = ((uint64_t)seq + syn - f->isn - 1) & MASK;
         int64_t hn = f->hdr_len;
         if (start >= HALF) {
-            Py_INCREF(frame);
-            out = frame;
+            /* before the stream: nothing of the header in it */
         } else if ((int64_t)start >= hn) {
-            out = copy_frame(p, n);
-            if (!out) return -1;
-            set_u32(BUF(out), tc, 4, (uint32_t)(((int64_t)seq - hn) & (int64_t)MASK));
+            /* copied even when nothing changes, as engine.py does (a new frame object, whose
+             * original length pcap_job no longer knows) */
+            MATERIALIZE();
+            set_u32(o, tc, 4, (uint32_t)(((int64_t)seq - hn) & (int64_t)MASK));
         } else {
             Py_ssize_t plen = t.end - t.payload;
             uint32_t new_seq = (uint32_t)(((int64_t)f->isn + 1 - syn) & (int64_t)MASK);
             if (plen == 0) {
-                out = copy_frame(p, n);
-                if (!out) return -1;
-                set_u32(BUF(out), tc, 4, new_seq);
+                MATERIALIZE();
+                set_u32(o, tc, 4, new_seq);
             } else {
                 Py_ssize_t cut = hn - (int64_t)start < plen ? (Py_ssize_t)(hn - (int64_t)start)
                                                             : plen;
@@ -517,10 +631,9 @@ static int rewrite(Engine *e, flow *f, PyObject *frame, const uint8_t *p, Py_ssi
                     return 0;
                 }
                 /* tcp_edit.trim_payload */
-                Py_ssize_t newlen = t.end - cut;
-                out = PyBytes_FromStringAndSize(NULL, newlen);
-                if (!out) return -1;
-                uint8_t *o = BUF(out);
+                olen = t.end - cut;
+                o = ob_new(e, olen);
+                if (!o) return -1;
                 memcpy(o, p, t.payload);
                 memcpy(o + t.payload, p + t.payload + cut, t.end - t.payload - cut);
                 Py_ssize_t ip = t.ip;
@@ -534,11 +647,10 @@ static int rewrite(Engine *e, flow *f, PyObject *frame, const uint8_t *p, Py_ssi
                 wr32(o + tc + 4, new_seq);
                 t.end -= cut;
                 /* tcp_checksum: pseudo-header + segment with its checksum field as zero */
-                int v4 = o[ip] >> 4 == 4;
                 Py_ssize_t seglen = t.end - tc;
                 uint8_t ph[40];
                 int phl;
-                if (v4) {
+                if (o[ip] >> 4 == 4) {
                     memcpy(ph, o + ip + 12, 8);
                     ph[8] = 0; ph[9] = 6; wr16(ph + 10, seglen & 0xFFFF);
                     phl = 12;
@@ -550,59 +662,71 @@ static int rewrite(Engine *e, flow *f, PyObject *frame, const uint8_t *p, Py_ssi
                 }
                 unsigned ps = ones_sum(ph, phl, 0);
                 o[tc + 16] = o[tc + 17] = 0;
-                unsigned cs = (~ones_sum(o + tc, seglen, ps)) & 0xFFFF;
-                wr16(o + tc + 16, cs);
+                wr16(o + tc + 16, (~ones_sum(o + tc, seglen, ps)) & 0xFFFF);
             }
         }
-    } else {
-        Py_INCREF(frame);
-        out = frame;
-        if (flags & ACK) {
-            uint32_t ack = rd32(p + tc + 8);
-            uint32_t new_ack = map_seq(f, ack);
-            Py_ssize_t edges[80];
-            int ne = 0;
-            if (t.payload - tc > 20) {
-                Py_ssize_t i = tc + 20, end = t.payload;
-                while (i < end) {
-                    int kind = p[i];
-                    if (kind == 0) break;
-                    if (kind == 1) { i++; continue; }
-                    if (i + 1 >= end) break;
-                    int length = p[i + 1];
-                    if (length < 2 || i + length > end) break;
-                    if (kind == SACK_KIND) {
-                        for (Py_ssize_t j = i + 2; j + 8 <= i + length && ne < 78; j += 8) {
-                            edges[ne++] = j - tc;
-                            edges[ne++] = j + 4 - tc;
-                        }
+    } else if (flags & ACK) {
+        uint32_t ack = rd32(p + tc + 8);
+        uint32_t new_ack = map_seq(f, ack);
+        Py_ssize_t edges[80];
+        int ne = 0;
+        if (t.payload - tc > 20) { /* tcp_edit.sack_edges */
+            Py_ssize_t i = tc + 20, end = t.payload;
+            while (i < end) {
+                int kind = p[i];
+                if (kind == 0) break;
+                if (kind == 1) { i++; continue; }
+                if (i + 1 >= end) break;
+                int length = p[i + 1];
+                if (length < 2 || i + length > end) break;
+                if (kind == SACK_KIND) {
+                    for (Py_ssize_t j = i + 2; j + 8 <= i + length && ne < 78; j += 8) {
+                        edges[ne++] = j - tc;
+                        edges[ne++] = j + 4 - tc;
                     }
-                    i += length;
                 }
+                i += length;
             }
-            if (new_ack != ack || ne) {
-                Py_SETREF(out, copy_frame(p, n));
-                if (!out) return -1;
-                uint8_t *o = BUF(out);
-                set_u32(o, tc, 8, new_ack);
-                for (int k = 0; k < ne; k++)
-                    set_u32(o, tc, edges[k], map_seq(f, rd32(o + tc + edges[k])));
-            }
+        }
+        if (new_ack != ack || ne) {
+            MATERIALIZE();
+            set_u32(o, tc, 8, new_ack);
+            for (int j = 0; j < ne; j++)
+                set_u32(o, tc, edges[j], map_seq(f, rd32(o + tc + edges[j])));
         }
     }
-    if (f->reallen) {
-        if (!PyBytes_Check(out)) {
-            PyObject *c = copy_frame(p, n);
-            Py_DECREF(out);
-            if (!c) return -1;
-            out = c;
+    if (f->reallen) { /* Normalizer._restore */
+        const uint8_t *block = f->real + (from_client ? 0 : f->reallen);
+        int v4 = p[t.ip] >> 4 == 4;
+        if (f->reallen == (v4 ? 12 : 36)) {
+            MATERIALIZE();
+            replace_endpoints(o, t.ip, tc, block, f->reallen);
+        } else {
+            PyObject *src = o ? PyBytes_FromStringAndSize((const char *)o, olen) : pkt_obj(k);
+            if (!src) return -1;
+            if (!o) Py_INCREF(src);
+            PyObject *r = PyObject_CallFunction(e->family_cb, "Onnnny#", src, t.ip, tc,
+                                                t.payload, t.end, (const char *)block,
+                                                (Py_ssize_t)f->reallen);
+            Py_DECREF(src);
+            if (!r) return -1;
+            if (r == Py_None) {
+                e->c[C_RESTORE_UNSUPPORTED]++;
+            } else if (!PyBytes_Check(r)) {
+                Py_DECREF(r);
+                PyErr_SetString(PyExc_TypeError, "family_cb must return bytes or None");
+                return -1;
+            } else {
+                if (!o && !ob_new(e, 0)) { Py_DECREF(r); return -1; }
+                o = ob_replace(e, r);
+                olen = PyBytes_GET_SIZE(r);
+                if (!o) { Py_DECREF(r); return -1; }
+            }
+            Py_DECREF(r);
         }
-        if (restore(e, f, &out, &t, from_client) < 0) { Py_DECREF(out); return -1; }
     }
     e->c[C_REWRITTEN]++;
-    int r = emit(e, ts, out);
-    Py_DECREF(out);
-    return r;
+    return o ? ob_commit(e, ts, olen) : emit_pkt(e, ts, k);
 }
 
 /* ---- PENDING: collect the header (Normalizer._hold / _assemble / _extend / _resolve) ------ */
@@ -706,16 +830,20 @@ static int resolve(Engine *e, flow *f, PyObject *res) {
         uint8_t a[18], b[18];
         int alen = endpoints(q, &g, a, b);
         int from_client = ep_less(a, b, alen + 2) == f->client_first;
-        r = rewrite(e, f, h->frames[i].frame, q, v.len, g, from_client, q[g.tcp + 13],
-                    h->frames[i].ts);
+        pkt k = {h->frames[i].frame, q, v.len, h->frames[i].origlen};
+        r = rewrite(e, f, &k, g, from_client, q[g.tcp + 13], h->frames[i].ts);
         PyBuffer_Release(&v);
     }
     hold_free(h);
     return r;
 }
 
-static int do_hold(Engine *e, flow *f, PyObject *frame, const uint8_t *p, Py_ssize_t n,
-                   const tcpframe *t, int from_client, int flags, int64_t ts) {
+static int do_hold(Engine *e, flow *f, pkt *k, const tcpframe *t, int from_client, int flags,
+                   int64_t ts) {
+    const uint8_t *p = k->p;
+    Py_ssize_t n = k->n;
+    PyObject *frame = pkt_obj(k);
+    if (!frame) return -1;
     hold_t *h = f->hold;
     if (h->n == h->cap) {
         Py_ssize_t cap = h->cap ? h->cap * 2 : 8;
@@ -727,6 +855,7 @@ static int do_hold(Engine *e, flow *f, PyObject *frame, const uint8_t *p, Py_ssi
     Py_INCREF(frame);
     h->frames[h->n].ts = ts;
     h->frames[h->n].frame = frame;
+    h->frames[h->n].origlen = k->origlen;
     h->n++;
     h->nbytes += n;
     e->held_total += n;
@@ -770,25 +899,27 @@ static int do_hold(Engine *e, flow *f, PyObject *frame, const uint8_t *p, Py_ssi
 
 /* ---- everything else --------------------------------------------------------------------- */
 
-static int untracked(Engine *e, PyObject *frame, int64_t ts, const uint8_t *src,
+static int untracked(Engine *e, pkt *frame, int64_t ts, const uint8_t *src,
                      const uint8_t *dst, int alen) {
     if (e->midstream_drop && (trusted(e, src, alen) || trusted(e, dst, alen))) {
         e->c[C_MIDSTREAM_DROPPED]++;
         return 0;
     }
     e->c[C_PASSED_UNTRACKED]++;
-    return emit(e, ts, frame);
+    return emit_pkt(e, ts, frame);
 }
 
 /* ---- feed -------------------------------------------------------------------------------- */
 
-static int feed_one(Engine *e, PyObject *frame, const uint8_t *p, Py_ssize_t n, int64_t ts) {
+static int feed_one(Engine *e, pkt *frame, int64_t ts) {
+    const uint8_t *p = frame->p;
+    Py_ssize_t n = frame->n;
     e->c[C_PACKETS_IN]++;
     if (ts >= e->next_sweep && do_tick(e, ts) < 0) return -1;
     tcpframe t;
     if (!locate_tcp(p, n, e->linktype, &t)) {
         e->c[C_PASSED_NOT_TCP]++;
-        return emit(e, ts, frame);
+        return emit_pkt(e, ts, frame);
     }
     uint8_t key[8 + 36];
     uint8_t a[18], b[18];
@@ -843,16 +974,14 @@ static int feed_one(Engine *e, PyObject *frame, const uint8_t *p, Py_ssize_t n, 
                 uint64_t off = ((uint64_t)seq - f->isn - 1) & MASK;
                 if (hn <= (int64_t)off && off < HALF) {
                     uint32_t nw = (uint32_t)(((int64_t)seq - hn) & (int64_t)MASK);
-                    PyObject *out = copy_frame(p, n);
-                    if (!out) return -1;
-                    uint8_t *o = BUF(out);
+                    uint8_t *o = ob_new(e, n);
+                    if (!o) return -1;
+                    memcpy(o, p, n);
                     wr32(o + tc + 4, nw);
                     wr16(o + tc + 16, adjust32(rd16(o + tc + 16), seq, nw));
                     if (f->reallen) replace_endpoints(o, t.ip, tc, f->real, f->reallen);
                     e->c[C_REWRITTEN]++;
-                    int r = emit(e, ts, out);
-                    Py_DECREF(out);
-                    return r;
+                    return ob_commit(e, ts, n);
                 }
             }
         } else if (flags & ACK) {
@@ -865,9 +994,9 @@ static int feed_one(Engine *e, PyObject *frame, const uint8_t *p, Py_ssize_t n, 
                 uint64_t off = ((uint64_t)ack - isn - 1) & MASK;
                 int64_t hn = f->hdr_len;
                 e->c[C_REWRITTEN]++;
-                PyObject *out = copy_frame(p, n);
-                if (!out) return -1;
-                uint8_t *o = BUF(out);
+                uint8_t *o = ob_new(e, n);
+                if (!o) return -1;
+                memcpy(o, p, n);
                 if (off < HALF) {
                     int64_t d = (int64_t)off >= hn ? (int64_t)off - hn : 0;
                     uint32_t nw = (uint32_t)(((int64_t)isn + 1 + d) & (int64_t)MASK);
@@ -875,16 +1004,14 @@ static int feed_one(Engine *e, PyObject *frame, const uint8_t *p, Py_ssize_t n, 
                     wr16(o + tc + 16, adjust32(rd16(o + tc + 16), ack, nw));
                 }
                 if (f->reallen) replace_endpoints(o, t.ip, tc, f->real + f->reallen, f->reallen);
-                int r = emit(e, ts, out);
-                Py_DECREF(out);
-                return r;
+                return ob_commit(e, ts, n);
             }
         }
-        return rewrite(e, f, frame, p, n, t, from_client, flags, ts);
+        return rewrite(e, f, frame, t, from_client, flags, ts);
     }
-    if (f->state == PENDING) return do_hold(e, f, frame, p, n, &t, from_client, flags, ts);
+    if (f->state == PENDING) return do_hold(e, f, frame, &t, from_client, flags, ts);
     e->c[C_PASSED_UNPARSED_FLOW]++;
-    return emit(e, ts, frame);
+    return emit_pkt(e, ts, frame);
 }
 
 /* ---- Python methods ---------------------------------------------------------------------- */
@@ -899,16 +1026,92 @@ static PyObject *Engine_feed(Engine *e, PyObject *const *args, Py_ssize_t nargs)
     if (ts == -1 && PyErr_Occurred()) return NULL;
     int r;
     if (PyBytes_Check(frame)) {
-        r = feed_one(e, frame, (const uint8_t *)PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame),
-                     ts);
+        pkt k = {frame, (const uint8_t *)PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame), -1};
+        r = feed_one(e, &k, ts);
     } else {
         Py_buffer v;
         if (frame_buf(frame, &v) < 0) return NULL;
-        r = feed_one(e, frame, v.buf, v.len, ts);
+        pkt k = {frame, v.buf, v.len, -1};
+        r = feed_one(e, &k, ts);
         PyBuffer_Release(&v);
     }
     if (r < 0) return NULL;
     Py_RETURN_NONE;
+}
+
+/* feed_pcap(chunk, pos, big_endian, scale, partial_cb) -> (pos, records, kept)
+ *
+ * Walks the pcap records of ``chunk`` from ``pos`` and feeds each complete one, as
+ * pcap_io.CaptureReader + Pipeline.push do; stops at the first record not wholly in the chunk
+ * (the caller reads on and decides, as the reader does, whether that is an error).
+ * ``partial_cb`` (ChecksumPolicy.apply, or None for checksums "keep") is called only for frames
+ * whose checksum field has the offload signature; ``kept`` counts the others. */
+static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
+    Py_buffer b;
+    Py_ssize_t pos;
+    int big;
+    long long scale;
+    PyObject *cb;
+    if (!PyArg_ParseTuple(args, "y*npLO", &b, &pos, &big, &scale, &cb)) return NULL;
+    const uint8_t *buf = b.buf;
+    Py_ssize_t blen = b.len, count = 0, kept = 0;
+    int err = 0;
+    if (pos < 0) pos = 0;
+    while (pos + 16 <= blen) {
+        const uint8_t *h = buf + pos;
+        uint32_t v[4];
+        for (int i = 0; i < 4; i++) {
+            const uint8_t *q = h + 4 * i;
+            v[i] = big ? rd32(q)
+                       : ((uint32_t)q[3] << 24) | ((uint32_t)q[2] << 16) | ((uint32_t)q[1] << 8) |
+                             q[0];
+        }
+        Py_ssize_t start = pos + 16, caplen = v[2];
+        if (caplen > blen - start) break;
+        int64_t ts = (int64_t)v[0] * NS + (int64_t)v[1] * scale;
+        pkt k = {NULL, buf + start, caplen, (int64_t)v[3]};
+        if (cb != Py_None && looks_partial(k.p, k.n, e->linktype)) {
+            PyObject *orig = pkt_obj(&k);
+            if (!orig) { err = 1; break; }
+            PyObject *r = PyObject_CallOneArg(cb, orig);
+            if (!r) { err = 1; Py_CLEAR(k.obj); break; }
+            if (!PyBytes_Check(r)) {
+                Py_DECREF(r);
+                Py_CLEAR(k.obj);
+                PyErr_SetString(PyExc_TypeError, "partial_cb must return bytes");
+                err = 1;
+                break;
+            }
+            if (r != orig) k.origlen = -1; /* a new frame: pcap_job no longer knows its length */
+            Py_SETREF(k.obj, r);
+            k.p = (const uint8_t *)PyBytes_AS_STRING(r);
+            k.n = PyBytes_GET_SIZE(r);
+        } else if (cb != Py_None) {
+            kept++;
+        }
+        int r = feed_one(e, &k, ts);
+        Py_XDECREF(k.obj);
+        pos = start + caplen;
+        count++;
+        if (r < 0) { err = 1; break; }
+    }
+    PyBuffer_Release(&b);
+    if (err) return NULL;
+    return Py_BuildValue("nnn", pos, count, kept);
+}
+
+static PyObject *Engine_set_sink(Engine *e, PyObject *args) {
+    int pcap, nano;
+    if (!PyArg_ParseTuple(args, "pp", &pcap, &nano)) return NULL;
+    e->pcap_sink = pcap;
+    e->sink_nano = nano;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_take_records(Engine *e, PyObject *Py_UNUSED(ignored)) {
+    PyObject *r = PyBytes_FromStringAndSize((const char *)e->sink, e->sink_len);
+    if (r) e->sink_len = 0;
+    return r;
 }
 
 static PyObject *Engine_tick(Engine *e, PyObject *arg) {
@@ -1029,6 +1232,7 @@ static int Engine_clear(Engine *e) {
     Py_CLEAR(e->header_cb);
     Py_CLEAR(e->family_cb);
     Py_CLEAR(e->untrusted_cb);
+    Py_CLEAR(e->cur);
     return 0;
 }
 
@@ -1039,6 +1243,7 @@ static void Engine_dealloc(Engine *e) {
     PyMem_Free(e->buckets);
     PyMem_Free(e->trust4);
     PyMem_Free(e->trust6);
+    PyMem_Free(e->sink);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -1105,6 +1310,9 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
 static PyMethodDef Engine_methods[] = {
     {"feed", (PyCFunction)(void (*)(void))Engine_feed, METH_FASTCALL, "feed(frame, ts)"},
     {"tick", (PyCFunction)Engine_tick, METH_O, "tick(now)"},
+    {"feed_pcap", (PyCFunction)Engine_feed_pcap, METH_VARARGS, "feed a chunk of pcap records"},
+    {"set_sink", (PyCFunction)Engine_set_sink, METH_VARARGS, "set_sink(pcap, nanosecond)"},
+    {"take_records", (PyCFunction)Engine_take_records, METH_NOARGS, "pcap records so far"},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, "release every held frame untouched"},
     {"drain", (PyCFunction)Engine_drain, METH_NOARGS, "the (ts, frame) list so far"},
     {"pending_out", (PyCFunction)Engine_pending_out, METH_NOARGS, "frames not yet drained"},

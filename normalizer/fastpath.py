@@ -102,6 +102,11 @@ class CompiledNormalizer:
     tick: Callable[[int], None]
     flush: Callable[[], None]
     drain: Callable[[], list[tuple[int, Frame]]]
+    # The batch path (pcap_batch.py): records of a pcap chunk in, output records into a buffer.
+    feed_pcap: Callable[
+        [bytes, int, bool, int, Callable[[bytes], bytes] | None], tuple[int, int, int]
+    ]
+    take_records: Callable[[], bytes]
 
     def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:
         if _fastpath is None:
@@ -141,6 +146,13 @@ class CompiledNormalizer:
         self.tick = self._core.tick
         self.flush = self._core.flush
         self.drain = self._core.drain
+        self.feed_pcap = self._core.feed_pcap
+        self.take_records = self._core.take_records
+
+    def set_sink(self, pcap: bool, nanosecond: bool = False) -> None:
+        """pcap=True: every frame forwarded from now on is appended to ``take_records()`` as a
+        pcap record (microsecond or nanosecond timestamps) instead of to ``drain()``."""
+        self._core.set_sink(pcap, nanosecond)
 
     @property
     def counters(self) -> Counters:

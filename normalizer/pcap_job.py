@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from normalizer import pcap_batch
 from normalizer.counters import Counters
 from normalizer.options import Options
 from normalizer.pcap_io import CaptureReader, PcapError, PcapWriter
@@ -32,6 +33,8 @@ def rewrite_file(
     on_tunnels: TunnelSink | None = None,
 ) -> Counters:
     """Normalize ``src`` into ``dst``. Raises PcapError / OSError; ``dst`` is untouched then."""
+    if pcap_batch.applies(src, options):  # the compiled engine, whole chunks per call
+        return pcap_batch.rewrite_file(src, dst, options, progress, on_events, resume)
     size = src.stat().st_size
     gc_was_enabled = gc.isenabled()
     # The loop allocates a tuple per packet but never a reference cycle; the cyclic collector

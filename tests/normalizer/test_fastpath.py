@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import os
 import random
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from normalizer import pcap_batch
 from normalizer.engine import Normalizer
 from normalizer.fastpath import CompiledNormalizer, compiled_available, make_engine
 from normalizer.frame import (
@@ -38,7 +40,8 @@ from normalizer.frame import (
 from normalizer.headers import custom, proxy_v1, proxy_v2
 from normalizer.headers.base import Tlv
 from normalizer.options import Options
-from normalizer.pcap_io import CaptureReader
+from normalizer.pcap_io import CaptureReader, PcapError
+from normalizer.pcap_job import rewrite_file
 from normalizer.pipeline import Pipeline
 from tests.normalizer.packets import BACKEND4, BACKEND6, NS, PROXY4, PROXY6, Conv
 
@@ -454,3 +457,135 @@ def test_without_the_extension_the_python_engine_runs(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "python engine" in r.stdout
+
+
+# -- the batch path of rewrite (pcap_batch.py) against the per-packet loop ----------------------
+
+
+def _rewrite_both(
+    src: Path, tmp: Path, opts: Options, resume: Any = None
+) -> list[tuple[bytes, object, list[Any]]]:
+    """(output bytes, counters or the error text, events) of the per-packet loop on the Python
+    engine and of the batch path on the compiled one."""
+    results = []
+    for engine in ("python", "compiled"):
+        o = dataclasses.replace(opts, engine=engine)
+        assert pcap_batch.applies(src, o) == (engine == "compiled")
+        dst = tmp / f"{src.name}.{engine}.pcap"
+        events: list[Any] = []
+        try:
+            got: object = rewrite_file(src, dst, o, on_events=events.extend, resume=resume)
+            got = got.as_dict()  # type: ignore[attr-defined]
+        except PcapError as exc:
+            got = str(exc)
+        results.append((dst.read_bytes(), got, events))
+    return results
+
+
+@pytest.mark.parametrize("checksums", ["auto", "keep"])
+@pytest.mark.parametrize("restore", [True, False], ids=["restored", "keep-addresses"])
+def test_batch_rewrite_matches_per_packet_on_the_corpus(
+    tmp_path: Path, checksums: str, restore: bool
+) -> None:
+    for pcap in _captures():
+        m = _manifest(pcap)
+        if (m.get("options") or {}).get("decapsulate"):
+            continue
+        opts = Options(
+            proxies=tuple(m.get("proxies") or TRUSTED),
+            restore_addresses=restore,
+            checksums=checksums,
+        )
+        py, c = _rewrite_both(pcap, tmp_path, opts)
+        assert c[0] == py[0], f"{pcap.name}: output differs"
+        assert c[1] == py[1], f"{pcap.name}: counters differ"
+        assert c[2] == py[2], f"{pcap.name}: events differ"
+
+
+def _pcap(
+    records: list[tuple[int, int, bytes, int]], big: bool = False, nano: bool = False
+) -> bytes:
+    e = ">" if big else "<"
+    out = struct.pack(e + "IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for sec, frac, data, origlen in records:
+        out += struct.pack(e + "IIII", sec, frac, len(data), origlen) + data
+    return out
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["little", "big"])
+@pytest.mark.parametrize("nano", [False, True], ids=["us", "ns"])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"",
+        b"\x01\x02\x03",
+        b"\x00" * 8 + b"\xff\x00\x00\x00" + b"\x00" * 4 + b"ab",
+        b"\x00" * 8 + b"\xff\xff\xff\x7f" + b"\x00" * 4,
+    ],
+)
+def test_batch_rewrite_matches_on_odd_files(
+    tmp_path: Path, big: bool, nano: bool, tail: bytes
+) -> None:
+    """Endianness, timestamp resolution, truncated frames (original length kept when untouched),
+    frames completed by the checksum policy, and every way a file can end badly."""
+    rnd = random.Random(1)
+    conv = Conv(cisn=2**32 - 10)
+    other = Conv(cport=41000, client="192.0.2.99")
+    hdr = proxy_v2.build(
+        command="PROXY", family="TCP4", src="198.51.100.1", dst="203.0.113.1", sport=1, dport=2
+    )
+    frames = (
+        conv.handshake()
+        + other.handshake()
+        + [
+            conv.seg(True, 0, 0, hdr[:10], "PA"),
+            conv.seg(True, 10, 0, hdr[10:] + b"GET / HTTP/1.0\r\n\r\n", "PA"),
+            other.seg(True, 0, 0, b"x" * 300, "PA"),
+            conv.seg(False, 0, len(hdr) + 18, b"HTTP/1.0 200 OK\r\n\r\n" + bytes(900), "PA"),
+            conv.seg(True, len(hdr) + 18, 920, flags="FA"),
+            bytes(rnd.randrange(256) for _ in range(70)),
+        ]
+    )
+    # A frame with its TCP checksum replaced by the pseudo-header sum (an offloaded frame).
+    partial = bytearray(conv.seg(False, 920, len(hdr) + 19, flags="FA"))
+    pseudo = (sum(struct.unpack("!4H", partial[26:34])) + 6 + len(partial) - 34) % 0xFFFF
+    partial[50:52] = pseudo.to_bytes(2, "big")
+    frames.append(bytes(partial))
+    records = []
+    for i, fr in enumerate(frames):
+        data = fr[:60] if i % 5 == 3 else fr  # some cut by a snap length
+        records.append((1_700_000_000 + i, i * 1000, data, len(fr) + (i % 7 == 6)))
+    src = tmp_path / "odd.pcap"
+    src.write_bytes(_pcap(records, big, nano) + tail)
+    for restore in (True, False):
+        opts = Options(proxies=TRUSTED, restore_addresses=restore)
+        py, c = _rewrite_both(src, tmp_path, opts)
+        assert c[1] == py[1]
+        assert c[0] == py[0]
+        assert c[2] == py[2]
+        if tail:
+            assert isinstance(c[1], str)  # an error, after the records before it
+        else:
+            assert isinstance(c[1], dict)
+            assert c[1]["checksum_completed"] == 1  # the offloaded frame went through the policy
+
+
+def test_batch_rewrite_resumes_flows_as_the_loop_does(tmp_path: Path) -> None:
+    from normalizer.headers.detect import parse_header
+
+    conv = Conv(cisn=77)
+    hdr = proxy_v1.build("198.51.100.2", "203.0.113.2", 3, 4)
+    header = parse_header(hdr)
+    frames = [conv.seg(True, len(hdr), 0, b"GET /", "PA"), conv.seg(False, 0, len(hdr) + 5)]
+    src = tmp_path / "resume.pcap"
+    src.write_bytes(_pcap([(1_700_000_000 + i, 0, fr, len(fr)) for i, fr in enumerate(frames)]))
+    asked: list[float] = []
+
+    def resume(since: float) -> list[Any]:
+        asked.append(since)
+        return [((conv.client, conv.cport), (conv.server, conv.sport), b"", conv.cisn, header)]
+
+    py, c = _rewrite_both(src, tmp_path, Options(proxies=TRUSTED), resume)
+    assert c == py
+    assert asked[0] == asked[1]
+    assert py[1]["flows_resumed"] == 1  # type: ignore[index]

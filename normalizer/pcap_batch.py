@@ -1,0 +1,168 @@
+"""``rewrite`` on the compiled engine: whole chunks of a pcap file per call, not one per packet.
+
+Why: with the compiled core, the per-packet Python work around it (reading a record, a tuple,
+the checksum policy, writing a record) costs more than the rewriting itself. Here the core walks
+the records of a 1 MiB chunk and writes the output records into one buffer (``feed_pcap``);
+Python only reads chunks, hands the connection cache its events and writes the buffer.
+
+The result is byte for byte what ``pcap_job``'s per-packet loop writes (tests/normalizer/
+test_fastpath.py compares them): same records, same original lengths of untouched truncated
+frames, same errors after the same records. It applies to classic pcap files, without
+decapsulation and with checksums "keep" or "auto" (frames with the offload signature go through
+``offload.ChecksumPolicy`` in Python); everything else takes the per-packet loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from normalizer.counters import Counters
+from normalizer.fastpath import CompiledNormalizer, resolve_engine
+from normalizer.frame import SUPPORTED_LINKTYPES
+from normalizer.offload import ChecksumPolicy
+from normalizer.options import Options
+from normalizer.pcap_io import PcapError
+from normalizer.pipeline import EventSink, ResumeSource
+
+_CHUNK = 1 << 20
+_MAX_RECORD = 0x4000000  # pcap_io's bound on one record's claimed length
+# pcap magic -> (big endian, fraction scale to ns)
+_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": (False, 1000),
+    b"\xa1\xb2\xc3\xd4": (True, 1000),
+    b"\x4d\x3c\xb2\xa1": (False, 1),
+    b"\xa1\xb2\x3c\x4d": (True, 1),
+}
+
+
+def applies(src: Path, options: Options) -> bool:
+    """Whether ``rewrite_file`` can take this path for ``src``."""
+    if resolve_engine(options.engine) != "compiled" or options.decapsulate:
+        return False
+    if options.checksums not in ("keep", "auto"):
+        return False
+    try:
+        with src.open("rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return False  # the per-packet path reports it
+    if len(head) < 24 or head[:4] not in _MAGICS:
+        return False
+    big, _ = _MAGICS[head[:4]]
+    linktype = struct.unpack((">" if big else "<") + "I", head[20:24])[0] & 0x0FFFFFFF
+    return linktype in SUPPORTED_LINKTYPES
+
+
+def rewrite_file(
+    src: Path,
+    dst: Path,
+    options: Options,
+    progress: Callable[[int, int], None] | None = None,
+    on_events: EventSink | None = None,
+    resume: ResumeSource | None = None,
+) -> Counters:
+    """As ``pcap_job.rewrite_file`` (which calls this when ``applies``)."""
+    size = src.stat().st_size
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # no reference cycles are made per chunk; see pcap_job
+    dst_dir = dst.parent if str(dst.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst_dir)
+    try:
+        with src.open("rb") as fin, os.fdopen(fd, "wb", buffering=1 << 20) as fout:
+            counters, error = _run(fin, fout, str(src), options, progress, size, on_events, resume)
+        os.replace(tmp_name, dst)
+        if error is not None:
+            raise error
+        return counters
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _run(
+    fin: BinaryIO,
+    fout: BinaryIO,
+    name: str,
+    options: Options,
+    progress: Callable[[int, int], None] | None,
+    size: int,
+    on_events: EventSink | None,
+    resume: ResumeSource | None,
+) -> tuple[Counters, PcapError | None]:
+    read, write = fin.read, fout.write
+    head = read(24)
+    big, scale = _MAGICS[head[:4]]
+    linktype = struct.unpack((">" if big else "<") + "I", head[20:24])[0] & 0x0FFFFFFF
+    nano = scale == 1
+    write(struct.pack("<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype))
+    eng = CompiledNormalizer(options, linktype)
+    policy = ChecksumPolicy(options.checksums, linktype) if options.checksums != "keep" else None
+    apply = policy.apply if policy is not None else None
+    eng.set_sink(pcap=True, nanosecond=nano)
+    kept = 0
+    last_report = time.monotonic()
+
+    def write_out() -> None:
+        if eng.events:
+            events = eng.drain_events()
+            if on_events is not None:
+                on_events(events)  # the cache hears of a connection before its frames
+        write(eng.take_records())
+
+    buf = b""
+    pos = 0
+    error: PcapError | None = None
+    first = True
+    while True:
+        if pos + 16 > len(buf) or _record_end(buf, pos, big) > len(buf):
+            end = _record_end(buf, pos, big) if pos + 16 <= len(buf) else 0
+            if end and end - pos - 16 > _MAX_RECORD:
+                error = PcapError(f"{name}: record claims {end - pos - 16} bytes: corrupt file")
+                break
+            more = read(max(_CHUNK, end - len(buf)))
+            if not more:
+                if len(buf) - pos >= 16:
+                    error = PcapError(f"{name}: truncated record at end of file")
+                elif len(buf) > pos:
+                    error = PcapError(f"{name}: truncated record header at end of file")
+                break
+            buf = buf[pos:] + more
+            pos = 0
+            continue
+        if first:
+            first = False
+            if resume is not None:
+                sec, frac = struct.unpack_from((">" if big else "<") + "II", buf, pos)
+                ts = sec * 1_000_000_000 + frac * scale
+                for client, server, vlan, isn, header in resume(ts / 1e9 - options.idle_timeout):
+                    eng.resume(client, server, vlan, isn, header, ts)
+        pos, _n, k = eng.feed_pcap(buf, pos, big, scale, apply)
+        kept += k
+        write_out()
+        if progress is not None and time.monotonic() - last_report > 2:
+            last_report = time.monotonic()
+            progress(fin.tell(), size)
+    eng.flush()
+    write_out()
+    c = eng.counters
+    if policy is not None:
+        st = policy.stats
+        c.checksum_completed, c.checksum_kept = st.completed, st.kept + kept
+        c.checksum_unchecked = st.unchecked
+    return c, error
+
+
+def _record_end(buf: bytes, pos: int, big: bool) -> int:
+    caplen: int = struct.unpack_from(">I" if big else "<I", buf, pos + 8)[0]
+    return pos + 16 + caplen
