@@ -90,8 +90,8 @@ typedef struct {
     int64_t max_hold_packets, max_hold_bytes, max_total_hold_bytes;
     int64_t c[C_NCOUNTERS];
     PyObject *out;          /* list of (ts, frame) */
-    PyObject *header_cb;    /* (buf, key, client_first, isn, started) -> None | False | (len, real) */
-    PyObject *family_cb;    /* (frame, ip, tcp, payload, end, vlan, block) -> bytes | None */
+    PyObject *header_cb;    /* (buf, vlan, client, server, isn, started) -> None|False|(len, real) */
+    PyObject *family_cb;    /* (frame, ip, tcp, payload, end, block) -> bytes | None */
     PyObject *untrusted_cb; /* (addr) -> None */
     PyObject *cur;          /* list mode: the rewritten frame under construction */
     int pcap_sink, sink_nano;
@@ -863,13 +863,14 @@ static int do_hold(Engine *e, flow *f, pkt *k, const tcpframe *t, int from_clien
         int grew = assemble(e, f, p, t, flags);
         if (grew < 0) return -1;
         if (grew) {
-            PyObject *key = PyBytes_FromStringAndSize((const char *)f->key, f->keylen);
-            if (!key) return -1;
+            /* the key is vlan ids, then both endpoints; which one is the client is the flow's */
+            Py_ssize_t el = (p[t->ip] >> 4 == 4) ? 6 : 18, vl = f->keylen - 2 * el;
+            const char *first = (const char *)f->key + vl, *second = first + el;
             PyObject *res = PyObject_CallFunction(
-                e->header_cb, "y#OOkL", (const char *)h->buf, h->buflen, key,
-                f->client_first ? Py_True : Py_False, (unsigned long)f->isn,
+                e->header_cb, "y#y#y#y#kL", (const char *)h->buf, h->buflen,
+                (const char *)f->key, vl, f->client_first ? first : second, el,
+                f->client_first ? second : first, el, (unsigned long)f->isn,
                 (long long)h->started);
-            Py_DECREF(key);
             if (!res) return -1;
             if (res == Py_False) {
                 Py_DECREF(res);

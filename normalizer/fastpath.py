@@ -22,7 +22,7 @@ from typing import Any
 from normalizer.counters import MAX_BACKENDS, Counters
 from normalizer.diagnostics import SourceTally
 from normalizer.engine import Frame, HeaderEvent, Normalizer
-from normalizer.flow_key import endpoint_text, make_key, split_key
+from normalizer.flow_key import make_key
 from normalizer.frame import LINKTYPE_ETHERNET, TcpFrame
 from normalizer.headers.base import HeaderError, ProxyHeader
 from normalizer.headers.detect import parse_header
@@ -32,6 +32,7 @@ from normalizer.trust import TrustedProxies
 
 ENGINES = ("auto", "compiled", "python")
 _NS = 1_000_000_000
+_MEMO = 4096  # bound of each address memo: proxies and decoys repeat, clients may not
 
 
 def _load() -> ModuleType | None:
@@ -119,6 +120,8 @@ class CompiledNormalizer:
         self.untrusted_syns = SourceTally()
         self.events: list[HeaderEvent] = []
         self._counters = Counters()
+        self._texts: dict[bytes, str] = {}  # address bytes -> text (endpoint_text)
+        self._packs: dict[str, bytes] = {}  # address text -> bytes (real_endpoints)
         t4 = bytearray()
         t6 = bytearray()
         for net in self.trust.networks:
@@ -192,11 +195,13 @@ class CompiledNormalizer:
     # -- called by the core ---------------------------------------------------------------------
 
     def _on_header(
-        self, buf: bytes, key: bytes, client_first: bool, isn: int, started: int
+        self, buf: bytes, vlan: bytes, client: bytes, server: bytes, isn: int, started: int
     ) -> object:
         """None: need more bytes; False: malformed; else (header length, real endpoints).
 
-        Everything ``Normalizer._resolve`` does besides releasing the held frames."""
+        Everything ``Normalizer._resolve`` does besides releasing the held frames. Called once
+        per flow, so its cost counts on short flows: address texts are memoized (bounded).
+        """
         o = self.opts
         try:
             header = parse_header(buf, o.header_kinds, o.custom_magic)
@@ -208,24 +213,50 @@ class CompiledNormalizer:
         c.headers_stripped[header.kind] = c.headers_stripped.get(header.kind, 0) + 1
         real = None
         if o.restore_addresses:
-            real = real_endpoints(header)
+            real = self._real_endpoints(header)
             if real is not None:
                 c.addresses_restored += 1
         if header.command == "LOCAL":
             c.headers_local += 1
-        vlan, first, second = split_key(key)
-        client, server = (first, second) if client_first else (second, first)
-        backend = endpoint_text(server)
+        backend = self._endpoint_text(server)
         per = c.headers_by_backend
         name = backend[0] if backend[0] in per or len(per) < MAX_BACKENDS else "other"
         per[name] = per.get(name, 0) + 1
         if len(self.events) < o.max_pending_events:
             self.events.append(
-                HeaderEvent(started, endpoint_text(client), backend, vlan, header, isn)
+                HeaderEvent(started, self._endpoint_text(client), backend, vlan, header, isn)
             )
         else:
             c.events_dropped += 1
         return header.length, real
+
+    def _endpoint_text(self, ep: bytes) -> tuple[str, int]:
+        """flow_key.endpoint_text, the address text memoized."""
+        addr = ep[:-2]
+        text = self._texts.get(addr)
+        if text is None:
+            if len(self._texts) >= _MEMO:
+                self._texts.clear()
+            text = self._texts[addr] = str(ipaddress.ip_address(addr))
+        return text, int.from_bytes(ep[-2:], "big")
+
+    def _real_endpoints(self, h: ProxyHeader) -> tuple[bytes, bytes] | None:
+        """restore.real_endpoints, the address bytes memoized."""
+        if h.command != "PROXY" or h.family not in ("TCP4", "TCP6") or h.src_addr is None:
+            return None
+        if h.dst_addr is None or h.src_port is None or h.dst_port is None:
+            return None
+        src, dst = self._packed(h.src_addr), self._packed(h.dst_addr)
+        sport, dport = h.src_port.to_bytes(2, "big"), h.dst_port.to_bytes(2, "big")
+        return src + dst + sport + dport, dst + src + dport + sport
+
+    def _packed(self, text: str) -> bytes:
+        packed = self._packs.get(text)
+        if packed is None:
+            if len(self._packs) >= _MEMO:
+                self._packs.clear()
+            packed = self._packs[text] = ipaddress.ip_address(text).packed
+        return packed
 
     def _on_family_change(
         self, frame: bytes, ip: int, tcp: int, payload: int, end: int, block: bytes
