@@ -14,7 +14,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MASK 0xFFFFFFFFULL
 #define HALF 0x80000000ULL
@@ -1109,6 +1111,33 @@ static PyObject *Engine_set_sink(Engine *e, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* write_records(fd): write the pcap records so far to a file descriptor (all of them, or raise
+ * OSError), then forget them: the output never becomes a Python object. */
+static PyObject *Engine_write_records(Engine *e, PyObject *arg) {
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0) return NULL;
+    Py_ssize_t done = 0, total = e->sink_len;
+    while (done < total) {
+        Py_ssize_t w;
+        Py_BEGIN_ALLOW_THREADS
+        w = write(fd, e->sink + done, (size_t)(total - done));
+        Py_END_ALLOW_THREADS
+        if (w < 0) {
+            if (errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) return NULL;
+                continue;
+            }
+            /* keep what was not written, so nothing is silently lost on a retry */
+            memmove(e->sink, e->sink + done, total - done);
+            e->sink_len = total - done;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        done += w;
+    }
+    e->sink_len = 0;
+    return PyLong_FromSsize_t(total);
+}
+
 static PyObject *Engine_take_records(Engine *e, PyObject *Py_UNUSED(ignored)) {
     PyObject *r = PyBytes_FromStringAndSize((const char *)e->sink, e->sink_len);
     if (r) e->sink_len = 0;
@@ -1314,6 +1343,7 @@ static PyMethodDef Engine_methods[] = {
     {"feed_pcap", (PyCFunction)Engine_feed_pcap, METH_VARARGS, "feed a chunk of pcap records"},
     {"set_sink", (PyCFunction)Engine_set_sink, METH_VARARGS, "set_sink(pcap, nanosecond)"},
     {"take_records", (PyCFunction)Engine_take_records, METH_NOARGS, "pcap records so far"},
+    {"write_records", (PyCFunction)Engine_write_records, METH_O, "write them to a descriptor"},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, "release every held frame untouched"},
     {"drain", (PyCFunction)Engine_drain, METH_NOARGS, "the (ts, frame) list so far"},
     {"pending_out", (PyCFunction)Engine_pending_out, METH_NOARGS, "frames not yet drained"},

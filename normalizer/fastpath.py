@@ -105,9 +105,10 @@ class CompiledNormalizer:
     drain: Callable[[], list[tuple[int, Frame]]]
     # The batch path (pcap_batch.py): records of a pcap chunk in, output records into a buffer.
     feed_pcap: Callable[
-        [bytes, int, bool, int, Callable[[bytes], bytes] | None], tuple[int, int, int]
+        [bytes | memoryview, int, bool, int, Callable[[bytes], bytes] | None], tuple[int, int, int]
     ]
     take_records: Callable[[], bytes]
+    write_records: Callable[[int], int]
 
     def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:
         if _fastpath is None:
@@ -151,6 +152,7 @@ class CompiledNormalizer:
         self.drain = self._core.drain
         self.feed_pcap = self._core.feed_pcap
         self.take_records = self._core.take_records
+        self.write_records = self._core.write_records
 
     def set_sink(self, pcap: bool, nanosecond: bool = False) -> None:
         """pcap=True: every frame forwarded from now on is appended to ``take_records()`` as a

@@ -15,6 +15,7 @@ decapsulation and with checksums "keep" or "auto" (frames with the offload signa
 from __future__ import annotations
 
 import gc
+import io
 import os
 import struct
 import tempfile
@@ -75,7 +76,8 @@ def rewrite_file(
     dst_dir = dst.parent if str(dst.parent) else Path(".")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst_dir)
     try:
-        with src.open("rb") as fin, os.fdopen(fd, "wb", buffering=1 << 20) as fout:
+        # Unbuffered: the core writes its record buffer to the descriptor itself.
+        with src.open("rb") as fin, os.fdopen(fd, "wb", buffering=0) as fout:
             counters, error = _run(fin, fout, str(src), options, progress, size, on_events, resume)
         os.replace(tmp_name, dst)
         if error is not None:
@@ -91,7 +93,7 @@ def rewrite_file(
 
 
 def _run(
-    fin: BinaryIO,
+    fin: io.BufferedReader,
     fout: BinaryIO,
     name: str,
     options: Options,
@@ -100,12 +102,14 @@ def _run(
     on_events: EventSink | None,
     resume: ResumeSource | None,
 ) -> tuple[Counters, PcapError | None]:
-    read, write = fin.read, fout.write
-    head = read(24)
+    head = fin.read(24)
     big, scale = _MAGICS[head[:4]]
-    linktype = struct.unpack((">" if big else "<") + "I", head[20:24])[0] & 0x0FFFFFFF
+    endian = ">" if big else "<"
+    linktype = struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF
     nano = scale == 1
-    write(struct.pack("<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype))
+    fout.write(
+        struct.pack("<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype)
+    )
     eng = CompiledNormalizer(options, linktype)
     policy = ChecksumPolicy(options.checksums, linktype) if options.checksums != "keep" else None
     apply = policy.apply if policy is not None else None
@@ -118,36 +122,44 @@ def _run(
             events = eng.drain_events()
             if on_events is not None:
                 on_events(events)  # the cache hears of a connection before its frames
-        write(eng.take_records())
+        eng.write_records(fout.fileno())
 
-    buf = b""
-    pos = 0
+    # One buffer, refilled in place (readinto): a record cut by the chunk end moves to its start.
+    buf = bytearray(2 * _CHUNK)
+    blen = pos = 0
     error: PcapError | None = None
     first = True
+    record = struct.Struct(endian + "IIII")
     while True:
-        if pos + 16 > len(buf) or _record_end(buf, pos, big) > len(buf):
-            end = _record_end(buf, pos, big) if pos + 16 <= len(buf) else 0
+        end = pos + 16 + record.unpack_from(buf, pos)[2] if pos + 16 <= blen else 0
+        if not end or end > blen:
             if end and end - pos - 16 > _MAX_RECORD:
                 error = PcapError(f"{name}: record claims {end - pos - 16} bytes: corrupt file")
                 break
-            more = read(max(_CHUNK, end - len(buf)))
-            if not more:
-                if len(buf) - pos >= 16:
+            tail = blen - pos
+            buf[:tail] = buf[pos:blen]
+            want = max(_CHUNK, end - blen)
+            if len(buf) < tail + want:
+                buf.extend(bytes(tail + want - len(buf)))
+            with memoryview(buf) as mv:
+                got = fin.readinto(mv[tail : tail + want])
+            blen, pos = tail + got, 0
+            if not got:
+                if blen >= 16:
                     error = PcapError(f"{name}: truncated record at end of file")
-                elif len(buf) > pos:
+                elif blen:
                     error = PcapError(f"{name}: truncated record header at end of file")
                 break
-            buf = buf[pos:] + more
-            pos = 0
             continue
         if first:
             first = False
             if resume is not None:
-                sec, frac = struct.unpack_from((">" if big else "<") + "II", buf, pos)
+                sec, frac = record.unpack_from(buf, pos)[:2]
                 ts = sec * 1_000_000_000 + frac * scale
                 for client, server, vlan, isn, header in resume(ts / 1e9 - options.idle_timeout):
                     eng.resume(client, server, vlan, isn, header, ts)
-        pos, _n, k = eng.feed_pcap(buf, pos, big, scale, apply)
+        with memoryview(buf) as mv, mv[:blen] as chunk:
+            pos, _n, k = eng.feed_pcap(chunk, pos, big, scale, apply)
         kept += k
         write_out()
         if progress is not None and time.monotonic() - last_report > 2:
@@ -161,8 +173,3 @@ def _run(
         c.checksum_completed, c.checksum_kept = st.completed, st.kept + kept
         c.checksum_unchecked = st.unchecked
     return c, error
-
-
-def _record_end(buf: bytes, pos: int, big: bool) -> int:
-    caplen: int = struct.unpack_from(">I" if big else "<I", buf, pos + 8)[0]
-    return pos + 16 + caplen
