@@ -1103,6 +1103,95 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
     return Py_BuildValue("nnn", pos, count, kept);
 }
 
+static inline uint32_t rdn32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline unsigned rdn16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+/* feed_block(ring, base, complete_cb) -> (frames, truncated, csum_not_ready, completed,
+ * oversize, max_frame)
+ *
+ * afpacket.parse_block followed by Pipeline.push for every frame of the TPACKET_V3 block at
+ * ``base``: VLAN tags stripped by the kernel are put back, frames flagged CSUMNOTREADY are
+ * completed by ``complete_cb`` (offload.complete, or None to leave them), each frame is fed. */
+static PyObject *Engine_feed_block(Engine *e, PyObject *args) {
+    Py_buffer b;
+    Py_ssize_t base;
+    PyObject *cb;
+    if (!PyArg_ParseTuple(args, "y*nO", &b, &base, &cb)) return NULL;
+    const uint8_t *ring = b.buf;
+    Py_ssize_t rlen = b.len, frames = 0, cut = 0, partial = 0, completed = 0, big = 0;
+    int64_t biggest = 0;
+    int err = 0;
+    if (base < 0 || base + 20 > rlen) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "block outside the ring");
+        return NULL;
+    }
+    uint32_t num = rdn32(ring + base + 12), first = rdn32(ring + base + 16);
+    Py_ssize_t off = base + first;
+    for (uint32_t i = 0; i < num; i++) {
+        if (off < 0 || off + 38 > rlen) {
+            PyErr_SetString(PyExc_ValueError, "ring slot outside the ring");
+            err = 1;
+            break;
+        }
+        const uint8_t *h = ring + off;
+        uint32_t nxt = rdn32(h), sec = rdn32(h + 4), nsec = rdn32(h + 8);
+        uint32_t snaplen = rdn32(h + 12), length = rdn32(h + 16), status = rdn32(h + 20);
+        unsigned mac = rdn16(h + 24), tpid = rdn16(h + 36);
+        uint32_t tci = rdn32(h + 32);
+        Py_ssize_t start = off + mac, n = snaplen;
+        if (start > rlen) start = rlen; /* as a slice past the end: empty */
+        if (n > rlen - start) n = rlen - start;
+        if (length != snaplen) cut++;
+        if (length > 1514) {
+            big++;
+            if (length > biggest) biggest = length;
+        }
+        pkt k = {NULL, ring + start, n, -1};
+        if (status & 0x10) { /* TP_STATUS_VLAN_VALID: the tag goes back after the MACs */
+            unsigned proto = (status & 0x40 && tpid) ? tpid : 0x8100;
+            Py_ssize_t head = n < 12 ? n : 12;
+            k.obj = PyBytes_FromStringAndSize(NULL, n + 4);
+            if (!k.obj) { err = 1; break; }
+            uint8_t *t = (uint8_t *)PyBytes_AS_STRING(k.obj);
+            memcpy(t, k.p, head);
+            wr16(t + head, proto);
+            wr16(t + head + 2, tci & 0xFFFF);
+            memcpy(t + head + 4, k.p + head, n - head);
+            k.p = t;
+            k.n = n + 4;
+        }
+        if (status & 0x8) { /* TP_STATUS_CSUMNOTREADY */
+            partial++;
+            if (cb != Py_None) {
+                PyObject *orig = pkt_obj(&k);
+                if (!orig) { err = 1; break; }
+                PyObject *r = PyObject_CallOneArg(cb, orig);
+                if (!r) { Py_CLEAR(k.obj); err = 1; break; }
+                if (r != Py_None) {
+                    PyObject *fixed = PyBytes_FromObject(r);
+                    Py_DECREF(r);
+                    if (!fixed) { Py_CLEAR(k.obj); err = 1; break; }
+                    Py_SETREF(k.obj, fixed);
+                    k.p = (const uint8_t *)PyBytes_AS_STRING(fixed);
+                    k.n = PyBytes_GET_SIZE(fixed);
+                    completed++;
+                } else {
+                    Py_DECREF(r);
+                }
+            }
+        }
+        int r = feed_one(e, &k, (int64_t)sec * NS + nsec);
+        Py_XDECREF(k.obj);
+        frames++;
+        if (r < 0) { err = 1; break; }
+        off += nxt;
+    }
+    PyBuffer_Release(&b);
+    if (err) return NULL;
+    return Py_BuildValue("nnnnnL", frames, cut, partial, completed, big, (long long)biggest);
+}
+
 static PyObject *Engine_set_sink(Engine *e, PyObject *args) {
     int pcap, nano;
     if (!PyArg_ParseTuple(args, "pp", &pcap, &nano)) return NULL;
@@ -1342,6 +1431,7 @@ static PyMethodDef Engine_methods[] = {
     {"tick", (PyCFunction)Engine_tick, METH_O, "tick(now)"},
     {"feed_pcap", (PyCFunction)Engine_feed_pcap, METH_VARARGS, "feed a chunk of pcap records"},
     {"set_sink", (PyCFunction)Engine_set_sink, METH_VARARGS, "set_sink(pcap, nanosecond)"},
+    {"feed_block", (PyCFunction)Engine_feed_block, METH_VARARGS, "feed a TPACKET_V3 block"},
     {"take_records", (PyCFunction)Engine_take_records, METH_NOARGS, "pcap records so far"},
     {"write_records", (PyCFunction)Engine_write_records, METH_O, "write them to a descriptor"},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, "release every held frame untouched"},

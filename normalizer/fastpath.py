@@ -108,6 +108,10 @@ class CompiledNormalizer:
         [bytes | memoryview, int, bool, int, Callable[[bytes], bytes] | None], tuple[int, int, int]
     ]
     take_records: Callable[[], bytes]
+    # live (pipeline.push_block): a whole AF_PACKET ring block per call.
+    feed_block: Callable[
+        [Any, int, Callable[[bytes], bytearray | None] | None], tuple[int, int, int, int, int, int]
+    ]
     write_records: Callable[[int], int]
 
     def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:
@@ -153,6 +157,7 @@ class CompiledNormalizer:
         self.feed_pcap = self._core.feed_pcap
         self.take_records = self._core.take_records
         self.write_records = self._core.write_records
+        self.feed_block = self._core.feed_block
 
     def set_sink(self, pcap: bool, nanosecond: bool = False) -> None:
         """pcap=True: every frame forwarded from now on is appended to ``take_records()`` as a

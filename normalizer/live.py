@@ -311,13 +311,9 @@ class LiveNormalizer:
                                         break
                                 except BlockingIOError:
                                     break
-                frames = capture.drain()
-                if frames:
-                    pipe = self.pipe
-                    push = pipe.push
-                    for ts, frame in frames:
-                        push(frame, ts)
-                    self._forward(pipe.take())
+                # One call per ring block: into the compiled core when it runs (pipeline.py).
+                if capture.drain_into(self.pipe.push_block):
+                    self._forward(self.pipe.take())
                 now = mono()
                 if now >= next_tick:
                     next_tick = now + settings.tick_interval
@@ -343,8 +339,7 @@ class LiveNormalizer:
 
     def _shutdown(self) -> None:
         """Drain the ring, release held frames untouched, write them, close everything."""
-        for ts, frame in self.capture.drain():
-            self.pipe.push(frame, ts)
+        self.capture.drain_into(self.pipe.push_block)
         self.pipe.flush()
         self._forward(self.pipe.take())
         self.capture.stats()

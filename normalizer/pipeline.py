@@ -7,18 +7,21 @@ frames are taken. Decapsulation of mirrored traffic slots in here too, in front 
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 
+from normalizer.afpacket import RingStats, first_timestamp, parse_block
 from normalizer.counters import Counters
 from normalizer.decap import Decapsulator, Out
 from normalizer.engine import Frame, HeaderEvent, Resumable
-from normalizer.fastpath import make_engine
+from normalizer.fastpath import CompiledNormalizer, make_engine
 from normalizer.frame import LINKTYPE_ETHERNET
-from normalizer.offload import ChecksumPolicy
+from normalizer.offload import ChecksumPolicy, complete
 from normalizer.options import Options
 from normalizer.tunnel_flows import TunnelFlow, TunnelFlows
 
 EventSink = Callable[[list[HeaderEvent]], object]
+RingBuffer = bytes | bytearray | memoryview | mmap.mmap  # an AF_PACKET ring, or a test's copy
 # Given the first packet's time (epoch seconds), the flows to adopt from a previous run.
 ResumeSource = Callable[[float], list[Resumable]]
 # Rows of the cache's ``tunnels`` table (options.decapsulate): new inner flows, final last_seen.
@@ -77,6 +80,32 @@ class Pipeline:
             self.engine.feed(frame, ts)
         else:
             self._inner(self.decap.feed(frame, ts))
+
+    def push_block(
+        self, ring: RingBuffer, base: int, complete_partial: bool, stats: RingStats
+    ) -> int:
+        """Every frame of the AF_PACKET ring block at ``base``: ``afpacket.parse_block`` and
+        ``push`` for each, or -- on the compiled engine, without decapsulation or a checksum
+        policy -- one call into the core for the whole block. Returns the frame count."""
+        eng = self.engine
+        if self.decap is None and self._check is None and isinstance(eng, CompiledNormalizer):
+            if self._resume is not None:
+                first = first_timestamp(ring, base)
+                if first is not None:
+                    self._adopt(first)
+            frames, cut, partial, done, big, biggest = eng.feed_block(
+                ring, base, complete if complete_partial else None
+            )
+            stats.truncated += cut
+            stats.csum_not_ready += partial
+            stats.csum_completed += done
+            stats.oversize += big
+            stats.max_frame = max(stats.max_frame, biggest)
+            return frames
+        captured = parse_block(ring, base, stats, complete_partial)
+        for ts, frame in captured:
+            self.push(frame, ts)
+        return len(captured)
 
     def _inner(self, frames: list[Out]) -> None:
         """Decapsulated (or passed) frames to the core; inner flows noted for the cache."""

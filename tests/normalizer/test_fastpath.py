@@ -589,3 +589,77 @@ def test_batch_rewrite_resumes_flows_as_the_loop_does(tmp_path: Path) -> None:
     assert c == py
     assert asked[0] == asked[1]
     assert py[1]["flows_resumed"] == 1  # type: ignore[index]
+
+
+# -- live: whole AF_PACKET ring blocks (Pipeline.push_block) -----------------------------------
+
+
+def _ring_block_frames(seed: int) -> list[tuple[int, int, bytes, int, int, int, int]]:
+    """(sec, nsec, frame, wire_len, status, tci, tpid) slots: VLAN tags stripped by the kernel,
+    offloaded checksums (CSUMNOTREADY), cut frames and GRO-sized lengths, mixed flows."""
+    from normalizer.afpacket import TP_STATUS_CSUMNOTREADY, TP_STATUS_VLAN_VALID
+
+    rnd = random.Random(seed)
+    convs = [Conv(cisn=2**32 - 7), Conv(cport=40001, vlans=(42,)), Conv(client="192.0.2.50")]
+    hdr = proxy_v1.build("198.51.100.7", "203.0.113.9", 1, 2)
+    frames: list[bytes] = []
+    for conv in convs:
+        frames += conv.handshake() + [
+            conv.seg(True, 0, 0, hdr + b"GET / HTTP/1.0\r\n\r\n", "PA"),
+            conv.seg(
+                False,
+                0,
+                len(hdr) + 18,
+                b"HTTP/1.0 200 OK\r\n\r\n",
+                "PA",
+                options=[("SAck", ((conv.cisn + 1) % 2**32, (conv.cisn + 9) % 2**32))],
+            ),
+            conv.seg(True, len(hdr) + 18, 19, flags="FA"),
+        ]
+    rnd.shuffle(frames)
+    slots = []
+    for i, fr in enumerate(frames):
+        status, tci, tpid, wire = 0, 0, 0, len(fr)
+        if fr[12:14] == b"\x81\x00":  # tagged: the kernel hands it untagged, the tag aside
+            tci = int.from_bytes(fr[14:16], "big")
+            tpid = rnd.choice([0, 0x8100, 0x88A8])
+            status |= TP_STATUS_VLAN_VALID | (0x40 if tpid else 0)
+            fr = fr[:12] + fr[16:]
+        if rnd.random() < 0.3 and fr[12:14] == b"\x08\x00":  # offloaded: pseudo-header sum only
+            b = bytearray(fr)
+            total = int.from_bytes(b[16:18], "big")
+            pseudo = (sum(struct.unpack("!4H", b[26:34])) + 6 + total - 20) % 0xFFFF
+            b[50:52] = pseudo.to_bytes(2, "big")
+            fr = bytes(b)
+            status |= TP_STATUS_CSUMNOTREADY
+        if i % 9 == 4:
+            wire = len(fr) + 100  # cut by the ring's snap length
+        if i % 11 == 5:
+            wire = 3000  # a GRO super-frame's length
+        slots.append((1_700_000_000 + i, i * 1000, fr, wire, status, tci, tpid))
+    return slots
+
+
+@pytest.mark.parametrize("complete_partial", [True, False])
+def test_ring_blocks_through_the_core_match_parse_block_and_push(complete_partial: bool) -> None:
+    from normalizer.afpacket import RingStats
+    from tests.normalizer.test_afpacket import make_block
+
+    for seed in range(5):
+        slots = _ring_block_frames(seed)
+        blocks = [make_block(slots[:10], base_pad=16), make_block(slots[10:])]
+        results = []
+        for engine in ("python", "compiled"):
+            opts = Options(proxies=TRUSTED, engine=engine)
+            pipe = Pipeline(opts, LINKTYPE_ETHERNET, checksums="keep")
+            stats = RingStats()
+            n = pipe.push_block(blocks[0], 16, complete_partial, stats)
+            n += pipe.push_block(blocks[1], 0, complete_partial, stats)
+            pipe.flush()
+            out = [(ts, bytes(fr)) for ts, fr in pipe.take()]
+            results.append((n, out, pipe.counters.as_dict(), stats))
+        assert results[1][0] == results[0][0] == len(slots)
+        assert results[1][1] == results[0][1], "frames differ"
+        assert results[1][2] == results[0][2], "counters differ"
+        assert results[1][3] == results[0][3], "ring stats differ"
+        assert results[0][3].csum_not_ready > 0 and results[0][3].truncated > 0
