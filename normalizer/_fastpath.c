@@ -239,6 +239,60 @@ static int locate_tcp(const uint8_t *f, Py_ssize_t n, int linktype, tcpframe *ou
     return 1;
 }
 
+/* offload._mod: a byte string as 16-bit big-endian words (odd length: zero-padded), mod 0xFFFF. */
+static int64_t mod_any(const uint8_t *p, Py_ssize_t n) {
+    int64_t r = mod_words(p, n & ~(Py_ssize_t)1);
+    if (n & 1) r = (r + ((int64_t)p[n - 1] << 8)) % 0xFFFF;
+    return r;
+}
+
+static unsigned l4_pseudo(const uint8_t *f, Py_ssize_t ip, int proto, Py_ssize_t length) {
+    int64_t addrs = (f[ip] >> 4 == 4) ? mod_words(f + ip + 12, 8) : mod_words(f + ip + 8, 32);
+    return pymod(addrs + proto + length);
+}
+
+/* offload.verdict(...) is Verdict.PARTIAL: the field holds the pseudo-header sum, the frame's
+ * checksum is not already right, and the IPv4 header checksum is. */
+static int verdict_partial(const uint8_t *f, Py_ssize_t n, int linktype) {
+    tcpframe t;
+    int proto = locate_l4(f, n, linktype, &t);
+    if ((proto != 6 && proto != 17) || t.end > n) return 0;
+    Py_ssize_t at = t.tcp + (proto == 6 ? 16 : 6);
+    if (at + 2 > t.end) return 0;
+    unsigned field = rd16(f + at);
+    int v4 = f[t.ip] >> 4 == 4;
+    int ip_ok = !v4 || mod_words(f + t.ip, t.tcp - t.ip) == 0;
+    if (proto == 17 && v4 && field == 0) return 0;
+    unsigned pseudo = l4_pseudo(f, t.ip, proto, t.end - t.tcp);
+    if ((pseudo + mod_any(f + t.tcp, t.end - t.tcp)) % 0xFFFF == 0) return 0;
+    return field % 0xFFFF == pseudo && ip_ok;
+}
+
+/* offload.complete: a new bytes object with the IPv4 header and TCP/UDP checksums computed in
+ * full; NULL without an exception when the frame cannot be summed. */
+static PyObject *complete_csum(const uint8_t *f, Py_ssize_t n, int linktype) {
+    tcpframe t;
+    int proto = locate_l4(f, n, linktype, &t);
+    if ((proto != 6 && proto != 17) || t.end > n) return NULL;
+    Py_ssize_t at = t.tcp + (proto == 6 ? 16 : 6);
+    if (at + 2 > t.end) return NULL;
+    PyObject *out = PyBytes_FromStringAndSize((const char *)f, n);
+    if (!out) return NULL;
+    uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+    Py_ssize_t ip = t.ip;
+    if (o[ip] >> 4 == 4) {
+        o[ip + 10] = o[ip + 11] = 0;
+        int64_t r = mod_words(o + ip, t.tcp - ip);
+        wr16(o + ip + 10, r ? 0xFFFF - (unsigned)r : 0);
+    }
+    o[at] = o[at + 1] = 0;
+    int64_t r = (l4_pseudo(o, ip, proto, t.end - t.tcp) + mod_any(o + t.tcp, t.end - t.tcp)) % 0xFFFF;
+    unsigned c = r ? 0xFFFF - (unsigned)r : 0;
+    if (proto == 17 && c == 0) c = 0xFFFF;
+    wr16(o + at, c);
+    return out;
+}
+
 /* offload.looks_partial: the transport checksum field holds exactly the pseudo-header sum. */
 static int looks_partial(const uint8_t *f, Py_ssize_t n, int linktype) {
     if (linktype == 1 && n >= 54 && f[12] == 8 && f[13] == 0 && f[14] == 0x45 && f[23] == 6) {
@@ -1042,22 +1096,21 @@ static PyObject *Engine_feed(Engine *e, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* feed_pcap(chunk, pos, big_endian, scale, partial_cb) -> (pos, records, kept)
+/* feed_pcap(chunk, pos, big_endian, scale, auto) -> (pos, records, kept, completed)
  *
  * Walks the pcap records of ``chunk`` from ``pos`` and feeds each complete one, as
  * pcap_io.CaptureReader + Pipeline.push do; stops at the first record not wholly in the chunk
  * (the caller reads on and decides, as the reader does, whether that is an error).
- * ``partial_cb`` (ChecksumPolicy.apply, or None for checksums "keep") is called only for frames
- * whose checksum field has the offload signature; ``kept`` counts the others. */
+ * With ``auto`` (checksums "auto"; false for "keep") frames with a partial checksum are
+ * completed first, as offload.ChecksumPolicy does; ``kept`` and ``completed`` count its stats. */
 static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
     Py_buffer b;
     Py_ssize_t pos;
-    int big;
+    int big, autocs;
     long long scale;
-    PyObject *cb;
-    if (!PyArg_ParseTuple(args, "y*npLO", &b, &pos, &big, &scale, &cb)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*npLp", &b, &pos, &big, &scale, &autocs)) return NULL;
     const uint8_t *buf = b.buf;
-    Py_ssize_t blen = b.len, count = 0, kept = 0;
+    Py_ssize_t blen = b.len, count = 0, kept = 0, completed = 0;
     int err = 0;
     if (pos < 0) pos = 0;
     while (pos + 16 <= blen) {
@@ -1073,23 +1126,22 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
         if (caplen > blen - start) break;
         int64_t ts = (int64_t)v[0] * NS + (int64_t)v[1] * scale;
         pkt k = {NULL, buf + start, caplen, (int64_t)v[3]};
-        if (cb != Py_None && looks_partial(k.p, k.n, e->linktype)) {
-            PyObject *orig = pkt_obj(&k);
-            if (!orig) { err = 1; break; }
-            PyObject *r = PyObject_CallOneArg(cb, orig);
-            if (!r) { err = 1; Py_CLEAR(k.obj); break; }
-            if (!PyBytes_Check(r)) {
-                Py_DECREF(r);
-                Py_CLEAR(k.obj);
-                PyErr_SetString(PyExc_TypeError, "partial_cb must return bytes");
+        if (autocs && looks_partial(k.p, k.n, e->linktype) &&
+            verdict_partial(k.p, k.n, e->linktype)) {
+            /* ChecksumPolicy "auto": a partial checksum, completed in full (a new frame, whose
+             * original length pcap_job no longer knows) */
+            k.obj = complete_csum(k.p, k.n, e->linktype);
+            if (!k.obj) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_AssertionError, "partial frame cannot be summed");
                 err = 1;
                 break;
             }
-            if (r != orig) k.origlen = -1; /* a new frame: pcap_job no longer knows its length */
-            Py_SETREF(k.obj, r);
-            k.p = (const uint8_t *)PyBytes_AS_STRING(r);
-            k.n = PyBytes_GET_SIZE(r);
-        } else if (cb != Py_None) {
+            k.p = (const uint8_t *)PyBytes_AS_STRING(k.obj);
+            k.n = PyBytes_GET_SIZE(k.obj);
+            k.origlen = -1;
+            completed++;
+        } else if (autocs) {
             kept++;
         }
         int r = feed_one(e, &k, ts);
@@ -1100,23 +1152,23 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
     }
     PyBuffer_Release(&b);
     if (err) return NULL;
-    return Py_BuildValue("nnn", pos, count, kept);
+    return Py_BuildValue("nnnn", pos, count, kept, completed);
 }
 
 static inline uint32_t rdn32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline unsigned rdn16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
-/* feed_block(ring, base, complete_cb) -> (frames, truncated, csum_not_ready, completed,
+/* feed_block(ring, base, complete_partial) -> (frames, truncated, csum_not_ready, completed,
  * oversize, max_frame)
  *
  * afpacket.parse_block followed by Pipeline.push for every frame of the TPACKET_V3 block at
- * ``base``: VLAN tags stripped by the kernel are put back, frames flagged CSUMNOTREADY are
- * completed by ``complete_cb`` (offload.complete, or None to leave them), each frame is fed. */
+ * ``base``: VLAN tags stripped by the kernel are put back, frames flagged CSUMNOTREADY get
+ * complete checksums (offload.complete) when ``complete_partial``, each frame is fed. */
 static PyObject *Engine_feed_block(Engine *e, PyObject *args) {
     Py_buffer b;
     Py_ssize_t base;
-    PyObject *cb;
-    if (!PyArg_ParseTuple(args, "y*nO", &b, &base, &cb)) return NULL;
+    int complete_partial;
+    if (!PyArg_ParseTuple(args, "y*np", &b, &base, &complete_partial)) return NULL;
     const uint8_t *ring = b.buf;
     Py_ssize_t rlen = b.len, frames = 0, cut = 0, partial = 0, completed = 0, big = 0;
     int64_t biggest = 0;
@@ -1163,21 +1215,17 @@ static PyObject *Engine_feed_block(Engine *e, PyObject *args) {
         }
         if (status & 0x8) { /* TP_STATUS_CSUMNOTREADY */
             partial++;
-            if (cb != Py_None) {
-                PyObject *orig = pkt_obj(&k);
-                if (!orig) { err = 1; break; }
-                PyObject *r = PyObject_CallOneArg(cb, orig);
-                if (!r) { Py_CLEAR(k.obj); err = 1; break; }
-                if (r != Py_None) {
-                    PyObject *fixed = PyBytes_FromObject(r);
-                    Py_DECREF(r);
-                    if (!fixed) { Py_CLEAR(k.obj); err = 1; break; }
-                    Py_SETREF(k.obj, fixed);
+            if (complete_partial) {
+                PyObject *fixed = complete_csum(k.p, k.n, 1);
+                if (fixed) {
+                    Py_XSETREF(k.obj, fixed);
                     k.p = (const uint8_t *)PyBytes_AS_STRING(fixed);
                     k.n = PyBytes_GET_SIZE(fixed);
                     completed++;
-                } else {
-                    Py_DECREF(r);
+                } else if (PyErr_Occurred()) {
+                    Py_CLEAR(k.obj);
+                    err = 1;
+                    break;
                 }
             }
         }

@@ -104,14 +104,10 @@ class CompiledNormalizer:
     flush: Callable[[], None]
     drain: Callable[[], list[tuple[int, Frame]]]
     # The batch path (pcap_batch.py): records of a pcap chunk in, output records into a buffer.
-    feed_pcap: Callable[
-        [bytes | memoryview, int, bool, int, Callable[[bytes], bytes] | None], tuple[int, int, int]
-    ]
+    feed_pcap: Callable[[bytes | memoryview, int, bool, int, bool], tuple[int, int, int, int]]
     take_records: Callable[[], bytes]
     # live (pipeline.push_block): a whole AF_PACKET ring block per call.
-    feed_block: Callable[
-        [Any, int, Callable[[bytes], bytearray | None] | None], tuple[int, int, int, int, int, int]
-    ]
+    feed_block: Callable[[Any, int, bool], tuple[int, int, int, int, int, int]]
     write_records: Callable[[int], int]
 
     def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:

@@ -8,8 +8,8 @@ Python only reads chunks, hands the connection cache its events and writes the b
 The result is byte for byte what ``pcap_job``'s per-packet loop writes (tests/normalizer/
 test_fastpath.py compares them): same records, same original lengths of untouched truncated
 frames, same errors after the same records. It applies to classic pcap files, without
-decapsulation and with checksums "keep" or "auto" (frames with the offload signature go through
-``offload.ChecksumPolicy`` in Python); everything else takes the per-packet loop.
+decapsulation and with checksums "keep" or "auto" (the core completes partial checksums as
+``offload.ChecksumPolicy`` does); everything else takes the per-packet loop.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from typing import BinaryIO
 from normalizer.counters import Counters
 from normalizer.fastpath import CompiledNormalizer, resolve_engine
 from normalizer.frame import SUPPORTED_LINKTYPES
-from normalizer.offload import ChecksumPolicy
 from normalizer.options import Options
 from normalizer.pcap_io import PcapError
 from normalizer.pipeline import EventSink, ResumeSource
@@ -111,10 +110,9 @@ def _run(
         struct.pack("<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype)
     )
     eng = CompiledNormalizer(options, linktype)
-    policy = ChecksumPolicy(options.checksums, linktype) if options.checksums != "keep" else None
-    apply = policy.apply if policy is not None else None
+    auto = options.checksums == "auto"  # offload.ChecksumPolicy's "auto", done by the core
     eng.set_sink(pcap=True, nanosecond=nano)
-    kept = 0
+    kept = completed = 0
     last_report = time.monotonic()
 
     def write_out() -> None:
@@ -159,8 +157,9 @@ def _run(
                 for client, server, vlan, isn, header in resume(ts / 1e9 - options.idle_timeout):
                     eng.resume(client, server, vlan, isn, header, ts)
         with memoryview(buf) as mv, mv[:blen] as chunk:
-            pos, _n, k = eng.feed_pcap(chunk, pos, big, scale, apply)
+            pos, _n, k, done = eng.feed_pcap(chunk, pos, big, scale, auto)
         kept += k
+        completed += done
         write_out()
         if progress is not None and time.monotonic() - last_report > 2:
             last_report = time.monotonic()
@@ -168,8 +167,6 @@ def _run(
     eng.flush()
     write_out()
     c = eng.counters
-    if policy is not None:
-        st = policy.stats
-        c.checksum_completed, c.checksum_kept = st.completed, st.kept + kept
-        c.checksum_unchecked = st.unchecked
+    if auto:
+        c.checksum_completed, c.checksum_kept = completed, kept
     return c, error

@@ -16,7 +16,7 @@ from normalizer.decap import Decapsulator, Out
 from normalizer.engine import Frame, HeaderEvent, Resumable
 from normalizer.fastpath import CompiledNormalizer, make_engine
 from normalizer.frame import LINKTYPE_ETHERNET
-from normalizer.offload import ChecksumPolicy, complete
+from normalizer.offload import ChecksumPolicy
 from normalizer.options import Options
 from normalizer.tunnel_flows import TunnelFlow, TunnelFlows
 
@@ -93,9 +93,7 @@ class Pipeline:
                 first = first_timestamp(ring, base)
                 if first is not None:
                     self._adopt(first)
-            frames, cut, partial, done, big, biggest = eng.feed_block(
-                ring, base, complete if complete_partial else None
-            )
+            frames, cut, partial, done, big, biggest = eng.feed_block(ring, base, complete_partial)
             stats.truncated += cut
             stats.csum_not_ready += partial
             stats.csum_completed += done

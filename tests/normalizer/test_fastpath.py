@@ -26,6 +26,9 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
 
 from normalizer import pcap_batch
 from normalizer.engine import Normalizer
@@ -502,6 +505,20 @@ def test_batch_rewrite_matches_per_packet_on_the_corpus(
         assert c[2] == py[2], f"{pcap.name}: events differ"
 
 
+def _as_partial(frame: bytes) -> bytes:
+    """The frame with its TCP/UDP checksum replaced by the pseudo-header sum, as tx offload
+    leaves it in a capture taken on the sender."""
+    from normalizer.frame import locate_l4
+
+    f = locate_l4(frame)
+    assert f is not None
+    addrs = frame[f.ip + 12 : f.ip + 20] if frame[f.ip] >> 4 == 4 else frame[f.ip + 8 : f.ip + 40]
+    words = sum(int.from_bytes(addrs[i : i + 2], "big") for i in range(0, len(addrs), 2))
+    pseudo = (words + f.proto + f.end - f.l4) % 0xFFFF
+    at = f.l4 + (16 if f.proto == 6 else 6)
+    return frame[:at] + pseudo.to_bytes(2, "big") + frame[at + 2 :]
+
+
 def _pcap(
     records: list[tuple[int, int, bytes, int]], big: bool = False, nano: bool = False
 ) -> bytes:
@@ -546,11 +563,17 @@ def test_batch_rewrite_matches_on_odd_files(
             bytes(rnd.randrange(256) for _ in range(70)),
         ]
     )
-    # A frame with its TCP checksum replaced by the pseudo-header sum (an offloaded frame).
-    partial = bytearray(conv.seg(False, 920, len(hdr) + 19, flags="FA"))
-    pseudo = (sum(struct.unpack("!4H", partial[26:34])) + 6 + len(partial) - 34) % 0xFFFF
-    partial[50:52] = pseudo.to_bytes(2, "big")
-    frames.append(bytes(partial))
+    # Frames whose checksum holds only the pseudo-header sum (offloaded): TCP and UDP, IPv4
+    # and IPv6, odd lengths; the policy completes them (one of them already right: kept).
+    partials = [
+        conv.seg(False, 920, len(hdr) + 19, flags="FA"),
+        Conv(client=PROXY6, server=BACKEND6).seg(True, 0, 0, b"odd", "PA"),
+        bytes(Ether() / IP(src=PROXY4, dst=BACKEND4) / UDP(sport=5, dport=53) / b"q?"),
+        bytes(Ether() / IPv6(src=PROXY6, dst=BACKEND6) / UDP(sport=5, dport=53) / b"abc"),
+    ]
+    first_partial = len(frames)
+    frames += [_as_partial(fr) for fr in partials]
+    whole = [i for i in range(first_partial, len(frames)) if i % 5 != 3]  # not cut: completable
     records = []
     for i, fr in enumerate(frames):
         data = fr[:60] if i % 5 == 3 else fr  # some cut by a snap length
@@ -567,7 +590,7 @@ def test_batch_rewrite_matches_on_odd_files(
             assert isinstance(c[1], str)  # an error, after the records before it
         else:
             assert isinstance(c[1], dict)
-            assert c[1]["checksum_completed"] == 1  # the offloaded frame went through the policy
+            assert c[1]["checksum_completed"] == len(whole)  # the offloaded frames were completed
 
 
 def test_batch_rewrite_resumes_flows_as_the_loop_does(tmp_path: Path) -> None:
