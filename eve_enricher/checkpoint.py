@@ -12,13 +12,20 @@ to a temporary file, fsynced and renamed over the old one. After a crash:
 
 An output file that is no longer the checkpointed one (rotated by someone else, replaced) is
 appended to as it is.
+
+A batch whose sync fails (a full disk) is cut back out of the file and stays buffered, so the
+caller can wait for space and sync it again: the file never holds a torn batch, and the
+checkpoint never counts one. Every error names the file it is about.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
@@ -31,36 +38,68 @@ class CheckpointError(Exception):
     """The checkpoint file exists but cannot be used."""
 
 
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # errors that end when space is freed
+
+
+@contextlib.contextmanager
+def naming(path: Path, instead: bool = False) -> Iterator[None]:
+    """OSErrors inside that name no file name ``path`` (os.write, fsync and buffered files name
+    none); ``instead``: all do (a temporary file's name means nothing to the operator)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None and not (instead and exc.filename != str(path)):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
 class DurableAppender:
     """An append-only output file that can be rolled back to a checkpointed size."""
 
     def __init__(self, path: Path, expect: dict[str, Any] | None = None) -> None:
         self.path = path
         self.rolled_back = 0
-        self._f: BinaryIO = open(path, "ab")  # noqa: SIM115 -- the daemon's lifetime
-        st = os.fstat(self._f.fileno())
-        if (
-            expect is not None
-            and (st.st_dev, st.st_ino) == (expect["dev"], expect["ino"])
-            and st.st_size > expect["size"]
-        ):
-            self.rolled_back = st.st_size - int(expect["size"])
-            os.ftruncate(self._f.fileno(), int(expect["size"]))
-            os.fsync(self._f.fileno())
+        self._buf = bytearray()  # written since the last sync
+        with naming(path):
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            st = os.fstat(self._fd)
+            if (
+                expect is not None
+                and (st.st_dev, st.st_ino) == (expect["dev"], expect["ino"])
+                and st.st_size > expect["size"]
+            ):
+                self.rolled_back = st.st_size - int(expect["size"])
+                os.ftruncate(self._fd, int(expect["size"]))
+                os.fsync(self._fd)
 
     def write(self, data: bytes) -> None:
-        self._f.write(data)
+        self._buf += data
 
     def sync(self) -> None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        """Append what was written since the last sync and fsync it. On an error the file is
+        cut back to its size before, and what was written stays buffered for the next try."""
+        with naming(self.path):
+            before = os.fstat(self._fd).st_size
+            try:
+                done, n = 0, len(self._buf)
+                with memoryview(self._buf) as view:
+                    while done < n:
+                        done += os.write(self._fd, view[done:])
+                os.fsync(self._fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, before)
+                raise
+            self._buf.clear()
 
     def state(self) -> dict[str, Any]:
-        st = os.fstat(self._f.fileno())
-        return {"dev": st.st_dev, "ino": st.st_ino, "size": self._f.tell()}
+        with naming(self.path):
+            st = os.fstat(self._fd)
+        return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size + len(self._buf)}
 
     def close(self) -> None:
-        self._f.close()
+        """Close; what was never synced is dropped (no checkpoint counts it)."""
+        os.close(self._fd)
 
 
 def load(path: Path) -> dict[str, Any] | None:
@@ -97,13 +136,19 @@ def save(
     """Atomically replace the checkpoint (call only after the outputs were synced)."""
     data = {"version": VERSION, "input": position.to_json(), "output": output, "reject": reject}
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dirfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    with naming(path, instead=True):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a full disk: do not leave a partial copy taking space
+            raise
+        os.replace(tmp, path)
+        dirfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)

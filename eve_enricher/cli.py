@@ -8,6 +8,7 @@ errors (they are rejected and counted), so a run over a damaged eve.json still e
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sqlite3
 import sys
@@ -19,7 +20,7 @@ from typing import NoReturn
 
 from eve_enricher import runner
 from eve_enricher.checkpoint import CheckpointError
-from eve_enricher.follower import ChangeWaiter, FileFollower
+from eve_enricher.follower import MAX_LINE, ChangeWaiter, FileFollower
 from eve_enricher.lookup import CacheLookup, Matcher, TunnelMatcher
 from eve_enricher.stream import LineEnricher, RejectSink
 from normalizer.conn_cache import CacheError, ConnectionCache
@@ -48,8 +49,16 @@ def _seconds(text: str) -> float:
         value = float(t) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r}") from None
-    if not value >= 0:
+    if not 0 <= value < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
+    return value
+
+
+def _interval(text: str) -> float:
+    """A polling interval: a duration above 0 (0 would spin a core) and at most an hour."""
+    value = _seconds(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0 and at most 3600 seconds")
     return value
 
 
@@ -60,6 +69,20 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if not 0 <= value <= 0xFFFF:
         raise argparse.ArgumentTypeError(f"seed {value} is not in 0..65535")
+    return value
+
+
+def _size(text: str) -> int:
+    """A size in bytes: "1048576", "64M", "512k", "1G" (binary multiples), at least 1024."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    if scale > 1:
+        t = t[:-1]
+    if not (t.isascii() and t.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    value = int(t) * scale
+    if not 1024 <= value <= 1 << 40:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 1 KiB and 1 TiB")
     return value
 
 
@@ -89,13 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
             help="how long before an event its connection may have started (default 3600)",
         )
         sp.add_argument("--community-id-seed", type=_seed, default=0, metavar="N")
+        sp.add_argument(
+            "--max-line",
+            type=_size,
+            default=MAX_LINE,
+            metavar="BYTES",
+            help="longer lines are rejected with their offset, not held (default 64M)",
+        )
         sp.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
 
     common(sub.add_parser("enrich", help="enrich a finished eve.json"), 0.0)
     fp = sub.add_parser("follow", help="follow a live eve.json (rotation-safe, checkpointed)")
     common(fp, 2.0)
     fp.add_argument("--checkpoint", type=Path, metavar="FILE", help="resume position")
-    fp.add_argument("--poll", type=_seconds, default=1.0, metavar="SECONDS")
+    fp.add_argument("--poll", type=_interval, default=1.0, metavar="SECONDS")
     fp.add_argument("--rotate-grace", type=_seconds, default=1.0, metavar="SECONDS")
     return p
 
@@ -124,12 +154,16 @@ def _summary(enricher: LineEnricher, follower: FileFollower | None = None) -> st
     c, m = enricher.counters, enricher.matcher.counters
     text = (
         f"{c.lines} lines: {c.enriched} enriched ({c.tunneled} tunnel only),"
-        f" {c.unchanged} unchanged, {c.rejected} rejected;"
+        f" {c.unchanged} unchanged, {c.failed} failed (passed unchanged), {c.rejected} rejected;"
         f" {m.late} late, {m.waited_unmatched} waited without a row"
     )
     if follower is not None:
         text += f"; {follower.rotations} rotations, {follower.truncations} truncations"
     return text
+
+
+def _note(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
 
 
 def _make_enricher(
@@ -138,21 +172,23 @@ def _make_enricher(
     def make(reject: RejectSink | None) -> LineEnricher:
         matcher = Matcher(CacheLookup(cache), wait=args.wait, window=args.window)
         tunnels = TunnelMatcher(cache, window=args.window)
-        return LineEnricher(matcher, seed=args.community_id_seed, reject=reject, tunnels=tunnels)
+        return LineEnricher(
+            matcher, seed=args.community_id_seed, reject=reject, tunnels=tunnels, notify=_note
+        )
 
     return make
 
 
 def _enrich(args: argparse.Namespace, cache: ConnectionCache) -> LineEnricher:
     make = _make_enricher(args, cache)
-    with open(args.eve, "rb") as src, open(args.output, "wb", buffering=1 << 20) as dst:
+    with open(args.eve, "rb") as src, runner.NamedWriter(args.output) as dst:
         if args.reject is None:
             enricher = make(None)
-            runner.enrich_stream(src, dst, enricher)
+            runner.enrich_stream(src, dst, enricher, args.max_line)
         else:
-            with open(args.reject, "wb") as rej:
+            with runner.NamedWriter(args.reject) as rej:
                 enricher = make(runner.reject_writer(rej))
-                runner.enrich_stream(src, dst, enricher)
+                runner.enrich_stream(src, dst, enricher, args.max_line)
     return enricher
 
 
@@ -188,6 +224,7 @@ def _follow(args: argparse.Namespace, cache: ConnectionCache) -> tuple[LineEnric
         checkpoint_path=args.checkpoint,
         poll=args.poll,
         rotate_grace=args.rotate_grace,
+        max_line=args.max_line,
         on_ready=on_ready,
     )
 

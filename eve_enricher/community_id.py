@@ -50,10 +50,10 @@ def proto_number(proto: object) -> int | None:
 
 def _proto_number(proto: object) -> int | None:
     """eve's ``proto`` value ("TCP", "IPv6-ICMP", "47", 6) as a protocol number, None if unknown."""
-    if isinstance(proto, int):
+    if type(proto) is int:  # not bool: ``true`` is no protocol
         return proto if 0 <= proto <= 255 else None
     if isinstance(proto, str):
-        if proto.isdigit():
+        if proto.isascii() and proto.isdigit():  # "²" and "٦" are digits int() may refuse
             n = int(proto)
             return n if n <= 255 else None
         return EVE_PROTOS.get(proto.upper())

@@ -18,9 +18,9 @@ import contextlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeGuard
 
 from eve_enricher.community_id import TCP, community_id, proto_number
 
@@ -34,11 +34,33 @@ LookupFn = Callable[[Tuple4, float, float], "Connection | None"]
 _IP_FAMILIES = frozenset({"TCP4", "TCP6", "UDP4", "UDP6"})
 
 
-@lru_cache(maxsize=65536)
+# The longest address text accepted from an event ("ffff:...:255.255.255.255" is 45): what
+# is longer is no address, and is never kept in a memo (65536 entries of a 64 MiB string each
+# would be memory without bound).
+ADDR_MAX = 64
+
+
+def is_addr(value: object) -> TypeGuard[str]:
+    """Whether an event's value can be an address as Suricata writes it (a short string)."""
+    return type(value) is str and len(value) <= ADDR_MAX
+
+
 def eve_addr(addr: str) -> str:
     """An address as Suricata spells it: IPv6 expanded, IPv4 unchanged (unparsable: unchanged)."""
-    if ":" not in addr:
+    if ":" not in addr or len(addr) > ADDR_MAX:
         return addr
+    return _exploded(addr)
+
+
+def cache_addr(addr: str) -> str:
+    """An address as the connection cache spells it (Python's canonical, compressed form)."""
+    if ":" not in addr or len(addr) > ADDR_MAX:
+        return addr
+    return _compressed(addr)
+
+
+@lru_cache(maxsize=65536)
+def _exploded(addr: str) -> str:
     try:
         return ipaddress.IPv6Address(addr).exploded
     except ValueError:
@@ -46,10 +68,7 @@ def eve_addr(addr: str) -> str:
 
 
 @lru_cache(maxsize=65536)
-def cache_addr(addr: str) -> str:
-    """An address as the connection cache spells it (Python's canonical, compressed form)."""
-    if ":" not in addr:
-        return addr
+def _compressed(addr: str) -> str:
     try:
         return ipaddress.IPv6Address(addr).compressed
     except ValueError:
@@ -146,8 +165,8 @@ def event_tuple(event: Event) -> Tuple4 | None:
     src, sport = event.get("src_ip"), event.get("src_port")
     dst, dport = event.get("dest_ip"), event.get("dest_port")
     if (
-        type(src) is str
-        and type(dst) is str
+        is_addr(src)
+        and is_addr(dst)
         and type(sport) is int
         and type(dport) is int
         and 0 <= sport <= 0xFFFF
@@ -157,15 +176,26 @@ def event_tuple(event: Event) -> Tuple4 | None:
     return None
 
 
-def event_time(event: Event) -> float | None:
-    """eve's ``timestamp`` ("2026-11-22T21:10:45.123456+0000") in epoch seconds, None if bad."""
-    ts = event.get("timestamp")
-    if type(ts) is not str:
+def eve_time(value: object) -> float | None:
+    """An eve time ("2026-11-22T21:10:45.123456+0000") in epoch seconds, None if it is not one.
+
+    A time without UTC offset (Suricata always writes one) is read as UTC, not as the local
+    time: the answer must not depend on the machine, and local-time conversion can fail for
+    years far from now."""
+    if type(value) is not str:
         return None
     try:
-        return datetime.fromisoformat(ts).timestamp()
+        dt = datetime.fromisoformat(value)
     except ValueError:
         return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def event_time(event: Event) -> float | None:
+    """The event's ``timestamp`` in epoch seconds, None if it has no usable one."""
+    return eve_time(event.get("timestamp"))
 
 
 def reference_time(event: Event, ts: float) -> float:
@@ -177,10 +207,9 @@ def reference_time(event: Event, ts: float) -> float:
     client connection; with restored addresses they all carry the client's tuple)."""
     flow = event.get("flow")
     if type(flow) is dict:
-        start = flow.get("start")
-        if type(start) is str:
-            with contextlib.suppress(ValueError):
-                return datetime.fromisoformat(start).timestamp()
+        start = eve_time(flow.get("start"))
+        if start is not None:
+            return start
     return ts
 
 
@@ -295,7 +324,9 @@ __all__ = [
     "cache_addr",
     "enrich",
     "eve_addr",
+    "eve_time",
     "event_time",
     "event_tuple",
+    "is_addr",
     "reference_time",
 ]

@@ -17,6 +17,10 @@ even when it grew past the old offset before we looked.
   incomplete, so the caller can reject it instead of losing it silently.
 * Restart: a position whose inode is no longer the current file is looked up among the rotated
   files; that file is finished first.
+* Bounded memory, linear time: a partial line is kept in one growing buffer (each byte copied
+  a bounded number of times, whatever the line's length), and only up to ``max_line`` bytes of
+  it: a longer line is skipped to its newline and handed out as its first bytes and its length
+  (``too_long``), so the caller can reject it with its offset.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 TAIL = 64
+MAX_LINE = 64 << 20  # default bound of one line, newline included
+PREFIX = 4096  # bytes kept of a line over the bound (for its reject record)
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 
 
@@ -55,14 +61,112 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Line:
-    """One line read: its offset in its file, its bytes (with the newline unless incomplete)."""
+    """One line read: its offset in its file, its bytes (with the newline unless incomplete).
+    ``too_long``: the length of a line over the bound, of which ``raw`` holds the first bytes."""
 
     offset: int
     raw: bytes
     complete: bool = True
+    too_long: int = 0
 
 
-def _say(msg: str) -> None:
+class LineSplitter:
+    """Bytes of a file in, its lines out, none longer than ``max_line`` kept in memory.
+
+    ``offset`` is where the bytes not yet handed out start, ``tail`` the bytes just before it.
+    """
+
+    def __init__(self, offset: int = 0, tail: bytes = b"", max_line: int = MAX_LINE) -> None:
+        self.offset = offset
+        self.tail = tail[-TAIL:]
+        self.max_line = max_line
+        self._buf = bytearray()  # bytes after ``offset``, no newline in them (not skipping)
+        self._skip = 0  # bytes after ``offset`` of a line over the bound (skipping to its end)
+        self._prefix = b""  # the first PREFIX bytes of that line
+        self._skip_tail = b""  # the last TAIL bytes read (of it, or before it if it is short)
+
+    @property
+    def pending(self) -> int:
+        """Bytes after ``offset`` that belong to a line not yet complete."""
+        return len(self._buf) + self._skip
+
+    def fingerprint(self) -> bytes:
+        """Up to TAIL bytes just before ``offset + pending``."""
+        if self._skip:
+            return self._skip_tail
+        if len(self._buf) >= TAIL:
+            return bytes(self._buf[-TAIL:])
+        return (self.tail + bytes(self._buf))[-TAIL:]
+
+    def feed(self, data: bytes, out: list[Line]) -> None:
+        """The lines ``data`` completes, appended to ``out``; the rest is kept."""
+        start = 0
+        if self._skip:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._skipped(data)
+                return
+            self._skipped(data[: nl + 1])
+            self._emit_skipped(out, complete=True)
+            start = nl + 1
+        end = data.rfind(b"\n", start) + 1
+        if end == 0:
+            self._keep(data, start)
+            return
+        if self._buf:  # the first newline ends the line we hold: copy it once, now
+            first = data.find(b"\n", start) + 1
+            head = bytes(self._buf) + data[start:first]
+            self._buf = bytearray()
+            self._line(head, out)
+            start = first
+        _split(self.offset, data, start, end, out, self.max_line)
+        if end > start:
+            self.offset += end - start
+            self.tail = (self.tail + data[max(start, end - TAIL) : end])[-TAIL:]
+        self._keep(data, end)
+
+    def finish(self, out: list[Line]) -> None:
+        """Hand out what is held as the incomplete last line (the file is left for good)."""
+        if self._skip:
+            self._emit_skipped(out, complete=False)
+        elif self._buf:
+            raw = bytes(self._buf)
+            out.append(Line(self.offset, raw, complete=False))
+            self.offset += len(raw)
+            self.tail = (self.tail + raw[-TAIL:])[-TAIL:]
+            self._buf = bytearray()
+
+    def _line(self, raw: bytes, out: list[Line]) -> None:
+        if len(raw) > self.max_line:
+            out.append(Line(self.offset, raw[:PREFIX], too_long=len(raw)))
+        else:
+            out.append(Line(self.offset, raw))
+        self.offset += len(raw)
+        self.tail = (self.tail + raw[-TAIL:])[-TAIL:]
+
+    def _keep(self, data: bytes, start: int) -> None:
+        if start < len(data):
+            self._buf += memoryview(data)[start:]
+        if len(self._buf) > self.max_line:  # over the bound even without its newline: skip it
+            self._prefix = bytes(self._buf[:PREFIX])
+            self._skip = len(self._buf)
+            self._skip_tail = (self.tail + bytes(self._buf[-TAIL:]))[-TAIL:]
+            self._buf = bytearray()
+
+    def _skipped(self, data: bytes) -> None:
+        if len(self._prefix) < PREFIX:
+            self._prefix += data[: PREFIX - len(self._prefix)]
+        self._skip += len(data)
+        self._skip_tail = (self._skip_tail + data[-TAIL:])[-TAIL:]
+
+    def _emit_skipped(self, out: list[Line], complete: bool) -> None:
+        out.append(Line(self.offset, self._prefix, complete, too_long=self._skip))
+        self.offset += self._skip
+        self.tail = self._skip_tail
+        self._skip, self._prefix, self._skip_tail = 0, b"", b""
+
+
+def say(msg: str) -> None:
     print(f"eve-enricher: {msg}", file=sys.stderr)
 
 
@@ -74,10 +178,12 @@ class FileFollower:
         path: Path,
         start: Position | None = None,
         rotate_grace: float = 1.0,
-        notify: Callable[[str], None] = _say,
+        notify: Callable[[str], None] = say,
         clock: Callable[[], float] = time.monotonic,
+        max_line: int = MAX_LINE,
     ) -> None:
         self.path = path
+        self.max_line = max_line
         self.rotate_grace = rotate_grace
         self.notify = notify
         self.clock = clock
@@ -85,9 +191,7 @@ class FileFollower:
         self.truncations = 0
         self._f: BinaryIO | None = None
         self._dev = self._ino = 0
-        self._offset = 0  # end of the last complete line handed out
-        self._tail = b""  # up to TAIL bytes before _offset
-        self._buf = b""  # bytes read after _offset (no newline in them)
+        self._lines = LineSplitter(max_line=max_line)  # after the last line handed out
         self._rotated_since: float | None = None
         self._pending: list[Line] = []  # lines recovered while positioning at start
         self._start(start)
@@ -96,7 +200,7 @@ class FileFollower:
 
     @property
     def position(self) -> Position:
-        return Position(self._dev, self._ino, self._offset, self._tail)
+        return Position(self._dev, self._ino, self._lines.offset, self._lines.tail)
 
     def _open(self, path: Path, offset: int = 0, tail: bytes = b"") -> bool:
         try:
@@ -108,7 +212,7 @@ class FileFollower:
         self._f = f
         self._dev, self._ino = st.st_dev, st.st_ino
         f.seek(offset)
-        self._offset, self._tail, self._buf = offset, tail, b""
+        self._lines = LineSplitter(offset, tail, self.max_line)
         self._rotated_since = None
         return True
 
@@ -121,7 +225,7 @@ class FileFollower:
         self._close()
 
     def _start(self, start: Position | None) -> None:
-        if start is None:
+        if start is None or start.ino == 0:  # no checkpoint, or one taken before the file was
             self._open(self.path)
             return
         st = _stat(self.path)
@@ -131,7 +235,8 @@ class FileFollower:
                 return
             # truncated while we were down: finish its copy, then read it from the start
             self.truncations += 1
-            self._pending += self._from_copy(start.offset, start.tail, exclude=start.ino)
+            lines = LineSplitter(start.offset, start.tail, self.max_line)
+            self._from_copy(lines, start.ino, self._pending)
             self._open(self.path)
             return
         old = self._find_rotated(lambda c, s: (s.st_dev, s.st_ino) == (start.dev, start.ino))
@@ -164,8 +269,10 @@ class FileFollower:
                 found.append((st.st_mtime, cand))
         return max(found)[1] if found else None
 
-    def _from_copy(self, read_pos: int, fingerprint: bytes, exclude: int) -> list[Line]:
-        """Lines after ``read_pos`` in a copytruncate copy whose bytes before it match."""
+    def _from_copy(self, lines: LineSplitter, exclude: int, out: list[Line]) -> None:
+        """The rest of a truncated file from its copytruncate copy (the sibling whose bytes
+        before the read position match ours), fed to ``lines`` and finished, into ``out``."""
+        read_pos, fingerprint = lines.offset + lines.pending, lines.fingerprint()
         copy = self._find_rotated(
             lambda c, s: (
                 s.st_ino != exclude and s.st_size >= read_pos and _holds(c, read_pos, fingerprint)
@@ -176,14 +283,13 @@ class FileFollower:
                 f"{self.path}: truncated (copytruncate?) and no copy found; lines written "
                 "between the last read and the truncation are lost"
             )
-            return []
-        self.notify(f"{self.path}: truncated; finishing its copy {copy.name} first")
-        lines: list[Line] = []
-        with open(copy, "rb") as f:
-            f.seek(read_pos)
-            rest = f.read()
-        _split(read_pos, rest, lines, final=True)
-        return lines
+        else:
+            self.notify(f"{self.path}: truncated; finishing its copy {copy.name} first")
+            with open(copy, "rb") as f:
+                f.seek(read_pos)
+                while chunk := f.read(1 << 20):
+                    lines.feed(chunk, out)
+        lines.finish(out)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -194,21 +300,19 @@ class FileFollower:
         if self._f is None and not self._open(self.path):
             return out
         assert self._f is not None
-        read_pos = self._offset + len(self._buf)
+        read_pos = self._lines.offset + self._lines.pending
         if self._rotated_since is None and self._truncated(read_pos):
             self.truncations += 1
-            recovered = self._from_copy(read_pos, (self._tail + self._buf)[-TAIL:], self._ino)
-            if self._buf and not recovered:
-                out.append(Line(self._offset, self._buf, complete=False))
-            elif self._buf:  # the copy's lines continue the partial line we hold
-                first = recovered[0]
-                recovered[0] = Line(self._offset, self._buf + first.raw, first.complete)
-            out += recovered
+            # the copy continues at read_pos: its bytes complete the partial line we hold
+            self._from_copy(self._lines, self._ino, out)
             self._open(self.path)
             return out
-        data = self._f.read(max_bytes)
+        try:
+            data = self._f.read(max_bytes)
+        except OSError as exc:  # EIO and the like: name the file, as every error here does
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         if data:
-            self._consume(data, out)
+            self._lines.feed(data, out)
             return out
         self._check_rotation(out)
         return out
@@ -218,19 +322,8 @@ class FileFollower:
         size = os.fstat(self._f.fileno()).st_size
         if size < read_pos:
             return True
-        fp = (self._tail + self._buf)[-TAIL:]
+        fp = self._lines.fingerprint()
         return bool(fp) and os.pread(self._f.fileno(), len(fp), read_pos - len(fp)) != fp
-
-    def _consume(self, data: bytes, out: list[Line]) -> None:
-        buf = self._buf + data
-        end = buf.rfind(b"\n") + 1
-        if end == 0:
-            self._buf = buf
-            return
-        _split(self._offset, buf[:end], out, final=False)
-        self._offset += end
-        self._tail = (self._tail + buf[:end])[-TAIL:]
-        self._buf = buf[end:]
 
     def _check_rotation(self, out: list[Line]) -> None:
         st = _stat(self.path)
@@ -242,26 +335,23 @@ class FileFollower:
             return
         if now - self._rotated_since < self.rotate_grace or st is None:
             return  # the writer may still append to the old file; or no successor yet
-        if self._buf:
-            out.append(Line(self._offset, self._buf, complete=False))
-            self._offset += len(self._buf)
+        self._lines.finish(out)
         self.rotations += 1
         self._open(self.path)
 
 
-def _split(offset: int, data: bytes, out: list[Line], final: bool) -> None:
-    """Append the lines of ``data`` (which starts at ``offset``); a trailing remainder without
-    newline is appended as incomplete only if ``final``."""
-    start = 0
-    n = len(data)
-    while start < n:
-        nl = data.find(b"\n", start)
-        if nl < 0:
-            if final:
-                out.append(Line(offset + start, data[start:], complete=False))
-            return
-        out.append(Line(offset + start, data[start : nl + 1]))
-        start = nl + 1
+def _split(offset: int, data: bytes, start: int, end: int, out: list[Line], limit: int) -> None:
+    """Append the lines of ``data[start:end]`` (which ends with a newline and starts at file
+    offset ``offset``); a line over ``limit`` as its first bytes and its length."""
+    base = offset - start
+    while start < end:
+        nl = data.find(b"\n", start, end) + 1
+        if nl - start > limit:
+            cut = min(nl, start + PREFIX)
+            out.append(Line(base + start, data[start:cut], too_long=nl - start))
+        else:
+            out.append(Line(base + start, data[start:nl]))
+        start = nl
 
 
 def _stat(path: Path) -> os.stat_result | None:
@@ -309,7 +399,7 @@ class ChangeWaiter:
             observer.start()
             self._observer = observer
         except Exception as exc:  # any failure only costs latency: fall back to polling
-            _say(f"file change notification unavailable ({exc}); polling")
+            say(f"file change notification unavailable ({exc}); polling")
 
     @property
     def watching(self) -> bool:

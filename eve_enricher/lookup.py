@@ -102,7 +102,8 @@ class Matcher:
 
     def match(self, event: Event, t: Tuple4) -> Connection | None:
         flow_id = event.get("flow_id")
-        key = None if flow_id is None else (flow_id, *_unordered(t))
+        # Suricata's flow_id is an integer; anything else names no flow and is not memoized
+        key = (flow_id, *_unordered(t)) if type(flow_id) is int else None
         if key is not None:
             hit = self._memo.get(key, _MISSING)
             if hit is not _MISSING:
@@ -142,6 +143,22 @@ class Matcher:
                 return None
 
 
+VLAN_LAYERS_MAX = 3  # Suricata decodes at most three VLAN layers (VLAN_MAX_LAYERS)
+
+
+def vlan_ids(vlan: object) -> list[int] | None:
+    """eve's ``vlan`` array as VLAN ids, None unless it is a list of at most three 12-bit ids
+    (a tunnel's frames always carry one: anything else cannot be one, and a longer list would
+    make memo keys of any size)."""
+    if (
+        type(vlan) is not list
+        or len(vlan) > VLAN_LAYERS_MAX
+        or not all(type(v) is int and 0 <= v <= 0xFFF for v in vlan)
+    ):
+        return None
+    return vlan
+
+
 class TunnelMatcher:
     """The tunnel of an event that belongs to no proxied connection, memoized per flow.
 
@@ -166,13 +183,15 @@ class TunnelMatcher:
         self._memo: FlowMemo[dict[str, Any] | None] = FlowMemo(memo_size)
 
     def match(self, event: Event, t: Tuple4) -> dict[str, Any] | None:
-        vlan = event.get("vlan")
-        ids = [v for v in vlan if type(v) is int] if type(vlan) is list else []
+        ids = vlan_ids(event.get("vlan"))
+        if ids is None:
+            return None
         flow_id = event.get("flow_id")
-        key = (flow_id, *_unordered(t), *ids)
-        hit = self._memo.get(key, _MISSING)
-        if hit is not _MISSING:
-            return hit  # type: ignore[return-value]
+        key = (flow_id, *_unordered(t), *ids) if type(flow_id) is int else None
+        if key is not None:
+            hit = self._memo.get(key, _MISSING)
+            if hit is not _MISSING:
+                return hit  # type: ignore[return-value]
         ts = event_time(event)
         if ts is None:
             ts = self.clock()
@@ -183,6 +202,6 @@ class TunnelMatcher:
         except ValueError:  # an address the cache cannot parse: no tunnel
             row = None
         tunnel: dict[str, Any] | None = None if row is None else row["tunnel"]
-        if flow_id is not None:
+        if key is not None:
             self._memo.remember(key, tunnel)
         return tunnel

@@ -12,12 +12,20 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from eve_enricher import checkpoint
-from eve_enricher.checkpoint import DurableAppender
-from eve_enricher.follower import ChangeWaiter, FileFollower, Position
-from eve_enricher.stream import LineEnricher, reject_record
+from eve_enricher.checkpoint import NO_SPACE, DurableAppender, naming
+from eve_enricher.follower import (
+    MAX_LINE,
+    PREFIX,
+    ChangeWaiter,
+    FileFollower,
+    Line,
+    Position,
+    say,
+)
+from eve_enricher.stream import LineEnricher, RejectSink
 
 _GC_EVERY = 1 << 16  # lines between collections of the young generations
 _GC_FULL_EVERY = 16  # of those, one in this many is a full collection
@@ -56,16 +64,78 @@ def paced_gc() -> Iterator[Callable[[int], None]]:
             gc.enable()
 
 
-def enrich_stream(src: BinaryIO, dst: BinaryIO, enricher: LineEnricher) -> None:
-    """Batch: every line of ``src`` (a final line without newline included) to ``dst``."""
+class Writer(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+class NamedWriter:
+    """A buffered output file whose errors name it (the io module's name no file, so a full
+    disk would be reported without saying which)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with naming(path):
+            self._f = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 -- closed by close()
+
+    def write(self, data: bytes) -> None:
+        with naming(self.path):
+            self._f.write(data)
+
+    def writelines(self, lines: list[bytes]) -> None:
+        with naming(self.path):
+            self._f.writelines(lines)
+
+    def close(self) -> None:
+        with naming(self.path):
+            self._f.close()
+
+    def __enter__(self) -> NamedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_lines(src: BinaryIO, max_line: int = MAX_LINE) -> Iterator[Line]:
+    """The lines of ``src`` (a final line without newline included), none over ``max_line``
+    held in memory: such a line is skipped to its end and given as its first bytes and length."""
     offset = 0
-    line = enricher.line
+    readline = src.readline
+    while raw := readline(max_line):
+        n = len(raw)
+        if n < max_line or raw[-1] == 0x0A:
+            yield Line(offset, raw)
+            offset += n
+            continue
+        more = readline(1 << 20)
+        if not more:  # the last line, exactly max_line bytes without its newline
+            yield Line(offset, raw)
+            offset += n
+            break
+        prefix, length = raw[:PREFIX], n
+        while more:
+            length += len(more)
+            if len(prefix) < PREFIX:
+                prefix += more[: PREFIX - len(prefix)]
+            if more[-1] == 0x0A:
+                break
+            more = readline(1 << 20)
+        yield Line(offset, prefix, too_long=length)
+        offset += length
+
+
+def enrich_stream(
+    src: BinaryIO, dst: BinaryIO | NamedWriter, enricher: LineEnricher, max_line: int = MAX_LINE
+) -> None:
+    """Batch: every line of ``src`` (a final line without newline included) to ``dst``."""
     batch: list[bytes] = []
     add = batch.append
+    lines = read_lines(src, max_line)
+    if isinstance(getattr(src, "name", None), str):  # a read error (EIO) names the input
+        lines = _named_lines(lines, Path(src.name))
     with paced_gc() as collect:
-        for raw in src:
-            add(line(raw, offset))
-            offset += len(raw)
+        for ln in lines:
+            add(_enrich_line(enricher, ln, max_line))
             if len(batch) >= 1024:  # one write call per batch, not per line
                 dst.writelines(batch)
                 collect(len(batch))
@@ -73,11 +143,22 @@ def enrich_stream(src: BinaryIO, dst: BinaryIO, enricher: LineEnricher) -> None:
         dst.writelines(batch)
 
 
-def reject_writer(f: BinaryIO | DurableAppender) -> Callable[[int, bytes], None]:
-    """A reject sink writing {"offset", "line"} records to ``f``."""
+def _named_lines(lines: Iterator[Line], path: Path) -> Iterator[Line]:
+    with naming(path):  # only errors raised by ``lines`` (reading) pass through here
+        yield from lines
 
-    def sink(offset: int, raw: bytes) -> None:
-        f.write(reject_record(offset, raw))
+
+def _enrich_line(enricher: LineEnricher, ln: Line, max_line: int) -> bytes:
+    if ln.too_long:
+        return enricher.too_long(ln.offset, ln.raw, ln.too_long, max_line)
+    return enricher.line(ln.raw, ln.offset)
+
+
+def reject_writer(f: Writer) -> Callable[[bytes], None]:
+    """A reject sink writing its records to ``f``."""
+
+    def sink(record: bytes) -> None:
+        f.write(record)
 
     return sink
 
@@ -85,19 +166,23 @@ def reject_writer(f: BinaryIO | DurableAppender) -> Callable[[int, bytes], None]
 def follow(
     eve: Path,
     out_path: Path,
-    make_enricher: Callable[[Callable[[int, bytes], None] | None], LineEnricher],
+    make_enricher: Callable[[RejectSink | None], LineEnricher],
     stop: threading.Event,
     *,
     reject_path: Path | None = None,
     checkpoint_path: Path | None = None,
     poll: float = 1.0,
     rotate_grace: float = 1.0,
+    max_line: int = MAX_LINE,
     on_ready: Callable[[ChangeWaiter, FileFollower], None] | None = None,
+    notify: Callable[[str], None] = say,
 ) -> tuple[LineEnricher, FileFollower]:
     """Follow ``eve`` until ``stop`` is set; every batch is synced, then checkpointed.
 
-    Raises OSError (I/O) and checkpoint.CheckpointError; returns the enricher and follower so
-    the caller can report their counters.
+    A full disk is waited out: the batch stays in memory (reading stops meanwhile) and is
+    synced and checkpointed once space returns, so nothing is lost or written twice.
+    Raises OSError (other I/O errors, naming the file) and checkpoint.CheckpointError; returns
+    the enricher and follower so the caller can report their counters.
     """
     saved = checkpoint.load(checkpoint_path) if checkpoint_path is not None else None
     start = Position.from_json(saved["input"]) if saved else None
@@ -109,31 +194,53 @@ def follow(
     )
     enricher = make_enricher(reject_writer(rej) if rej is not None else None)
     waiter = ChangeWaiter(eve.parent)
-    follower = FileFollower(eve, start, rotate_grace=rotate_grace)
-    if on_ready is not None:
-        on_ready(waiter, follower)
-    position = follower.position
+    follower = FileFollower(eve, start, rotate_grace=rotate_grace, notify=notify, max_line=max_line)
+
+    def commit() -> bool:
+        """Sync the batch, then checkpoint it; False if stopped while waiting for space (the
+        batch is then not committed: the last checkpoint still stands)."""
+        position, waiting = follower.position, False
+        while True:
+            try:
+                out.sync()
+                if rej is not None:
+                    rej.sync()
+                if checkpoint_path is not None:
+                    rstate = rej.state() if rej is not None else None
+                    checkpoint.save(checkpoint_path, position, out.state(), rstate)
+            except OSError as exc:
+                if exc.errno not in NO_SPACE:
+                    raise
+                if not waiting:
+                    waiting = True
+                    notify(f"{exc.filename}: {exc.strerror}; waiting for space (every {poll:g} s)")
+                if stop.wait(poll):
+                    return False
+                continue
+            if waiting:
+                notify(f"{out_path}: space again, writing resumed")
+            return True
+
     try:
+        # a checkpoint from the first moment: a crash before the first batch is checkpointed
+        # then rolls the output back to what it was, instead of duplicating what it wrote
+        if checkpoint_path is not None and saved is None and not commit():
+            return enricher, follower
+        if on_ready is not None:
+            on_ready(waiter, follower)
+        position = follower.position
         with paced_gc() as collect:
             while True:
                 lines = follower.read_lines()
                 collect(len(lines))
                 for ln in lines:
-                    data = enricher.line(ln.raw, ln.offset)
+                    data = _enrich_line(enricher, ln, max_line)
                     if data:
                         out.write(data)
                 if lines or follower.position != position:
-                    out.sync()
-                    if rej is not None:
-                        rej.sync()
+                    if not commit():
+                        break
                     position = follower.position
-                    if checkpoint_path is not None:
-                        checkpoint.save(
-                            checkpoint_path,
-                            position,
-                            out.state(),
-                            rej.state() if rej is not None else None,
-                        )
                 if stop.is_set():
                     break
                 if lines:

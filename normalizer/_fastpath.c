@@ -14,9 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-#include <errno.h>
 #include <string.h>
-#include <unistd.h>
 
 #define MASK 0xFFFFFFFFULL
 #define HALF 0x80000000ULL
@@ -29,6 +27,7 @@
 #define PASSING 2
 #define SACK_KIND 5
 #define NS 1000000000LL
+#define TS_LIMIT (4294967296LL * NS) /* pcap_io.TS_LIMIT: seconds are an unsigned 32-bit field */
 
 enum {
     C_PACKETS_IN, C_PACKETS_OUT, C_PASSED_NOT_TCP, C_PASSED_UNTRACKED, C_PASSED_UNPARSED_FLOW,
@@ -1096,11 +1095,14 @@ static PyObject *Engine_feed(Engine *e, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* feed_pcap(chunk, pos, big_endian, scale, auto) -> (pos, records, kept, completed)
+/* feed_pcap(chunk, pos, big_endian, scale, auto[, limit]) -> (pos, records, kept, completed,
+ * bad_ts)
  *
  * Walks the pcap records of ``chunk`` from ``pos`` and feeds each complete one, as
  * pcap_io.CaptureReader + Pipeline.push do; stops at the first record not wholly in the chunk
- * (the caller reads on and decides, as the reader does, whether that is an error).
+ * (the caller reads on and decides, as the reader does, whether that is an error), or at one
+ * whose timestamp a pcap record cannot carry (``bad_ts``: the caller raises the reader's error),
+ * or after ``limit`` records.
  * With ``auto`` (checksums "auto"; false for "keep") frames with a partial checksum are
  * completed first, as offload.ChecksumPolicy does; ``kept`` and ``completed`` count its stats. */
 static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
@@ -1108,12 +1110,14 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
     Py_ssize_t pos;
     int big, autocs;
     long long scale;
-    if (!PyArg_ParseTuple(args, "y*npLp", &b, &pos, &big, &scale, &autocs)) return NULL;
+    Py_ssize_t limit = PY_SSIZE_T_MAX;
+    if (!PyArg_ParseTuple(args, "y*npLp|n", &b, &pos, &big, &scale, &autocs, &limit)) return NULL;
     const uint8_t *buf = b.buf;
     Py_ssize_t blen = b.len, count = 0, kept = 0, completed = 0;
+    int bad_ts = 0;
     int err = 0;
     if (pos < 0) pos = 0;
-    while (pos + 16 <= blen) {
+    while (pos + 16 <= blen && count < limit) {
         const uint8_t *h = buf + pos;
         uint32_t v[4];
         for (int i = 0; i < 4; i++) {
@@ -1125,11 +1129,15 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
         Py_ssize_t start = pos + 16, caplen = v[2];
         if (caplen > blen - start) break;
         int64_t ts = (int64_t)v[0] * NS + (int64_t)v[1] * scale;
+        if (ts >= TS_LIMIT) { /* pcap_io: the output cannot carry it, the record is corrupt */
+            bad_ts = 1;
+            break;
+        }
         pkt k = {NULL, buf + start, caplen, (int64_t)v[3]};
         if (autocs && looks_partial(k.p, k.n, e->linktype) &&
             verdict_partial(k.p, k.n, e->linktype)) {
-            /* ChecksumPolicy "auto": a partial checksum, completed in full (a new frame, whose
-             * original length pcap_job no longer knows) */
+            /* ChecksumPolicy "auto": a partial checksum, completed in full (frame.replaced: a
+             * cut frame keeps its original length) */
             k.obj = complete_csum(k.p, k.n, e->linktype);
             if (!k.obj) {
                 if (!PyErr_Occurred())
@@ -1139,7 +1147,6 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
             }
             k.p = (const uint8_t *)PyBytes_AS_STRING(k.obj);
             k.n = PyBytes_GET_SIZE(k.obj);
-            k.origlen = -1;
             completed++;
         } else if (autocs) {
             kept++;
@@ -1152,23 +1159,27 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
     }
     PyBuffer_Release(&b);
     if (err) return NULL;
-    return Py_BuildValue("nnnn", pos, count, kept, completed);
+    return Py_BuildValue("nnnni", pos, count, kept, completed, bad_ts);
 }
 
 static inline uint32_t rdn32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline unsigned rdn16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
-/* feed_block(ring, base, complete_partial) -> (frames, truncated, csum_not_ready, completed,
- * oversize, max_frame)
+/* feed_block(ring, base, complete_partial, start) -> (frames, truncated, csum_not_ready,
+ * completed, oversize, max_frame, failed)
  *
  * afpacket.parse_block followed by Pipeline.push for every frame of the TPACKET_V3 block at
  * ``base``: VLAN tags stripped by the kernel are put back, frames flagged CSUMNOTREADY get
- * complete checksums (offload.complete) when ``complete_partial``, each frame is fed. */
+ * complete checksums (offload.complete) when ``complete_partial``, each frame is fed, from slot
+ * ``start`` on. ``failed`` is None, or (slot, ts, frame, exception) for a frame whose processing
+ * raised: the walk stops after it, and the caller (live's guard) resumes at slot + 1. */
 static PyObject *Engine_feed_block(Engine *e, PyObject *args) {
     Py_buffer b;
     Py_ssize_t base;
     int complete_partial;
-    if (!PyArg_ParseTuple(args, "y*np", &b, &base, &complete_partial)) return NULL;
+    Py_ssize_t skip = 0;
+    if (!PyArg_ParseTuple(args, "y*np|n", &b, &base, &complete_partial, &skip)) return NULL;
+    PyObject *failed = NULL;
     const uint8_t *ring = b.buf;
     Py_ssize_t rlen = b.len, frames = 0, cut = 0, partial = 0, completed = 0, big = 0;
     int64_t biggest = 0;
@@ -1188,6 +1199,10 @@ static PyObject *Engine_feed_block(Engine *e, PyObject *args) {
         }
         const uint8_t *h = ring + off;
         uint32_t nxt = rdn32(h), sec = rdn32(h + 4), nsec = rdn32(h + 8);
+        if ((Py_ssize_t)i < skip) { /* done by an earlier call */
+            off += nxt;
+            continue;
+        }
         uint32_t snaplen = rdn32(h + 12), length = rdn32(h + 16), status = rdn32(h + 20);
         unsigned mac = rdn16(h + 24), tpid = rdn16(h + 36);
         uint32_t tci = rdn32(h + 32);
@@ -1229,15 +1244,31 @@ static PyObject *Engine_feed_block(Engine *e, PyObject *args) {
                 }
             }
         }
-        int r = feed_one(e, &k, (int64_t)sec * NS + nsec);
-        Py_XDECREF(k.obj);
+        int64_t ts = (int64_t)sec * NS + nsec;
+        int r = feed_one(e, &k, ts);
         frames++;
-        if (r < 0) { err = 1; break; }
+        if (r < 0) {
+            /* hand the exception and the frame to the caller, which forwards it untouched */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            if (tb) PyException_SetTraceback(value, tb);
+            PyObject *fr = pkt_obj(&k);
+            failed = fr ? Py_BuildValue("(ILOO)", i, (long long)ts, fr, value) : NULL;
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            Py_XDECREF(k.obj);
+            if (!failed) err = 1;
+            break;
+        }
+        Py_XDECREF(k.obj);
         off += nxt;
     }
     PyBuffer_Release(&b);
     if (err) return NULL;
-    return Py_BuildValue("nnnnnL", frames, cut, partial, completed, big, (long long)biggest);
+    return Py_BuildValue("nnnnnLN", frames, cut, partial, completed, big, (long long)biggest,
+                         failed ? failed : Py_NewRef(Py_None));
 }
 
 static PyObject *Engine_set_sink(Engine *e, PyObject *args) {
@@ -1246,33 +1277,6 @@ static PyObject *Engine_set_sink(Engine *e, PyObject *args) {
     e->pcap_sink = pcap;
     e->sink_nano = nano;
     Py_RETURN_NONE;
-}
-
-/* write_records(fd): write the pcap records so far to a file descriptor (all of them, or raise
- * OSError), then forget them: the output never becomes a Python object. */
-static PyObject *Engine_write_records(Engine *e, PyObject *arg) {
-    int fd = PyObject_AsFileDescriptor(arg);
-    if (fd < 0) return NULL;
-    Py_ssize_t done = 0, total = e->sink_len;
-    while (done < total) {
-        Py_ssize_t w;
-        Py_BEGIN_ALLOW_THREADS
-        w = write(fd, e->sink + done, (size_t)(total - done));
-        Py_END_ALLOW_THREADS
-        if (w < 0) {
-            if (errno == EINTR) {
-                if (PyErr_CheckSignals() < 0) return NULL;
-                continue;
-            }
-            /* keep what was not written, so nothing is silently lost on a retry */
-            memmove(e->sink, e->sink + done, total - done);
-            e->sink_len = total - done;
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        done += w;
-    }
-    e->sink_len = 0;
-    return PyLong_FromSsize_t(total);
 }
 
 static PyObject *Engine_take_records(Engine *e, PyObject *Py_UNUSED(ignored)) {
@@ -1481,7 +1485,6 @@ static PyMethodDef Engine_methods[] = {
     {"set_sink", (PyCFunction)Engine_set_sink, METH_VARARGS, "set_sink(pcap, nanosecond)"},
     {"feed_block", (PyCFunction)Engine_feed_block, METH_VARARGS, "feed a TPACKET_V3 block"},
     {"take_records", (PyCFunction)Engine_take_records, METH_NOARGS, "pcap records so far"},
-    {"write_records", (PyCFunction)Engine_write_records, METH_O, "write them to a descriptor"},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, "release every held frame untouched"},
     {"drain", (PyCFunction)Engine_drain, METH_NOARGS, "the (ts, frame) list so far"},
     {"pending_out", (PyCFunction)Engine_pending_out, METH_NOARGS, "frames not yet drained"},

@@ -5,13 +5,21 @@ needs no server. Rows are written in batches, but ``record`` commits before it r
 connection's row is durable before the adapter forwards the first rewritten frame of its flow.
 The schema carries a version; a file written by another version is refused with a clear error
 rather than misread.
+
+Text is stored as valid UTF-8 whatever the header carried: a codec keeps bytes it cannot decode
+as lone surrogates (a UNIX path of a PROXY v2 header is any bytes the sender chose), which
+neither SQLite nor a strict JSON reader accepts. Those are written escaped instead, ``\\xNN`` per
+byte as ``backslashreplace`` spells them (``_text``), so every header the codec accepted is
+recorded and every row reads back.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +227,98 @@ class ConnectionCache:
         self._db.close()
 
 
+@dataclass(slots=True)
+class CacheStats:
+    writes: int = 0  # transactions attempted (record, record_tunnels)
+    rows: int = 0  # connections recorded
+    tunnel_rows: int = 0  # inner flows recorded (--decap)
+    errors: int = 0  # writes, reads or expiries that failed: their rows are missing
+    expired: int = 0  # rows removed by retention
+    seconds: float = 0.0  # time spent in writes
+    seconds_max: float = 0.0
+
+    def as_dict(self) -> dict[str, int | float]:
+        return {
+            "cache_writes": self.writes,
+            "cache_rows": self.rows,
+            "cache_tunnel_rows": self.tunnel_rows,
+            "cache_errors": self.errors,
+            "cache_expired": self.expired,
+            "cache_write_seconds": self.seconds,
+            "cache_write_seconds_max": self.seconds_max,
+        }
+
+
+class CacheSink:
+    """The adapters' side of the cache: a failing cache is counted and reported, never raised.
+
+    Why: the traffic matters more than its rows. A full disk, an I/O error or a locked database
+    must not stop a live tap or lose a rewritten capture; the rows of that batch are missing
+    (the enricher then leaves those events as Suricata wrote them), ``stats.errors`` says how
+    many writes failed, and each distinct error is reported once through ``log``.
+    """
+
+    def __init__(self, cache: ConnectionCache, log: Callable[[str], object]) -> None:
+        self.cache = cache
+        self.stats = CacheStats()
+        self._log = log
+        self._seen: set[str] = set()
+        self.first_error: str | None = None
+
+    def record(self, events: list[HeaderEvent]) -> None:
+        self.stats.rows += self._write(self.cache.record, events)
+
+    def record_tunnels(self, flows: list[TunnelFlow]) -> None:
+        self.stats.tunnel_rows += self._write(self.cache.record_tunnels, flows)
+
+    def resumable(self, since: float) -> list[Resumable]:
+        """Flows to adopt; none when the cache cannot be read (counted, reported)."""
+        try:
+            return self.cache.resumable(since)
+        except (sqlite3.Error, ValueError, TypeError) as exc:  # a row that does not decode
+            self._failed("read", exc)
+            return []
+
+    def newest(self) -> float | None:
+        """``ConnectionCache.newest``; None when it cannot be read (counted, reported)."""
+        try:
+            return self.cache.newest()
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            return None
+
+    def expire(self, older_than: float) -> None:
+        try:
+            self.stats.expired += self.cache.expire(older_than)
+        except sqlite3.Error as exc:
+            self._failed("expiry", exc)
+
+    def _write(self, write: Callable[[Any], int], rows: Any) -> int:
+        t0 = time.perf_counter()
+        written = 0
+        try:
+            written = write(rows)
+        except sqlite3.Error as exc:
+            self._failed("write", exc)
+        dt = time.perf_counter() - t0
+        st = self.stats
+        st.writes += 1
+        st.seconds += dt
+        st.seconds_max = max(st.seconds_max, dt)
+        return written
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.stats.errors += 1
+        text = f"cache {what} failed: {self.cache.path}: {exc}"
+        if self.first_error is None:
+            self.first_error = text
+        if text not in self._seen and len(self._seen) < 64:
+            self._seen.add(text)
+            self._log(
+                f"suricata-normalizer: {text} (counted; later ones of this kind are not shown)"
+            )
+
+
 def _first_row(cur: sqlite3.Cursor) -> dict[str, Any] | None:
     row = cur.fetchone()
     if row is None:
@@ -234,23 +334,55 @@ def _first_row(cur: sqlite3.Cursor) -> dict[str, Any] | None:
 def _row(ev: HeaderEvent) -> tuple[Any, ...]:
     h = ev.header
     ts = ev.ts / _NS
+    fields = json.dumps(h.fields, ensure_ascii=True, default=str)
+    if "\\ud" in fields:  # a surrogate escape: maybe a lone one, which JSON readers refuse
+        fields = json.dumps(_clean(h.fields), ensure_ascii=True, default=str)
     return (
         ev.client[0],
         ev.client[1],
         ev.server[0],
         ev.server[1],
         ev.vlan.hex(),
-        h.src_addr,
+        _text(h.src_addr),
         h.src_port,
-        h.dst_addr,
+        _text(h.dst_addr),
         h.dst_port,
-        h.family,
-        h.kind,
+        _text(h.family),
+        _text(h.kind),
         h.length,
-        h.command,
-        json.dumps(h.fields, ensure_ascii=True, default=str),
+        _text(h.command),
+        fields,
         ts,
         ts,
         "open",
         ev.isn,
     )
+
+
+def _text(value: str | None) -> str | None:
+    """``value`` as valid UTF-8 text: surrogates (bytes a codec could not decode) escaped."""
+    if value is None or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join(_escape(ch) if "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    return value
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's spelling of the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def _clean(value: Any) -> Any:
+    """A JSON-ready value with every string (keys too) passed through ``_text``."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_clean(k) if isinstance(k, str) else k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value

@@ -104,11 +104,15 @@ class CompiledNormalizer:
     flush: Callable[[], None]
     drain: Callable[[], list[tuple[int, Frame]]]
     # The batch path (pcap_batch.py): records of a pcap chunk in, output records into a buffer.
-    feed_pcap: Callable[[bytes | memoryview, int, bool, int, bool], tuple[int, int, int, int]]
+    feed_pcap: Callable[
+        [bytes | memoryview, int, bool, int, bool, int], tuple[int, int, int, int, int]
+    ]
     take_records: Callable[[], bytes]
     # live (pipeline.push_block): a whole AF_PACKET ring block per call.
-    feed_block: Callable[[Any, int, bool], tuple[int, int, int, int, int, int]]
-    write_records: Callable[[int], int]
+    feed_block: Callable[
+        [Any, int, bool, int],
+        tuple[int, int, int, int, int, int, tuple[int, int, bytes, Exception] | None],
+    ]
 
     def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:
         if _fastpath is None:
@@ -152,7 +156,6 @@ class CompiledNormalizer:
         self.drain = self._core.drain
         self.feed_pcap = self._core.feed_pcap
         self.take_records = self._core.take_records
-        self.write_records = self._core.write_records
         self.feed_block = self._core.feed_block
 
     def set_sink(self, pcap: bool, nanosecond: bool = False) -> None:

@@ -2,27 +2,28 @@
 
 Why: with the compiled core, the per-packet Python work around it (reading a record, a tuple,
 the checksum policy, writing a record) costs more than the rewriting itself. Here the core walks
-the records of a 1 MiB chunk and writes the output records into one buffer (``feed_pcap``);
+the records of a 1 MiB chunk and appends the output records to one buffer (``feed_pcap``);
 Python only reads chunks, hands the connection cache its events and writes the buffer.
+``pcap_job.rewrite_file`` calls ``run`` with its own input and output (named errors, the
+temporary file, pipes written in place) when ``applies``.
 
 The result is byte for byte what ``pcap_job``'s per-packet loop writes (tests/normalizer/
-test_fastpath.py compares them): same records, same original lengths of untouched truncated
-frames, same errors after the same records. It applies to classic pcap files, without
-decapsulation and with checksums "keep" or "auto" (the core completes partial checksums as
-``offload.ChecksumPolicy`` does); everything else takes the per-packet loop.
+test_fastpath.py compares them): same records, same original lengths of cut frames (``CutFrame``
+semantics: untouched or checksum-completed frames keep theirs), same errors after the same
+records (a record cut short, a length past 64 MiB, a timestamp past 2106: the checks of
+``pcap_io.CaptureReader._iter_pcap``, which this must follow when they change). It applies to
+classic pcap files, without decapsulation and with checksums "keep" or "auto" (the core
+completes partial checksums as ``offload.ChecksumPolicy`` does); everything else takes the
+per-packet loop.
 """
 
 from __future__ import annotations
 
-import gc
-import io
-import os
 import struct
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 from normalizer.counters import Counters
 from normalizer.fastpath import CompiledNormalizer, resolve_engine
@@ -30,8 +31,10 @@ from normalizer.frame import SUPPORTED_LINKTYPES
 from normalizer.options import Options
 from normalizer.pcap_io import PcapError
 from normalizer.pipeline import EventSink, ResumeSource
+from normalizer.restore import output_linktype
 
 _CHUNK = 1 << 20
+_BATCH = 4096  # records between hand-overs (events, then output), as pcap_job's loop
 _MAX_RECORD = 0x4000000  # pcap_io's bound on one record's claimed length
 # pcap magic -> (big endian, fraction scale to ns)
 _MAGICS = {
@@ -60,40 +63,19 @@ def applies(src: Path, options: Options) -> bool:
     return linktype in SUPPORTED_LINKTYPES
 
 
-def rewrite_file(
-    src: Path,
-    dst: Path,
-    options: Options,
-    progress: Callable[[int, int], None] | None = None,
-    on_events: EventSink | None = None,
-    resume: ResumeSource | None = None,
-) -> Counters:
-    """As ``pcap_job.rewrite_file`` (which calls this when ``applies``)."""
-    size = src.stat().st_size
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # no reference cycles are made per chunk; see pcap_job
-    dst_dir = dst.parent if str(dst.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst_dir)
-    try:
-        # Unbuffered: the core writes its record buffer to the descriptor itself.
-        with src.open("rb") as fin, os.fdopen(fd, "wb", buffering=0) as fout:
-            counters, error = _run(fin, fout, str(src), options, progress, size, on_events, resume)
-        os.replace(tmp_name, dst)
-        if error is not None:
-            raise error
-        return counters
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+class Input(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def tell(self) -> int: ...
 
 
-def _run(
-    fin: io.BufferedReader,
-    fout: BinaryIO,
+class Output(Protocol):
+    def write(self, data: bytes | bytearray, /) -> int: ...
+
+
+def run(
+    fin: Input,
+    out: Output,
     name: str,
     options: Options,
     progress: Callable[[int, int], None] | None,
@@ -101,14 +83,17 @@ def _run(
     on_events: EventSink | None,
     resume: ResumeSource | None,
 ) -> tuple[Counters, PcapError | None]:
+    """Read the pcap from ``fin`` (at its start), write the rebuilt one to ``out``; returns the
+    counters and the PcapError that ended the input early, if one did (the records before it
+    are written), as pcap_job's loop does."""
     head = fin.read(24)
     big, scale = _MAGICS[head[:4]]
     endian = ">" if big else "<"
     linktype = struct.unpack(endian + "I", head[20:24])[0] & 0x0FFFFFFF
     nano = scale == 1
-    fout.write(
-        struct.pack("<IHHiIII", 0xA1B23C4D if nano else 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype)
-    )
+    out_linktype = output_linktype(linktype, options.restore_addresses)
+    magic = 0xA1B23C4D if nano else 0xA1B2C3D4
+    out.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, 262144, out_linktype))
     eng = CompiledNormalizer(options, linktype)
     auto = options.checksums == "auto"  # offload.ChecksumPolicy's "auto", done by the core
     eng.set_sink(pcap=True, nanosecond=nano)
@@ -120,13 +105,14 @@ def _run(
             events = eng.drain_events()
             if on_events is not None:
                 on_events(events)  # the cache hears of a connection before its frames
-        eng.write_records(fout.fileno())
+        out.write(eng.take_records())
 
-    # One buffer, refilled in place (readinto): a record cut by the chunk end moves to its start.
+    # One buffer, refilled in place: a record cut by the chunk end moves to its start.
     buf = bytearray(2 * _CHUNK)
     blen = pos = 0
     error: PcapError | None = None
     first = True
+    n = 0  # records fed
     record = struct.Struct(endian + "IIII")
     while True:
         end = pos + 16 + record.unpack_from(buf, pos)[2] if pos + 16 <= blen else 0
@@ -136,13 +122,10 @@ def _run(
                 break
             tail = blen - pos
             buf[:tail] = buf[pos:blen]
-            want = max(_CHUNK, end - blen)
-            if len(buf) < tail + want:
-                buf.extend(bytes(tail + want - len(buf)))
-            with memoryview(buf) as mv:
-                got = fin.readinto(mv[tail : tail + want])
-            blen, pos = tail + got, 0
-            if not got:
+            more = fin.read(max(_CHUNK, end - blen))
+            buf[tail : tail + len(more)] = more
+            blen, pos = tail + len(more), 0
+            if not more:
                 if blen >= 16:
                     error = PcapError(f"{name}: truncated record at end of file")
                 elif blen:
@@ -157,10 +140,18 @@ def _run(
                 for client, server, vlan, isn, header in resume(ts / 1e9 - options.idle_timeout):
                     eng.resume(client, server, vlan, isn, header, ts)
         with memoryview(buf) as mv, mv[:blen] as chunk:
-            pos, _n, k, done = eng.feed_pcap(chunk, pos, big, scale, auto)
+            pos, fed, k, done, bad_ts = eng.feed_pcap(
+                chunk, pos, big, scale, auto, _BATCH - n % _BATCH
+            )
+        n += fed
         kept += k
         completed += done
-        write_out()
+        if n % _BATCH == 0 and fed:  # where the per-packet loop hands over: same event batches
+            write_out()
+        if bad_ts:  # as CaptureReader: the output cannot carry it, the record is corrupt
+            sec, frac = record.unpack_from(buf, pos)[:2]
+            error = PcapError(f"{name}: record with timestamp {sec}.{frac}: corrupt file")
+            break
         if progress is not None and time.monotonic() - last_report > 2:
             last_report = time.monotonic()
             progress(fin.tell(), size)

@@ -18,10 +18,13 @@ from normalizer.fastpath import CompiledNormalizer, make_engine
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.offload import ChecksumPolicy
 from normalizer.options import Options
+from normalizer.restore import output_linktype
+from normalizer.tunnel import TunnelRef
 from normalizer.tunnel_flows import TunnelFlow, TunnelFlows
 
 EventSink = Callable[[list[HeaderEvent]], object]
 RingBuffer = bytes | bytearray | memoryview | mmap.mmap  # an AF_PACKET ring, or a test's copy
+OnFailure = Callable[[int, bytes, Exception], None]  # (ts, frame, what it raised)
 # Given the first packet's time (epoch seconds), the flows to adopt from a previous run.
 ResumeSource = Callable[[float], list[Resumable]]
 # Rows of the cache's ``tunnels`` table (options.decapsulate): new inner flows, final last_seen.
@@ -37,20 +40,26 @@ class Pipeline:
         resume: ResumeSource | None = None,
         on_tunnels: TunnelSink | None = None,
         checksums: str | None = None,
+        tunnelled: bool = False,
     ) -> None:
-        """``checksums`` overrides ``options.checksums``: the live adapter passes "keep" for
+        """``tunnelled``: the caller decapsulates (the appliance) and hands inner Ethernet
+        frames with their ``TunnelRef`` to ``push_inner``; no Decapsulator then.
+
+        ``checksums`` overrides ``options.checksums``: the live adapter passes "keep" for
         "auto", because there the ring's CSUMNOTREADY flag already said which frames were
         partial (afpacket.py completes them), so guessing from the field again is wasted work.
         """
         # Decapsulation hands the core Ethernet frames whatever the input's link type.
-        decap = options.decapsulate
+        decap = options.decapsulate and not tunnelled
+        inner = decap or tunnelled
         # The compiled engine or the Python one, as options.engine says (fastpath.py).
-        self.engine = make_engine(options, LINKTYPE_ETHERNET if decap else linktype)
-        self.linktype = self.engine.linktype  # of the frames ``take`` returns
+        self.engine = make_engine(options, LINKTYPE_ETHERNET if inner else linktype)
+        # Of the frames ``take`` returns: raw IP may change family when addresses are restored.
+        self.linktype = output_linktype(self.engine.linktype, options.restore_addresses)
         self.decap = Decapsulator(options, linktype, self.engine.counters) if decap else None
         # Which tunnel each inner flow came through, only kept when someone records it.
         self.tunnels = (
-            TunnelFlows(options.max_flows, options.idle_timeout) if decap and on_tunnels else None
+            TunnelFlows(options.max_flows, options.idle_timeout) if inner and on_tunnels else None
         )
         self._on_tunnels = on_tunnels
         self._on_events = on_events
@@ -82,28 +91,59 @@ class Pipeline:
             self._inner(self.decap.feed(frame, ts))
 
     def push_block(
-        self, ring: RingBuffer, base: int, complete_partial: bool, stats: RingStats
+        self,
+        ring: RingBuffer,
+        base: int,
+        complete_partial: bool,
+        stats: RingStats,
+        on_failure: OnFailure | None = None,
     ) -> int:
         """Every frame of the AF_PACKET ring block at ``base``: ``afpacket.parse_block`` and
         ``push`` for each, or -- on the compiled engine, without decapsulation or a checksum
-        policy -- one call into the core for the whole block. Returns the frame count."""
+        policy -- one call into the core for the whole block. A frame whose processing raises
+        goes to ``on_failure(ts, frame, exc)`` (live's guard) and the rest of the block still
+        goes in; without ``on_failure`` the exception propagates. Returns the frame count."""
         eng = self.engine
         if self.decap is None and self._check is None and isinstance(eng, CompiledNormalizer):
             if self._resume is not None:
                 first = first_timestamp(ring, base)
                 if first is not None:
                     self._adopt(first)
-            frames, cut, partial, done, big, biggest = eng.feed_block(ring, base, complete_partial)
-            stats.truncated += cut
-            stats.csum_not_ready += partial
-            stats.csum_completed += done
-            stats.oversize += big
-            stats.max_frame = max(stats.max_frame, biggest)
-            return frames
+            total = start = 0
+            while True:
+                n, cut, partial, done, big, biggest, failed = eng.feed_block(
+                    ring, base, complete_partial, start
+                )
+                total += n
+                stats.truncated += cut
+                stats.csum_not_ready += partial
+                stats.csum_completed += done
+                stats.oversize += big
+                stats.max_frame = max(stats.max_frame, biggest)
+                if failed is None:
+                    return total
+                slot, ts, frame, exc = failed
+                if on_failure is None:
+                    raise exc
+                on_failure(ts, frame, exc)
+                start = slot + 1
         captured = parse_block(ring, base, stats, complete_partial)
-        for ts, frame in captured:
-            self.push(frame, ts)
-        return len(captured)
+        it = iter(captured)
+        while True:  # as live.push_guarded: the try is set up once per failure, not per frame
+            try:
+                for ts, frame in it:
+                    self.push(frame, ts)
+                return len(captured)
+            except Exception as exc:
+                if on_failure is None:
+                    raise
+                on_failure(ts, frame, exc)
+
+    def push_inner(self, frame: bytes, ts: int, ref: TunnelRef) -> None:
+        """An inner frame the caller decapsulated itself (``tunnelled``), with its tunnel."""
+        if self._resume is not None:
+            self._adopt(ts)
+        self._inner([(ts, frame, ref)])
 
     def _inner(self, frames: list[Out]) -> None:
         """Decapsulated (or passed) frames to the core; inner flows noted for the cache."""

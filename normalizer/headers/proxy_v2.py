@@ -9,11 +9,16 @@ header is released untouched instead of being cut at a guessed offset.
 Choices where the spec leaves room (all on the strict or the simple side):
 
 * Unknown versions, commands and family bytes are errors, for LOCAL too.
-* LOCAL (health checks): the body is skipped unread -- no addresses, TLVs or CRC check -- since
-  the spec tells receivers to discard it and use the real connection endpoints.
-* PROXY with UNSPEC: the body is skipped likewise (its format is by definition unknown).
-* PROXY with an address family: the length must cover the address block; TLVs follow and must
-  tile the rest exactly. A CRC32C TLV must be 4 bytes, appear once and match.
+* Every header's TLVs are decoded and checked, LOCAL and UNSPEC included: the spec says a
+  receiver MUST verify a CRC32C TLV, and a LOCAL header is cut from the stream like any other,
+  so an unchecked one could remove up to 64 KiB Suricata should have seen.
+* LOCAL (health checks) and PROXY UNSPEC report no addresses (the spec says to use the real
+  endpoints). Their TLVs start after the family's address block when the length covers one,
+  else right after the 16 fixed bytes (HAProxy's LOCAL UNSPEC health check with a CRC TLV).
+* PROXY with an address family: the length must cover the address block.
+* TLVs must tile the rest of the header exactly. A CRC32C TLV must be 4 bytes, appear once and
+  match; a UNIQUE_ID is at most 128 bytes; an SSL TLV holds client, verify and sub-TLVs that
+  tile its value. docs/proxy-protocol-choices.md lists every such choice and why.
 * String TLVs are decoded as UTF-8 with backslashreplace, so odd bytes never invalidate a
   header; every TLV is also kept raw in ``tlvs``. For repeated TLVs ``fields`` keeps the first.
 """
@@ -53,7 +58,16 @@ PP2_TYPE_SSL = 0x20
 PP2_TYPE_NETNS = 0x30
 PP2_TYPE_AWS = 0xEA
 _STRING_TLVS = {PP2_TYPE_ALPN: "alpn", PP2_TYPE_AUTHORITY: "authority", PP2_TYPE_NETNS: "netns"}
-_SSL_SUBTYPES = {0x21: "version", 0x22: "cn", 0x23: "cipher", 0x24: "sig_alg", 0x25: "key_alg"}
+# String sub-TLVs of the SSL TLV; 0x28 (the client certificate, DER) stays raw in ``tlvs`` only.
+_SSL_SUBTYPES = {
+    0x21: "version",
+    0x22: "cn",
+    0x23: "cipher",
+    0x24: "sig_alg",
+    0x25: "key_alg",
+    0x26: "group",
+    0x27: "sig_scheme",
+}
 _AWS_VPCE_ID = 0x01
 _MAX_UNIQUE_ID = 128
 
@@ -103,9 +117,13 @@ def parse(buf: bytes) -> ProxyHeader | NeedMore:
         )
     if len(buf) < total:
         return NeedMore(total)
-    if command == "LOCAL" or family == "UNSPEC":
-        return ProxyHeader(kind=_KIND, length=total, command=command, family=family)
     hdr = buf[:total]
+    if command == "LOCAL" or family == "UNSPEC":
+        start = FIXED_LEN + addr_len if total >= FIXED_LEN + addr_len else FIXED_LEN
+        tlvs, fields = _decode_tlvs(hdr, start)
+        return ProxyHeader(
+            kind=_KIND, length=total, command=command, family=family, tlvs=tlvs, fields=fields
+        )
     src, dst, sport, dport = _addresses(hdr, family)
     tlvs, fields = _decode_tlvs(hdr, FIXED_LEN + addr_len)
     return ProxyHeader(

@@ -68,7 +68,8 @@ def test_batch_enriches_rejects_and_counts(
     ]
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "eve-enricher: 7 lines: 1 enriched (0 tunnel only), 2 unchanged, 4 rejected;"
+        "eve-enricher: 7 lines: 1 enriched (0 tunnel only), 2 unchanged,"
+        " 0 failed (passed unchanged), 4 rejected;"
         " 0 late, 0 waited without a row"
     ]
 
@@ -100,6 +101,12 @@ def test_identical_input_identical_output(tmp_path: Path, db: Path) -> None:
         (["frobnicate"], 2, "usage error: argument command: invalid choice"),
         (["enrich", "EVE", "--cache", "DB", "-o", "EVE"], 2, "are the same file"),
         (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--wait", "-1"], 2, "not a duration"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--wait", "inf"], 2, "--wait: not a"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--window", "nan"], 2, "--window: not"),
+        (["follow", "EVE", "--cache", "DB", "-o", "OUT", "--poll", "0"], 2, "--poll: '0' is not"),
+        (["follow", "EVE", "--cache", "DB", "-o", "OUT", "--poll", "1e300"], 2, "--poll:"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--max-line", "1"], 2, "--max-line:"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--max-line", "٦K"], 2, "--max-line"),
         (
             ["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--community-id-seed", "70000"],
             2,
@@ -110,6 +117,9 @@ def test_identical_input_identical_output(tmp_path: Path, db: Path) -> None:
         (["enrich", "EVE", "--cache", "BADDB", "-o", "OUT"], 1, "not a usable connection cache"),
         (["enrich", "EVE", "--cache", "DB", "-o", "NODIR/OUT"], 1, "NODIR/OUT: No such file"),
         (["follow", "NODIR/EVE", "--cache", "DB", "-o", "OUT"], 1, "NODIR: No such directory"),
+        (["enrich", "EVE", "--cache", "DB", "-o", "OUT", "--reject", "NODIR/R"], 1, "NODIR/R: No"),
+        (["follow", "EVE", "--cache", "DB", "-o", "NODIR/OUT", "-q"], 1, "NODIR/OUT: No such"),
+        (["follow", "EVE", "--cache", "DB", "-o", "OUT", "--checkpoint", "NODIR/CP"], 1, "CP: No"),
         (["follow", "EVE", "--cache", "DB", "-o", "OUT", "--checkpoint", "BADCP"], 1, "BADCP:"),
     ],
 )

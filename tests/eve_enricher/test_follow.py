@@ -7,14 +7,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
+from eve_enricher import runner
 from eve_enricher.checkpoint import DurableAppender
 from eve_enricher.follower import FileFollower, Line, Position
+from eve_enricher.lookup import CacheLookup, Matcher
+from eve_enricher.stream import LineEnricher, RejectSink
+from normalizer.conn_cache import ConnectionCache
 from tests.eve_enricher.writer import eve_line
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +101,10 @@ def test_follow_through_partial_lines_rename_and_copytruncate(tmp: Path) -> None
     assert writer.wait(timeout=120) == 0
     _check_output(tmp, n)
     err = _stop(follower)
-    assert f"{n} lines: {n // 2} enriched (0 tunnel only), {n // 2} unchanged, 0 rejected" in err
+    assert (
+        f"{n} lines: {n // 2} enriched (0 tunnel only), {n // 2} unchanged,"
+        " 0 failed (passed unchanged), 0 rejected" in err
+    )
     assert "2 rotations, 1 truncations" in err
     assert not (tmp / "rej.json").read_bytes()
 
@@ -201,3 +209,43 @@ def test_appender_rolls_back_to_the_checkpointed_size(tmp_path: Path) -> None:
     os.replace(tmp_path / "other", out)
     DurableAppender(out, {"dev": st.st_dev, "ino": st.st_ino, "size": 12}).close()
     assert out.stat().st_size == 100
+
+
+def test_first_checkpoint_is_taken_before_the_first_batch(tmp_path: Path, db: Path) -> None:
+    """A follower that dies after writing its first batch but before checkpointing it used to
+    find no checkpoint on restart, start over and write that batch a second time."""
+    eve, out, cp = tmp_path / "eve.json", tmp_path / "out.json", tmp_path / "cp.json"
+    out.write_bytes(b"an older run's output\n")
+    eve.write_bytes(b"")
+    stop = threading.Event()
+    ready: list[bool] = []
+
+    def make(reject: RejectSink | None) -> LineEnricher:
+        return LineEnricher(Matcher(CacheLookup(ConnectionCache(db, readonly=True))))
+
+    def on_ready(*_: object) -> None:
+        ready.append(True)
+        stop.set()  # stop before anything is read
+
+    runner.follow(eve, out, make, stop, checkpoint_path=cp, poll=0.05, on_ready=on_ready)
+    assert ready and cp.exists()
+    # what a batch written but never checkpointed leaves behind (kill -9 between the two)
+    with open(out, "ab") as f:
+        f.write(b'{"written":"before the crash"}\n')
+    eve.write_bytes(b'{"event_type":"stats"}\n')
+    stop.clear()
+
+    def run() -> None:
+        runner.follow(eve, out, make, stop, checkpoint_path=cp, poll=0.05)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        for _ in range(1200):  # a guard against hanging, not a timed assertion
+            if out.read_bytes().endswith(b'{"event_type":"stats"}\n'):
+                break
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        t.join()
+    assert out.read_bytes() == b'an older run\'s output\n{"event_type":"stats"}\n'

@@ -538,6 +538,7 @@ def _pcap(
         b"\x01\x02\x03",
         b"\x00" * 8 + b"\xff\x00\x00\x00" + b"\x00" * 4 + b"ab",
         b"\x00" * 8 + b"\xff\xff\xff\x7f" + b"\x00" * 4,
+        b"badts",
     ],
 )
 def test_batch_rewrite_matches_on_odd_files(
@@ -578,6 +579,9 @@ def test_batch_rewrite_matches_on_odd_files(
     for i, fr in enumerate(frames):
         data = fr[:60] if i % 5 == 3 else fr  # some cut by a snap length
         records.append((1_700_000_000 + i, i * 1000, data, len(fr) + (i % 7 == 6)))
+    if tail == b"badts":  # a whole record whose timestamp is past what pcap can carry (2106)
+        e = ">" if big else "<"
+        tail = struct.pack(e + "IIII", 0xFFFFFFFF, 2_000_000_000, 4, 4) + b"abcd"
     src = tmp_path / "odd.pcap"
     src.write_bytes(_pcap(records, big, nano) + tail)
     for restore in (True, False):
@@ -686,3 +690,42 @@ def test_ring_blocks_through_the_core_match_parse_block_and_push(complete_partia
         assert results[1][2] == results[0][2], "counters differ"
         assert results[1][3] == results[0][3], "ring stats differ"
         assert results[0][3].csum_not_ready > 0 and results[0][3].truncated > 0
+
+
+class _BuggyCompiled(CompiledNormalizer):
+    """The compiled engine with a fault injected in its once-per-flow callback."""
+
+    def _on_header(self, buf: bytes, *args: Any) -> object:
+        if b"poison" in buf:
+            raise ZeroDivisionError("an internal bug")
+        return super()._on_header(buf, *args)
+
+
+def test_a_frame_that_raises_in_a_ring_block_is_handed_back_and_the_block_goes_on() -> None:
+    """live's guard on the compiled block path: the failing frame goes to on_failure (which
+    forwards it untouched), every other frame of the block is still processed."""
+    from normalizer.afpacket import RingStats
+    from tests.normalizer.test_afpacket import make_block
+
+    good, bad = Conv(), Conv(cport=40123)
+    hdr = proxy_v1.build("198.51.100.7", "203.0.113.9", 1, 2)
+    frames = good.handshake() + bad.handshake()
+    frames += [bad.seg(True, 0, 0, b"poison", "PA"), good.seg(True, 0, 0, hdr + b"GET /", "PA")]
+    frames += [good.seg(False, 0, len(hdr) + 5, b"OK", "PA")]
+    block = make_block([(1, i, fr, len(fr), 0, 0, 0) for i, fr in enumerate(frames)])
+    opts = Options(proxies=TRUSTED, engine="compiled")
+    pipe = Pipeline(opts, LINKTYPE_ETHERNET, checksums="keep")
+    pipe.engine = _BuggyCompiled(opts, LINKTYPE_ETHERNET)
+    failed: list[tuple[int, bytes, str]] = []
+
+    def on_failure(ts: int, frame: bytes, exc: Exception) -> None:
+        failed.append((ts, frame, type(exc).__name__))
+
+    n = pipe.push_block(block, 0, True, RingStats(), on_failure)
+    assert n == len(frames)
+    assert failed == [(1_000_000_006, frames[6], "ZeroDivisionError")]
+    assert pipe.counters.headers_stripped == {"proxy-v1": 1}  # the flow after it, normalized
+    unguarded = Pipeline(opts, LINKTYPE_ETHERNET, checksums="keep")
+    unguarded.engine = _BuggyCompiled(opts, LINKTYPE_ETHERNET)
+    with pytest.raises(ZeroDivisionError):  # without a guard the exception propagates
+        unguarded.push_block(block, 0, True, RingStats())

@@ -162,11 +162,47 @@ def test_haproxy_tls_tlvs() -> None:
     json.dumps(h.fields)
 
 
-def test_haproxy_local_health_check_skips_body() -> None:
+def test_haproxy_local_health_check_tlvs_checked() -> None:
     h = parse_ok(HAPROXY_LOCAL_CHECK + APP)
-    assert h == ProxyHeader("proxy-v2", 23, "LOCAL", "UNSPEC")
-    # Skipped, not ignored by accident: the CRC in it is valid and our CRC agrees with HAProxy.
-    assert proxy_v2.crc32c(HAPROXY_LOCAL_CHECK[:-4] + bytes(4)) == 0xA9B87E8F
+    assert (h.length, h.command, h.family, h.src_addr) == (23, "LOCAL", "UNSPEC", None)
+    assert h.tlvs == (Tlv(0x03, bytes.fromhex("a9b87e8f")),)
+    assert h.fields == {"crc32c": 0xA9B87E8F}
+
+
+@pytest.mark.parametrize("i", range(17, 23))  # not 16: another type removes the check
+def test_local_health_check_with_a_wrong_crc_is_rejected(i: int) -> None:
+    """Regression: LOCAL returned before its TLVs were decoded, so a bad CRC32C passed.
+
+    The spec says the receiver MUST treat such a connection as invalid; HAProxy 3.5 does.
+    """
+    bad = bytearray(HAPROXY_LOCAL_CHECK)
+    bad[i] ^= 0x40
+    with pytest.raises(HeaderError):
+        proxy_v2.parse(bytes(bad) + APP)
+
+
+@pytest.mark.parametrize(
+    ("ver_cmd", "fam", "addr"),
+    [(0x20, 0x00, b""), (0x21, 0x00, b""), (0x20, 0x11, bytes(12)), (0x20, 0x21, bytes(36))],
+    ids=["local-unspec", "proxy-unspec", "local-tcp4", "local-tcp6"],
+)
+def test_tlv_checks_apply_without_addresses(ver_cmd: int, fam: int, addr: bytes) -> None:
+    """CRC32C, UNIQUE_ID and tiling are checked for LOCAL and UNSPEC like for PROXY."""
+    tlv = b"\x05\x00\x03abc"
+    good = v2(ver_cmd, fam, addr + tlv + b"\x03\x00\x04" + bytes(4))
+    good = good[:-4] + struct.pack("!I", proxy_v2.crc32c(good))
+    h = check_prefixes(proxy_v2.parse, good + APP)
+    assert isinstance(h, ProxyHeader) and h.length == len(good) and h.src_addr is None
+    assert h.fields == {"unique_id": b"abc".hex(), "crc32c": struct.unpack("!I", good[-4:])[0]}
+    wrong_crc = good[:-1] + bytes([good[-1] ^ 1])
+    for bad in (
+        wrong_crc,
+        v2(ver_cmd, fam, addr + b"\x05\x00\x81" + bytes(129)),  # UNIQUE_ID > 128
+        v2(ver_cmd, fam, addr + tlv + b"\x01"),  # trailing byte that is no TLV
+        v2(ver_cmd, fam, addr + b"\x02\x00\x09abc"),  # TLV runs past the header
+        v2(ver_cmd, fam, addr + b"\x20\x00\x02\x01\x00"),  # SSL TLV too short
+    ):
+        assert isinstance(check_prefixes(proxy_v2.parse, bad + APP), HeaderError)
 
 
 @pytest.mark.parametrize("vector", [HAPROXY_TCP4, HAPROXY_TCP6, HAPROXY_TLS])
@@ -202,12 +238,17 @@ def test_unix_paths(fam: int) -> None:
     assert h.dst_addr == "\x00abstract\udcff"  # trailing NULs stripped, bad UTF-8 escaped
 
 
-def test_local_and_unspec_honour_length_and_skip_body() -> None:
-    junk = b"\xff" * 5  # not even well-formed TLVs: skipped unread
+def test_local_and_unspec_honour_length_and_report_no_addresses() -> None:
+    noop = b"\x04\x00\x02\xff\xff"  # TLVs start right after the 16 fixed bytes here
     for vc, fam in ((0x20, 0x11), (0x20, 0x00), (0x21, 0x00), (0x20, 0x31)):
-        buf = bytes.fromhex(SIG) + bytes([vc, fam, 0, 5]) + junk
+        buf = bytes.fromhex(SIG) + bytes([vc, fam, 0, 5]) + noop
         h = parse_ok(buf + APP)
-        assert h.length == 21 and h.src_addr is None and h.tlvs == ()
+        assert h.length == 21 and h.src_addr is None and h.tlvs == (Tlv(4, b"\xff\xff"),)
+        with pytest.raises(HeaderError):  # the same length, but no TLV: not skipped unread
+            proxy_v2.parse(bytes.fromhex(SIG) + bytes([vc, fam, 0, 5]) + b"\xff" * 5)
+    # LOCAL with a full address block: the block is skipped, the TLVs after it decoded.
+    h = parse_ok(v2(0x20, 0x11, bytes(range(12)) + b"\x02\x00\x01x"))
+    assert (h.src_addr, h.fields) == (None, {"authority": "x"})
     assert parse_ok(proxy_v2.build("LOCAL", "UNSPEC")).length == 16
 
 
@@ -435,3 +476,22 @@ def test_header_independent_of_trailing_data(data: bytes, extra: bytes) -> None:
     first = outcome(proxy_v2.parse, data)
     if isinstance(first, ProxyHeader):
         assert proxy_v2.parse(data + extra) == first
+
+
+def test_ssl_sub_tlvs_of_the_2025_2026_revisions() -> None:
+    """0x26 group and 0x27 signature scheme are strings; 0x28 (client certificate) stays raw."""
+    cert = bytes(range(40))
+    ssl = (
+        b"\x05\x00\x00\x00\x00"
+        + b"\x26\x00\x09secp256r1"
+        + b"\x27\x00\x13rsa_pss_rsae_sha256"
+        + b"\x28" + struct.pack("!H", len(cert)) + cert
+    )  # fmt: skip
+    h = parse_ok(proxy_v2.build(src="10.0.0.1", dst="10.0.0.2", tlvs=[Tlv(0x20, ssl)]))
+    assert h.fields["ssl"] == {
+        "client": 5,
+        "verify": 0,
+        "group": "secp256r1",
+        "sig_scheme": "rsa_pss_rsae_sha256",
+    }
+    assert h.tlvs == (Tlv(0x20, ssl),)
