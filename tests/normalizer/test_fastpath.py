@@ -465,6 +465,16 @@ def test_without_the_extension_the_python_engine_runs(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "python engine" in r.stdout
+    pcap = next(iter(_captures()))
+    out = tmp_path / "out.pcap"
+    base = [sys.executable, "-m", "normalizer.cli", "rewrite", str(pcap), "-o", str(out)]
+    base += ["--proxy", PROXY4 + "/32", "--stats-json", str(tmp_path / "s.json")]
+    r = subprocess.run([*base, "--engine", "compiled"], env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "engine: the compiled engine is not built" in r.stderr
+    r = subprocess.run(base, env=env, capture_output=True, text=True)  # auto: Python, says so
+    assert r.returncode == 0, r.stderr
+    assert "engine: python" in r.stderr
+    assert '"engine": "python"' in (tmp_path / "s.json").read_text()
 
 
 # -- the batch path of rewrite (pcap_batch.py) against the per-packet loop ----------------------
