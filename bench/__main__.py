@@ -22,18 +22,20 @@ from pathlib import Path
 from bench.scapy_baseline import scapy_normalize
 from bench.synth import write_pair
 from bench.timing import timed_child
+from normalizer.fastpath import compiled_available
 from normalizer.options import Options
 from normalizer.pcap_job import rewrite_file
 
 PROXY_CIDR = "192.0.2.1/32"
 
 
-def bytes_per_flow(flows: int) -> float:
-    """Memory the engine holds per ACTIVE flow (table entry, key, state), via tracemalloc."""
+def bytes_per_flow(flows: int, engine: str = "python") -> float:
+    """Memory the engine holds per ACTIVE flow (table entry, key, state), via tracemalloc
+    (which also sees the compiled engine's PyMem allocations)."""
     import random
 
     from bench.synth import _connection
-    from normalizer.engine import Normalizer
+    from normalizer.fastpath import make_engine
     from normalizer.headers import proxy_v2
 
     rng = random.Random(7)
@@ -42,14 +44,14 @@ def bytes_per_flow(flows: int) -> float:
     )
     first = [_connection(rng, 1024 + i % 60000, hdr, 0)[:4] for i in range(flows)]
     # distinct 4-tuples beyond 60000 ports need more client addresses; keep flows <= 60000
-    eng = Normalizer(Options(proxies=(PROXY_CIDR,), max_flows=flows + 1))
+    eng = make_engine(Options(proxies=(PROXY_CIDR,), max_flows=flows + 1), 1, engine)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for conn in first:
         for fr in conn:
             eng.feed(fr, 0)
-        eng.out.clear()
-        eng.events.clear()
+        eng.drain()
+        eng.drain_events()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     assert len(eng.table) == flows
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flows-for-memory", type=int, default=50_000)
     ap.add_argument("--eve-lines", type=int, default=200_000, help="enricher benchmark size")
     ap.add_argument("--keep", type=Path, help="keep the generated captures in this folder")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best one kept)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="snbench."))
     try:
@@ -92,21 +95,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{proxied.stat().st_size / 1e6:.1f} MB (generated in {time.perf_counter() - t0:.1f}s)"
         )
         rows: list[tuple[str, float, str]] = []
+        from bench import engines  # both engines vs tcprewrite and suricata, interleaved
 
-        ours = 0.0
-        for label, restore in (("restore addresses", True), ("--keep-addresses", False)):
-            t0 = time.perf_counter()
-            opts = Options(proxies=(PROXY_CIDR,), restore_addresses=restore)
-            counters = rewrite_file(proxied, work / "out.pcap", opts)
-            wall = time.perf_counter() - t0
-            assert counters.headers_stripped.get("proxy-v2") == flows, counters
-            rows.append((f"normalizer in process, {label}", wall, f"{packets / wall:,.0f} pkt/s"))
-            ours = ours or wall
-
+        engines.run(work, args.packets, args.rounds)
+        t0 = time.perf_counter()
+        rewrite_file(proxied, work / "out.pcap", Options(proxies=(PROXY_CIDR,)))
+        ours = time.perf_counter() - t0
         cli = shutil.which("suricata-normalizer") or str(
             Path(sys.executable).parent / "suricata-normalizer"
         )
-        wall, rc, rss = timed_child(
+        wall, _rc, rss = timed_child(
             [
                 cli,
                 "rewrite",
@@ -132,49 +130,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
 
-        tcprewrite = shutil.which("tcprewrite")
-        tr = 0.0
-        if tcprewrite:
-            tr, rc, _ = timed_child(
-                [
-                    tcprewrite,
-                    "--seed",
-                    "1",
-                    "--fixcsum",
-                    "-i",
-                    str(proxied),
-                    "-o",
-                    str(work / "tcprewrite.pcap"),
-                ]
-            )
-            rows.append(("tcprewrite --seed 1 --fixcsum", tr, "" if rc == 0 else f"exit {rc}"))
-        suricata = shutil.which("suricata")
-        su = 0.0
-        if suricata:
-            logdir = work / "suri"
-            logdir.mkdir()
-            rules = Path(__file__).resolve().parent.parent / "suricata" / "rules" / "decoy.rules"
-            for label, rulefile in (("no rules", "/dev/null"), ("decoy.rules", str(rules))):
-                argv = [suricata, "-r", str(plain), "-k", "all", "-l", str(logdir), "-S", rulefile]
-                wall, rc, _ = timed_child(argv)
-                status = "" if rc == 0 else f"exit {rc}"
-                rows.append((f"suricata -r header-free file, {label}", wall, status))
-                su = su or wall
-
-        per_flow = bytes_per_flow(min(args.flows_for_memory, 60000))
+        per_flow = {
+            e: bytes_per_flow(min(args.flows_for_memory, 60000), e)
+            for e in (("compiled", "python") if compiled_available() else ("python",))
+        }
         print()
         for name, secs, extra in rows:
             print(f"  {name:45s} {secs:8.3f} s  {extra}")
-        print(f"  {'memory per tracked flow':45s} {per_flow:8.0f} B")
-        print("\nratios (target):")
+        for e, b in per_flow.items():
+            print(f"  {'memory per tracked flow, ' + e + ' engine':45s} {b:8.0f} B  (<= 400)")
         print(f"  speed-up vs scapy        {scapy_per_pkt * packets / ours:8.1f}x  (>= 100x)")
-        if tr:
-            print(f"  wall vs tcprewrite       {ours / tr:8.2f}x  (<= 1.5x)")
-        if su:
-            print(
-                f"  wall vs suricata -r      {ours / su:8.2f}x  (<= 0.5x; Suricata without rules)"
-            )
-        print(f"  bytes per flow           {per_flow:8.0f}   (<= 400)")
         from bench import decap  # last section: VXLAN mirror capture, --decap vs suricata -r
 
         decap.run(work, proxied, flows)

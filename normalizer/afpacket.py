@@ -42,7 +42,7 @@ import select
 import socket
 import struct
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from normalizer.offload import complete
@@ -149,6 +149,15 @@ def parse_block(
         stats.oversize += big
         stats.max_frame = max(stats.max_frame, biggest)
     return out
+
+
+def first_timestamp(buf: bytes | bytearray | memoryview | mmap.mmap, base: int) -> int | None:
+    """Timestamp (ns) of the first frame of the ring block at ``base``; None if it is empty."""
+    _, num, first = _BLOCK.unpack_from(buf, base + BLOCK_STATUS_OFF)
+    if not num:
+        return None
+    _nxt, sec, nsec = struct.unpack_from("=III", buf, base + first)
+    return int(sec * 1_000_000_000 + nsec)
 
 
 def compile_bpf(expression: str, iface: str) -> list[tuple[int, int, int, int]]:
@@ -303,6 +312,23 @@ class RingCapture:
             self._next = (self._next + 1) % count
         st.frames += len(out)
         return out
+
+    def drain_into(self, consume: Callable[[mmap.mmap, int, bool, RingStats], int]) -> int:
+        """Hand every block ready now to ``consume(ring, base, complete_partial, stats)``
+        (``Pipeline.push_block``) before giving it back; returns the frames consumed."""
+        ring, size, count = self.ring, self._block_size, self._block_count
+        st = self.stats_acc
+        n = 0
+        for _ in range(count):
+            base = self._next * size
+            if not ring[base + BLOCK_STATUS_OFF] & TP_STATUS_USER:
+                break
+            n += consume(ring, base, self.complete_partial, st)
+            ring[base + BLOCK_STATUS_OFF : base + BLOCK_STATUS_OFF + 4] = b"\0\0\0\0"
+            st.blocks += 1
+            self._next = (self._next + 1) % count
+        st.frames += n
+        return n
 
     def stats(self) -> RingStats:
         """Fold the kernel's counters (reset on every read) into the running totals."""

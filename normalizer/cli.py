@@ -7,6 +7,7 @@ named). Bad input produces one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import sys
@@ -20,6 +21,7 @@ from normalizer.appliance import IDLE_TIMEOUT
 from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, CacheSink, ConnectionCache
 from normalizer.counters import Counters
+from normalizer.fastpath import ENGINES, compiled_available, resolve_engine
 from normalizer.pcap_io import PcapError
 from normalizer.pcap_job import print_progress, rewrite_file, summary, write_text
 from normalizer.rulecheck import command as rulecheck_command
@@ -31,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="suricata-normalizer",
         description="Strip PROXY-protocol / gateway headers from proxied TCP flows for Suricata.",
+    )
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"suricata-normalizer {_version()} ({resolve_engine('auto')} engine)",
     )
     sub = p.add_subparsers(dest="command", required=True)
     rw = sub.add_parser("rewrite", help="normalize a recorded capture (pcap or pcapng) into a pcap")
@@ -113,6 +120,15 @@ def _live_parser(sub: Any) -> None:
     )
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("suricata-normalizer")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _ipv4(text: str) -> str:
     try:
         return str(ipaddress.IPv4Address(text))
@@ -175,6 +191,12 @@ def _stripping_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the core that every command shares (the appliance too)."""
     p.add_argument("--config", type=Path, help="TOML file with a [normalizer] table")
     p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="rewriting engine: compiled (C), python (the reference), auto (default: compiled"
+        " when built, else python)",
+    )
+    p.add_argument(
         "--proxy",
         action="append",
         metavar="CIDR",
@@ -217,7 +239,7 @@ def _options(args: argparse.Namespace, require_proxies: bool = True) -> Any:
     file_values = load_file(args.config) if args.config else {}
     if args.command == "appliance":  # the balancer's flow idle timeout unless configured
         file_values = {"idle_timeout": IDLE_TIMEOUT, **file_values}
-    return build_options(
+    options = build_options(
         file_values,
         {
             "proxies": args.proxy,
@@ -233,6 +255,18 @@ def _options(args: argparse.Namespace, require_proxies: bool = True) -> Any:
         },
         require_proxies,
     )
+    return _with_engine(options, getattr(args, "engine", None))
+
+
+def _with_engine(options: Any, choice: str | None) -> Any:
+    if choice is None:
+        return options
+    if choice == "compiled" and not compiled_available():
+        raise ConfigError(
+            "engine: the compiled engine is not built on this installation (reinstall with gcc"
+            " and python3-dev, see scripts/setup.sh); use --engine python or auto"
+        )
+    return dataclasses.replace(options, engine=choice)
 
 
 def _rewrite(args: argparse.Namespace) -> int:
@@ -264,11 +298,13 @@ def _rewrite(args: argparse.Namespace) -> int:
             cache.close()
     if show:
         print(file=sys.stderr)
-    stats: dict[str, Any] = counters.as_dict()
+    engine = resolve_engine(options.engine)
+    stats: dict[str, Any] = {**counters.as_dict(), "engine": engine}
     if sink is not None:
         stats.update(sink.stats.as_dict())
     if not args.quiet:
         print(summary(counters), file=sys.stderr)
+        print(f"engine: {engine}", file=sys.stderr)
         if sink is not None:
             print(cache_summary(sink), file=sys.stderr)
     if args.stats_json:
@@ -321,6 +357,7 @@ def _live(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(live_summary(counters), file=sys.stderr)
+    print(f"engine: {resolve_engine(live.options.engine)}", file=sys.stderr)
     if not live.stripped():
         print(f"suricata-normalizer: no proxied flow: {live.silence()}", file=sys.stderr)
     return 0

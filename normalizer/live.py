@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import gc
 import json
+import mmap
 import os
 import select
 import signal
@@ -49,7 +50,7 @@ from types import FrameType
 from typing import Any
 
 from normalizer import sdnotify
-from normalizer.afpacket import RingCapture
+from normalizer.afpacket import RingCapture, RingStats
 from normalizer.config import ConfigError
 from normalizer.conn_cache import CacheSink, CacheStats, ConnectionCache
 from normalizer.counters import Counters
@@ -180,6 +181,10 @@ class LiveNormalizer:
         """One batch from the ring through the pipeline into the tap (see the module doc)."""
         push_guarded(self.pipe, frames, self._frame_failed)
         self._forward(self._take())
+
+    def _push_block(self, ring: mmap.mmap, base: int, complete: bool, stats: RingStats) -> int:
+        """A ring block through the pipeline, each frame guarded as ``push_guarded`` does."""
+        return self.pipe.push_block(ring, base, complete, stats, self._frame_failed)
 
     def _frame_failed(self, _ts: int, frame: bytes, exc: Exception) -> None:
         self.frames_failed += 1
@@ -367,9 +372,9 @@ class LiveNormalizer:
                                         break
                                 except BlockingIOError:
                                     break
-                frames = capture.drain()
-                if frames:
-                    self._process(frames)
+                # One call per ring block: into the compiled core when it runs (pipeline.py).
+                if capture.drain_into(self._push_block):
+                    self._forward(self._take())
                 now = mono()
                 if now >= next_tick:
                     next_tick = now + settings.tick_interval
@@ -407,7 +412,7 @@ class LiveNormalizer:
 
     def _shutdown(self) -> None:
         """Drain the ring, release held frames untouched, write them, close everything."""
-        self._process(self.capture.drain())
+        self.capture.drain_into(self._push_block)
         try:
             self.pipe.flush()
         except Exception as exc:

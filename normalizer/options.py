@@ -54,3 +54,5 @@ class Options:
     # seconds a row is kept after its connection began; rewrite counts back from the newest row
     # (so an old capture's rows survive), live from the wall clock, once a minute.
     cache_retention: float = 7 * 86400.0
+    # Rewriting engine (fastpath.py): "auto" takes the compiled one when it was built.
+    engine: str = "auto"

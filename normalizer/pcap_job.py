@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from normalizer import pcap_batch
 from normalizer.counters import Counters
 from normalizer.options import Options
 from normalizer.pcap_io import CaptureReader, PcapError, PcapWriter
@@ -166,6 +167,14 @@ def rewrite_file(
     out: _Output | None = None
     try:
         out = _Output(dst)
+        if pcap_batch.applies(src, options):  # the compiled engine, whole chunks per call
+            counters, failure = pcap_batch.run(
+                fin, out, str(src), options, progress, size, on_events, resume
+            )
+            out.commit()
+            if failure is not None:
+                raise failure
+            return counters
         reader = CaptureReader(fin, str(src))
         pipe: Pipeline | None = None
         writer: PcapWriter | None = None

@@ -7,11 +7,14 @@ frames are taken. Decapsulation of mirrored traffic slots in here too, in front 
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 
+from normalizer.afpacket import RingStats, first_timestamp, parse_block
 from normalizer.counters import Counters
 from normalizer.decap import Decapsulator, Out
-from normalizer.engine import Frame, HeaderEvent, Normalizer, Resumable
+from normalizer.engine import Frame, HeaderEvent, Resumable
+from normalizer.fastpath import CompiledNormalizer, make_engine
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.offload import ChecksumPolicy
 from normalizer.options import Options
@@ -20,6 +23,8 @@ from normalizer.tunnel import TunnelRef
 from normalizer.tunnel_flows import TunnelFlow, TunnelFlows
 
 EventSink = Callable[[list[HeaderEvent]], object]
+RingBuffer = bytes | bytearray | memoryview | mmap.mmap  # an AF_PACKET ring, or a test's copy
+OnFailure = Callable[[int, bytes, Exception], None]  # (ts, frame, what it raised)
 # Given the first packet's time (epoch seconds), the flows to adopt from a previous run.
 ResumeSource = Callable[[float], list[Resumable]]
 # Rows of the cache's ``tunnels`` table (options.decapsulate): new inner flows, final last_seen.
@@ -47,7 +52,8 @@ class Pipeline:
         # Decapsulation hands the core Ethernet frames whatever the input's link type.
         decap = options.decapsulate and not tunnelled
         inner = decap or tunnelled
-        self.engine = Normalizer(options, LINKTYPE_ETHERNET if inner else linktype)
+        # The compiled engine or the Python one, as options.engine says (fastpath.py).
+        self.engine = make_engine(options, LINKTYPE_ETHERNET if inner else linktype)
         # Of the frames ``take`` returns: raw IP may change family when addresses are restored.
         self.linktype = output_linktype(self.engine.linktype, options.restore_addresses)
         self.decap = Decapsulator(options, linktype, self.engine.counters) if decap else None
@@ -83,6 +89,55 @@ class Pipeline:
             self.engine.feed(frame, ts)
         else:
             self._inner(self.decap.feed(frame, ts))
+
+    def push_block(
+        self,
+        ring: RingBuffer,
+        base: int,
+        complete_partial: bool,
+        stats: RingStats,
+        on_failure: OnFailure | None = None,
+    ) -> int:
+        """Every frame of the AF_PACKET ring block at ``base``: ``afpacket.parse_block`` and
+        ``push`` for each, or -- on the compiled engine, without decapsulation or a checksum
+        policy -- one call into the core for the whole block. A frame whose processing raises
+        goes to ``on_failure(ts, frame, exc)`` (live's guard) and the rest of the block still
+        goes in; without ``on_failure`` the exception propagates. Returns the frame count."""
+        eng = self.engine
+        if self.decap is None and self._check is None and isinstance(eng, CompiledNormalizer):
+            if self._resume is not None:
+                first = first_timestamp(ring, base)
+                if first is not None:
+                    self._adopt(first)
+            total = start = 0
+            while True:
+                n, cut, partial, done, big, biggest, failed = eng.feed_block(
+                    ring, base, complete_partial, start
+                )
+                total += n
+                stats.truncated += cut
+                stats.csum_not_ready += partial
+                stats.csum_completed += done
+                stats.oversize += big
+                stats.max_frame = max(stats.max_frame, biggest)
+                if failed is None:
+                    return total
+                slot, ts, frame, exc = failed
+                if on_failure is None:
+                    raise exc
+                on_failure(ts, frame, exc)
+                start = slot + 1
+        captured = parse_block(ring, base, stats, complete_partial)
+        it = iter(captured)
+        while True:  # as live.push_guarded: the try is set up once per failure, not per frame
+            try:
+                for ts, frame in it:
+                    self.push(frame, ts)
+                return len(captured)
+            except Exception as exc:
+                if on_failure is None:
+                    raise
+                on_failure(ts, frame, exc)
 
     def push_inner(self, frame: bytes, ts: int, ref: TunnelRef) -> None:
         """An inner frame the caller decapsulated itself (``tunnelled``), with its tunnel."""
