@@ -2,6 +2,7 @@
 
 ``./run bench live [--rates ...]`` instead measures the live path in the lab (root; see
 bench/live.py): packets/s, Gbit/s, CPU per packet and kernel drops next to Suricata's own capture.
+``./run bench appliance``: the appliance's return and tap paths per core (bench/appliance.py).
 
 Prints wall times, packets/s, and the ratios the core issue sets as targets: >=100x faster than
 a naive scapy normalizer, <=1.5x tcprewrite's wall time, <=0.5x Suricata's wall time on the
@@ -61,8 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         from bench import live
 
         return live.main(argv[1:])
+    if argv[:1] == ["appliance"]:
+        from bench import appliance
+
+        return appliance.main(argv[1:])
     ap = argparse.ArgumentParser(
-        prog="python -m bench", epilog="python -m bench live --help: the live benchmark"
+        prog="python -m bench",
+        epilog="python -m bench live --help: the live benchmark; python -m bench appliance"
+        " --help: the appliance's return and tap paths per core",
     )
     ap.add_argument("--packets", type=int, default=200_000)
     ap.add_argument(

@@ -7,19 +7,24 @@ named). Bad input produces one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from normalizer import reference_gateway
 from normalizer import suricata_config_command as suricata_config
+from normalizer.appliance import IDLE_TIMEOUT
 from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, ConnectionCache
 from normalizer.counters import Counters
 from normalizer.pcap_io import PcapError
 from normalizer.pcap_job import print_progress, rewrite_file, summary
 from normalizer.rulecheck import command as rulecheck_command
+
+_TAP_MAX_MTU = 65521  # tap.MAX_MTU, without importing the live adapters for ``rewrite``
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,10 +47,26 @@ def _parser() -> argparse.ArgumentParser:
         help="progress on stderr (default: when stderr is a terminal)",
     )
     _live_parser(sub)
+    _appliance_parser(sub)
     rulecheck_command.add_parser(sub)
     suricata_config.add_parser(sub)
     reference_gateway.add_parser(sub)
     return p
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in lo..hi, else a usage error naming the flag (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
+        return value
+
+    return parse
 
 
 def _live_parser(sub: Any) -> None:
@@ -59,11 +80,23 @@ def _live_parser(sub: Any) -> None:
     _engine_flags(lv)
     lv.add_argument("--cache", type=Path, help="connection cache (SQLite); resumes flows")
     lv.add_argument("--bpf", metavar="FILTER", help="capture filter (tcpdump syntax)")
-    lv.add_argument("--fanout-group", type=int, metavar="ID", help="PACKET_FANOUT group id")
+    lv.add_argument(
+        "--fanout-group", type=_int_in(0, 0xFFFF), metavar="ID", help="PACKET_FANOUT group id"
+    )
     lv.add_argument("--ignore-outgoing", action="store_true", help="drop PACKET_OUTGOING frames")
-    lv.add_argument("--metrics-port", type=int, metavar="N", help="Prometheus on 127.0.0.1:N")
-    lv.add_argument("--tap-mtu", type=int, default=65521, metavar="N", help="default 65521")
-    lv.add_argument("--ring-mb", type=int, default=64, metavar="N", help="capture ring size")
+    lv.add_argument(
+        "--metrics-port", type=_int_in(1, 65535), metavar="N", help="Prometheus on 127.0.0.1:N"
+    )
+    lv.add_argument(
+        "--tap-mtu",
+        type=_int_in(68, _TAP_MAX_MTU),
+        default=_TAP_MAX_MTU,
+        metavar="N",
+        help="default 65521",
+    )
+    lv.add_argument(
+        "--ring-mb", type=_int_in(2, 1 << 16), default=64, metavar="N", help="capture ring size"
+    )
     lv.add_argument("--stats-json", type=Path, help="write the counters as JSON on exit")
     lv.add_argument(
         "--no-promisc",
@@ -80,7 +113,66 @@ def _live_parser(sub: Any) -> None:
     )
 
 
+def _ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address") from None
+
+
+def _appliance_parser(sub: Any) -> None:
+    ap = sub.add_parser(
+        "appliance",
+        help="IDS behind a gateway load balancer: GENEVE in, every packet back, a copy to a tap",
+    )
+    ap.add_argument(
+        "--listen",
+        required=True,
+        type=_ipv4,
+        metavar="ADDR",
+        help="this host's IPv4 address the balancer sends GENEVE to (and returns come from)",
+    )
+    ap.add_argument("--tap", required=True, help="tap device Suricata reads (e.g. snl0)")
+    ap.add_argument(
+        "--port", type=_int_in(1, 65535), default=6081, metavar="N", help="GENEVE port (6081)"
+    )
+    ap.add_argument(
+        "--health-port",
+        type=_int_in(1, 65535),
+        metavar="N",
+        help="HTTP health check on ADDR:N: 200 healthy, 503 not; the counters as JSON",
+    )
+    _stripping_flags(ap)
+    ap.add_argument("--cache", type=Path, help="connection cache (SQLite): tunnel rows per flow")
+    ap.add_argument(
+        "--tap-mtu",
+        type=_int_in(68, _TAP_MAX_MTU),
+        default=_TAP_MAX_MTU,
+        metavar="N",
+        help="default 65521",
+    )
+    ap.add_argument("--stats-json", type=Path, help="write the counters as JSON on exit")
+
+
 def _engine_flags(p: argparse.ArgumentParser) -> None:
+    _stripping_flags(p)
+    p.add_argument(
+        "--checksums",
+        choices=("keep", "auto", "fix"),
+        help="auto (default): complete partial checksums left by tx offload; fix: recompute"
+        " all; keep: leave them as captured",
+    )
+    p.add_argument(
+        "--decap",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        dest="decapsulate",
+        help="emit the inner frames of VXLAN/GENEVE packets, tagged per VNI (docs/tunnels.md)",
+    )
+
+
+def _stripping_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the core that every command shares (the appliance too)."""
     p.add_argument("--config", type=Path, help="TOML file with a [normalizer] table")
     p.add_argument(
         "--proxy",
@@ -97,12 +189,6 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--custom-magic", metavar="HEX", help="8-byte magic of the custom header")
     p.add_argument("--midstream", help="flows whose SYN was not captured: pass or drop")
-    p.add_argument(
-        "--checksums",
-        choices=("keep", "auto", "fix"),
-        help="auto (default): complete partial checksums left by tx offload; fix: recompute"
-        " all; keep: leave them as captured",
-    )
     p.add_argument("--max-flows", type=int, metavar="N", help="flow table size")
     p.add_argument(
         "--cache-retention",
@@ -118,16 +204,19 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
         help="keep proxy -> backend addresses instead of restoring the real client and target",
     )
     p.add_argument(
-        "--decap",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        dest="decapsulate",
-        help="emit the inner frames of VXLAN/GENEVE packets, tagged per VNI (docs/tunnels.md)",
+        "--tunnel-peer",
+        action="append",
+        metavar="CIDR",
+        dest="tunnel_peers",
+        help="outer source whose tunnels are opened: --decap's mirror sources, the appliance's"
+        " balancers (repeatable; replaces the config's list)",
     )
 
 
-def _options(args: argparse.Namespace) -> Any:
+def _options(args: argparse.Namespace, require_proxies: bool = True) -> Any:
     file_values = load_file(args.config) if args.config else {}
+    if args.command == "appliance":  # the balancer's flow idle timeout unless configured
+        file_values = {"idle_timeout": IDLE_TIMEOUT, **file_values}
     return build_options(
         file_values,
         {
@@ -135,12 +224,14 @@ def _options(args: argparse.Namespace) -> Any:
             "header_kinds": args.header_kinds,
             "custom_magic": args.custom_magic,
             "midstream": args.midstream,
-            "checksums": args.checksums,
+            "checksums": getattr(args, "checksums", None),
             "max_flows": args.max_flows,
             "restore_addresses": args.restore_addresses,
-            "decapsulate": args.decapsulate,
+            "decapsulate": getattr(args, "decapsulate", None),
+            "tunnel_peers": args.tunnel_peers,
             "cache_retention": args.cache_retention,
         },
+        require_proxies,
     )
 
 
@@ -211,6 +302,48 @@ def _live(args: argparse.Namespace) -> int:
     return 0
 
 
+def _appliance(args: argparse.Namespace) -> int:
+    from normalizer.appliance_live import (
+        ApplianceLive,
+        ApplianceSettings,
+        appliance_summary,
+        bind_error,
+    )
+
+    def load() -> Any:
+        options = _options(args, require_proxies=False)
+        if not options.tunnel_peers:
+            raise ConfigError(
+                "normalizer.tunnel_peers: the appliance needs the balancer's addresses"
+                " (--tunnel-peer CIDR): only their GENEVE is returned and inspected"
+            )
+        return options
+
+    load()  # config errors surface before any socket or device is touched
+    settings = ApplianceSettings(
+        listen=args.listen,
+        tap=args.tap,
+        port=args.port,
+        health_port=args.health_port,
+        cache=args.cache,
+        tap_mtu=args.tap_mtu,
+        stats_json=args.stats_json,
+    )
+    try:
+        app = ApplianceLive(settings, load)
+    except OSError as exc:
+        print(f"suricata-normalizer: appliance: {bind_error(exc, settings)}", file=sys.stderr)
+        return 1
+    app.run()
+    counters = app.counters()
+    print(
+        summary(Counters(**{k: counters[k] for k in Counters.__dataclass_fields__})),
+        file=sys.stderr,
+    )
+    print(appliance_summary(counters), file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -218,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             return _rewrite(args)
         if args.command == "live":
             return _live(args)
+        if args.command == "appliance":
+            return _appliance(args)
         if args.command == "test-rules":
             return rulecheck_command.run(args)
         if args.command == "suricata-config":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,13 @@ class ConfigError(Exception):
     """A config file or flag value is invalid; the message starts with the key."""
 
 
+# Durations are turned into integer nanoseconds: NaN and infinity have none, and a value past
+# this (ten years) is a typo, not a timeout. The lower bound keeps "positive" meaning at least
+# a nanosecond once converted.
+MAX_SECONDS = 10 * 365 * 86400.0
+MIN_SECONDS = 1e-9
+
+
 def _positive_int(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
@@ -31,9 +39,18 @@ def _positive_int(key: str, value: Any) -> int:
 
 
 def _positive_number(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{key}: expected a positive number of seconds, got {value!r}")
-    return float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer beyond any float
+        seconds = math.inf
+    if not math.isfinite(seconds) or not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        raise ConfigError(
+            f"{key}: expected a positive number of seconds up to {MAX_SECONDS:.0f}"
+            f" (ten years), got {value!r}"
+        )
+    return seconds
 
 
 def _proxies(key: str, value: Any) -> tuple[str, ...]:
@@ -133,6 +150,7 @@ _FIELDS = {
     "max_total_hold_bytes": _positive_int,
     "max_pending_events": _positive_int,
     "decapsulate": _bool,
+    "tunnel_peers": _proxies,
     "vxlan_ports": _ports,
     "geneve_ports": _ports,
     "vni_vlan": _vni_vlan,
@@ -143,18 +161,29 @@ _FIELDS = {
 def load_file(path: Path) -> dict[str, Any]:
     """Read the ``[normalizer]`` table of a TOML file (I/O errors propagate as OSError)."""
     with path.open("rb") as fh:
-        try:
-            doc = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        data = fh.read()
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); TOML files"
+            " are UTF-8"
+        ) from None
+    except (ValueError, RecursionError) as exc:
+        # TOMLDecodeError, and what tomllib lets through: a 5000-digit integer, deep nesting
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     section = doc.get(SECTION, {})
     if not isinstance(section, dict):
         raise ConfigError(f"{SECTION}: expected a table")
     return section
 
 
-def build_options(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Options:
-    """Merge file values with non-None CLI overrides (which win) and validate every key."""
+def build_options(
+    file_values: Mapping[str, Any], overrides: Mapping[str, Any], require_proxies: bool = True
+) -> Options:
+    """Merge file values with non-None CLI overrides (which win) and validate every key.
+
+    ``require_proxies=False``: the appliance, where header stripping is optional."""
     merged = dict(file_values)
     merged.update({k: v for k, v in overrides.items() if v is not None})
     kwargs: dict[str, Any] = {}
@@ -163,8 +192,14 @@ def build_options(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) 
         if check is None:
             raise ConfigError(f"{SECTION}.{key}: unknown key (known: {', '.join(sorted(_FIELDS))})")
         kwargs[key] = check(f"{SECTION}.{key}", value)
-    if not kwargs.get("proxies"):
+    if require_proxies and not kwargs.get("proxies"):
         raise ConfigError(
             f"{SECTION}.proxies: at least one trusted proxy CIDR is required (--proxy CIDR)"
+        )
+    if kwargs.get("decapsulate") and not kwargs.get("tunnel_peers"):
+        raise ConfigError(
+            f"{SECTION}.tunnel_peers: decapsulation needs the outer source CIDRs whose tunnels"
+            " are opened (--tunnel-peer CIDR: mirror sources, load balancers); to open tunnels"
+            ' from any host, say so: tunnel_peers = ["0.0.0.0/0", "::/0"]'
         )
     return dataclasses.replace(Options(), **kwargs)

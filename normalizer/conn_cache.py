@@ -5,6 +5,12 @@ needs no server. Rows are written in batches, but ``record`` commits before it r
 connection's row is durable before the adapter forwards the first rewritten frame of its flow.
 The schema carries a version; a file written by another version is refused with a clear error
 rather than misread.
+
+Text is stored as valid UTF-8 whatever the header carried: a codec keeps bytes it cannot decode
+as lone surrogates (a UNIX path of a PROXY v2 header is any bytes the sender chose), which
+neither SQLite nor a strict JSON reader accepts. Those are written escaped instead, ``\\xNN`` per
+byte as ``backslashreplace`` spells them (``_text``), so every header the codec accepted is
+recorded and every row reads back.
 """
 
 from __future__ import annotations
@@ -240,23 +246,55 @@ def _first_row(cur: sqlite3.Cursor) -> dict[str, Any] | None:
 def _row(ev: HeaderEvent) -> tuple[Any, ...]:
     h = ev.header
     ts = ev.ts / _NS
+    fields = json.dumps(h.fields, ensure_ascii=True, default=str)
+    if "\\ud" in fields:  # a surrogate escape: maybe a lone one, which JSON readers refuse
+        fields = json.dumps(_clean(h.fields), ensure_ascii=True, default=str)
     return (
         ev.client[0],
         ev.client[1],
         ev.server[0],
         ev.server[1],
         ev.vlan.hex(),
-        h.src_addr,
+        _text(h.src_addr),
         h.src_port,
-        h.dst_addr,
+        _text(h.dst_addr),
         h.dst_port,
-        h.family,
-        h.kind,
+        _text(h.family),
+        _text(h.kind),
         h.length,
-        h.command,
-        json.dumps(h.fields, ensure_ascii=True, default=str),
+        _text(h.command),
+        fields,
         ts,
         ts,
         "open",
         ev.isn,
     )
+
+
+def _text(value: str | None) -> str | None:
+    """``value`` as valid UTF-8 text: surrogates (bytes a codec could not decode) escaped."""
+    if value is None or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join(_escape(ch) if "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    return value
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's spelling of the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\u{code:04x}"
+
+
+def _clean(value: Any) -> Any:
+    """A JSON-ready value with every string (keys too) passed through ``_text``."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, dict):
+        return {_clean(k) if isinstance(k, str) else k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value

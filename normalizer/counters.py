@@ -48,13 +48,16 @@ class Counters:
     checksum_kept: int = 0  # auto: not partial, left as captured (right, or wrong on the wire)
     checksum_unchecked: int = 0  # fix: not TCP/UDP over IP, a fragment or truncated
     # Decapsulation, in front of the core (decap.py). An unfragmented frame is counted once in
-    # decapsulated, passed or bad_header; an outer UDP fragment in fragments, and its datagram,
-    # once whole, in reassembled and again in decapsulated or bad_header. So frames in ==
-    # decapsulated + passed + bad_header + fragments - reassembled.
+    # decapsulated, passed, bad_header or untrusted; an outer UDP fragment of a tunnel peer in
+    # fragments, and its datagram, once whole, in reassembled and again in decapsulated or
+    # bad_header (a stranger's fragment in untrusted or passed, at once). So frames in ==
+    # decapsulated + passed + bad_header + untrusted + fragments - reassembled.
     tunnel_decapsulated: int = 0  # inner frames handed to the core (reassembled ones included)
     tunnel_passed: int = 0  # not a tunnel packet: forwarded as captured
     tunnel_bad_header: int = 0  # on a tunnel port but not decodable: forwarded as captured
+    tunnel_untrusted: int = 0  # on a tunnel port from a source not in tunnel_peers: as captured
     tunnel_truncated: int = 0  # inner packet cut short (mirror truncation, snap length)
+    tunnel_inner_malformed: int = 0  # inner IP header contradicting itself: handed on untrimmed
     tunnel_fragments: int = 0  # outer UDP fragments taken into reassembly
     tunnel_reassembled: int = 0  # datagrams rebuilt from them
     tunnel_frag_limit: int = 0  # fragments given up on (limits, timeout): forwarded as captured

@@ -11,9 +11,19 @@ frames of other link types are given a synthesized Ethernet header, as are inner
 packets of GENEVE (no Ethernet inside). Nothing is dropped: what cannot be decapsulated (not a
 tunnel, bad header, fragments given up on) is forwarded as captured and counted.
 
+Only tunnels whose outer source is a configured peer (``tunnel_peers``: the mirror sources, the
+load balancer) are opened. Anyone can send a UDP datagram to port 4789, and its inner frame
+could claim to come from a trusted proxy: the core would honour its header, and the cache and
+the enricher would then name a client the sender made up. So the outer source is checked
+before any byte of the tunnel header is parsed, and a stranger's packet (or outer fragment) is
+forwarded as captured, counted as ``tunnel_untrusted`` (Suricata still sees it as it was).
+
 Truncated mirror packets (the mirror or the snap length cut them): the inner packet's IP length
 is lowered to what was captured and its IP and TCP/UDP checksums recomputed, so Suricata still
-tracks the flow (and sees a gap) instead of discarding the packet as malformed.
+tracks the flow (and sees a gap) instead of discarding the packet as malformed. Only a header
+consistent with itself and with the EtherType in front of it is trimmed: the inner frame is the
+sender's to choose (any host can send a datagram to the tunnel port), so a version nibble or a
+length that contradicts the rest is handed on untouched and counted, never trusted for offsets.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from normalizer.frame import (
 )
 from normalizer.ipfrag import Held, Reassembler
 from normalizer.options import Options
+from normalizer.trust import TrustedProxies
 from normalizer.tunnel import TunnelRef, VlanMap
 
 Out = tuple[int, bytes, TunnelRef | None]
@@ -47,6 +58,7 @@ class Decapsulator:
         self.vlans = VlanMap(dict(options.vni_vlan))
         self._vxlan = frozenset(options.vxlan_ports)
         self._geneve = frozenset(options.geneve_ports)
+        self._peers = TrustedProxies(options.tunnel_peers)
         self._tags: dict[int, tuple[int, bytes]] = {}  # vni -> (vlan id, 802.1Q tag bytes)
         self._frag = Reassembler()
         self._next_sweep = 0
@@ -74,6 +86,8 @@ class Decapsulator:
             if frag & 0x3FFF:
                 key = b"\x04" + src + dst + frame[ip + 4 : ip + 6]
                 off, more = (frag & 0x1FFF) * 8, bool(frag & 0x2000)
+                if not self._peers.contains(src):
+                    return out + self._stranger(frame, ts, off, ip + ihl)
                 return out + self._fragment(frame, ts, key, off, more, ip + ihl, end, vlan)
             udp = ip + ihl
         else:
@@ -94,6 +108,8 @@ class Decapsulator:
                         continue
                     key = b"\x06" + src + dst + frame[udp + 4 : udp + 8]
                     more = bool(frag & 1)
+                    if not self._peers.contains(src):
+                        return out + self._stranger(frame, ts, frag & 0xFFF8, udp + 8)
                     return out + self._fragment(
                         frame, ts, key, frag & 0xFFF8, more, udp + 8, end, vlan
                     )
@@ -139,16 +155,20 @@ class Decapsulator:
         ulen = (buf[udp + 4] << 8) | buf[udp + 5]
         if ulen >= 8:
             end = min(end, udp + ulen)
+        is_vxlan = dport in self._vxlan
+        if not is_vxlan and dport not in self._geneve:
+            return self._passed(originals)
+        if not self._peers.contains(src):  # before a single byte of the tunnel is parsed
+            c.tunnel_untrusted += len(originals)
+            return [(t, as_ethernet(f, self.linktype), None) for t, f in originals]
         options: tuple[geneve.GeneveOption, ...] = ()
         try:
-            if dport in self._vxlan:
+            if is_vxlan:
                 kind, vni, start, proto = "vxlan", vxlan.parse(buf, udp + 8, end), udp + 16, 0
-            elif dport in self._geneve:
+            else:
                 g = geneve.parse(buf, udp + 8, end)
                 kind, vni, start, options = "geneve", g.vni, udp + 8 + g.length, g.options
                 proto = 0 if g.protocol == geneve.PROTO_ETHERNET else g.protocol
-            else:
-                return self._passed(originals)
         except (vxlan.VxlanError, geneve.GeneveError):
             return self._bad(originals, cut)
         if end - start < (1 if proto else 14):  # no inner packet at all
@@ -175,28 +195,27 @@ class Decapsulator:
         return tag
 
     def _fit(self, frame: bytes) -> bytes:
-        """Trim an inner packet that claims more bytes than were captured (see module doc)."""
-        et = frame[16:18]
-        if et == _IPV4 and len(frame) >= 38:
-            ip, declared = 18, (frame[20] << 8) | frame[21]
-        elif et == _IPV6 and len(frame) >= 58:
-            ip, declared = 18, 40 + ((frame[22] << 8) | frame[23])
+        """Trim an inner packet that claims more bytes than were captured (see module doc).
+
+        The link layer's EtherType says which IP version follows; a header whose version nibble
+        or lengths contradict it (or each other) is not trimmed but handed on as it came, and
+        counted: the core then passes it untouched, and Suricata flags it itself.
+        """
+        if frame[16:18] == _IPV4 or frame[16:18] == _IPV6:  # our own tag, no inner VLAN
+            ip, version = 18, 4 if frame[16:18] == _IPV4 else 6
         else:
             l3 = l3_offset(frame, LINKTYPE_ETHERNET)
             if l3 is None:
                 return frame
-            ip = l3[0]
-            if l3[1] == 4 and len(frame) >= ip + 20:
-                declared = (frame[ip + 2] << 8) | frame[ip + 3]
-            elif l3[1] == 6 and len(frame) >= ip + 40:
-                declared = 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
-            else:
-                self.counters.tunnel_truncated += 1
-                return frame
+            ip, version = l3[0], l3[1]
+        declared = ip_declared_length(frame, ip, version)
+        if declared is None:
+            self.counters.tunnel_inner_malformed += 1
+            return frame
         if declared <= len(frame) - ip:
             return frame
         self.counters.tunnel_truncated += 1
-        return trim(frame, ip)
+        return frame if declared == HEADER_CUT else trim(frame, ip)
 
     # -- fragments and pass-through -------------------------------------------------------------
 
@@ -233,6 +252,15 @@ class Decapsulator:
             out += self._udp(l4, 0, len(l4), src, dst, vlan, ts, originals)
         return out
 
+    def _stranger(self, frame: bytes, ts: int, off: int, at: int) -> list[Out]:
+        """An outer fragment from a host that is not a tunnel peer: never reassembled (it cannot
+        become a tunnel packet we open), forwarded at once; untrusted if it shows a tunnel port."""
+        port = (frame[at + 2] << 8) | frame[at + 3] if off == 0 and len(frame) >= at + 4 else -1
+        if port in self._vxlan or port in self._geneve:
+            self.counters.tunnel_untrusted += 1
+            return [(ts, as_ethernet(frame, self.linktype), None)]
+        return self._passed([(ts, frame)])
+
     def _released(self) -> list[Out]:
         fr = self._frag
         if not fr.released:
@@ -251,14 +279,39 @@ class Decapsulator:
         return [(t, as_ethernet(f, self.linktype), None) for t, f in frames]
 
 
+HEADER_CUT = 1 << 17  # ``ip_declared_length`` of a header the capture cut: more than any packet
+
+
+def ip_declared_length(frame: bytes, ip: int, version: int) -> int | None:
+    """Bytes the IP header at ``ip`` says its packet has, ``HEADER_CUT`` when the header itself
+    was not captured whole, None when it contradicts itself: a version nibble that is not the
+    ``version`` the link layer declared, an IPv4 header length below 20, or a total length
+    below the header's own. Only a header this accepts is given to ``trim``."""
+    avail = len(frame) - ip
+    if avail < 1 or frame[ip] >> 4 != version:
+        return None if avail >= 1 else HEADER_CUT
+    if version == 4:
+        ihl = (frame[ip] & 0x0F) * 4
+        if ihl < 20:
+            return None
+        if avail < ihl:
+            return HEADER_CUT
+        total = (frame[ip + 2] << 8) | frame[ip + 3]
+        return total if total >= ihl else None
+    if avail < 40:
+        return HEADER_CUT
+    return 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
+
+
 def trim(frame: bytes, ip: int) -> bytes:
-    """Lower the IP length to the captured bytes; recompute IP and TCP/UDP checksums."""
+    """Lower the IP length to the captured bytes; recompute IP and TCP/UDP checksums.
+
+    The caller checked the header with ``ip_declared_length`` first.
+    """
     buf = bytearray(frame)
     avail = len(buf) - ip
     if buf[ip] >> 4 == 4:
         ihl = (buf[ip] & 0x0F) * 4
-        if ihl < 20 or avail < ihl:
-            return frame
         buf[ip + 2 : ip + 4] = avail.to_bytes(2, "big")
         buf[ip + 10 : ip + 12] = b"\x00\x00"
         buf[ip + 10 : ip + 12] = checksum(buf[ip : ip + ihl]).to_bytes(2, "big")

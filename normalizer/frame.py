@@ -167,6 +167,30 @@ def locate_tcp(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> TcpFrame | No
     return TcpFrame(f.ip, tcp, payload, end, f.vlan)
 
 
+class CutFrame(bytes):
+    """A captured frame shorter than it was on the wire, carrying its original length.
+
+    Why on the object and not in a table beside the pipeline: a frame forwarded untouched is
+    the very object that was read, so its original length travels with it through holds,
+    decapsulation's pass-through and the core, and nothing can attach it to another frame. A
+    frame the core rewrites is a new object (and, being rewritable, was captured whole up to
+    its IP length): it is written with its own length. Only truncated frames pay for the
+    instance dictionary; the writer asks ``type(frame) is CutFrame``.
+    """
+
+    origlen: int
+
+    def __new__(cls, data: bytes, origlen: int) -> CutFrame:
+        self = super().__new__(cls, data)
+        self.origlen = origlen
+        return self
+
+
+def original_length(frame: bytes | bytearray) -> int:
+    """The frame's length on the wire: its own, unless it is a ``CutFrame``."""
+    return frame.origlen if type(frame) is CutFrame else len(frame)
+
+
 SYNTH_MACS = bytes.fromhex("020000000002020000000001")  # locally administered dst, src
 _IPV4 = b"\x08\x00"
 _IPV6 = b"\x86\xdd"
@@ -174,14 +198,19 @@ _UNKNOWN = b"\x88\xb5"  # IEEE local experimental ethertype: bytes kept, decoded
 
 
 def as_ethernet(frame: bytes, linktype: int) -> bytes:
-    """The frame with its link header replaced by a synthesized Ethernet one."""
+    """The frame with its link header replaced by a synthesized Ethernet one (a ``CutFrame``
+    stays one, its original length changed by what the header change added or removed)."""
     if linktype == LINKTYPE_ETHERNET:
         return frame
     if linktype == LINKTYPE_LINUX_SLL and len(frame) >= 16:
-        return SYNTH_MACS + frame[14:16] + frame[16:]
-    if linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
-        return SYNTH_MACS + frame[0:2] + frame[20:]
-    body = frame[4:] if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP) else frame
-    version = body[0] >> 4 if body else 0
-    etype = _IPV4 if version == 4 else _IPV6 if version == 6 else _UNKNOWN
-    return SYNTH_MACS + etype + body
+        out = SYNTH_MACS + frame[14:16] + frame[16:]
+    elif linktype == LINKTYPE_LINUX_SLL2 and len(frame) >= 20:
+        out = SYNTH_MACS + frame[0:2] + frame[20:]
+    else:
+        body = frame[4:] if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP) else frame
+        version = body[0] >> 4 if body else 0
+        etype = _IPV4 if version == 4 else _IPV6 if version == 6 else _UNKNOWN
+        out = SYNTH_MACS + etype + body
+    if type(frame) is CutFrame:
+        return CutFrame(out, frame.origlen + len(out) - len(frame))
+    return out

@@ -41,6 +41,11 @@ class Options:
     # Mirrored / appliance traffic (see docs/tunnels.md): emit the inner frames of VXLAN and
     # GENEVE packets (output link type Ethernet) instead of passing the tunnel packets through.
     decapsulate: bool = False
+    # CIDRs of the outer sources whose tunnels are opened (mirror sources, load balancers): a
+    # tunnel packet from anywhere else is forwarded as captured, its inner frame never parsed,
+    # so no host can hand the core an inner frame that claims to come from a trusted proxy.
+    # Empty opens nothing; the config layer refuses decapsulate without it.
+    tunnel_peers: tuple[str, ...] = ()
     vxlan_ports: tuple[int, ...] = (4789,)  # UDP destination ports
     geneve_ports: tuple[int, ...] = (6081,)
     # VNI -> 802.1Q id for inner frames; VNIs not listed get the default mapping.

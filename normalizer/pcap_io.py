@@ -3,6 +3,11 @@
 Written with ``struct`` rather than a capture library so reading costs one unpack per record and
 nothing is decoded that the core does not need. Timestamps are integer nanoseconds throughout,
 so nanosecond captures keep their precision.
+
+A capture file is input like any other: every length is checked against what the block can
+hold before it is used, and a timestamp the output cannot carry (before 1970 or past 2106: the
+pcap record's seconds are an unsigned 32-bit field) makes its record corrupt. Either raises
+``PcapError`` naming the file and the record, after every record before it was handed out.
 """
 
 from __future__ import annotations
@@ -11,7 +16,13 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from normalizer.frame import LINKTYPE_ETHERNET, SUPPORTED_LINKTYPES, as_ethernet
+from normalizer.frame import (
+    LINKTYPE_ETHERNET,
+    SUPPORTED_LINKTYPES,
+    CutFrame,
+    as_ethernet,
+    original_length,
+)
 
 
 class PcapError(Exception):
@@ -26,10 +37,17 @@ _PCAP_MAGICS = {
 }
 _PCAPNG_SHB = 0x0A0D0D0A
 _CHUNK = 1 << 20
+_MAX_RECORD = 0x4000000  # 64 MiB: no link layer captures more; a larger length is corruption
+TS_LIMIT = (1 << 32) * 1_000_000_000  # ns: first instant a pcap record cannot hold
+# Smallest body (after the 8-byte block header, without the trailing length) of the blocks read.
+_MIN_BODY = {_PCAPNG_SHB: 16, 1: 8, 6: 20, 3: 4}
 
 
 class CaptureReader:
     """Iterates (ts_ns, frame, orig_len) over a pcap or pcapng file.
+
+    A frame captured shorter than it was (``orig_len`` larger) is a ``CutFrame`` carrying
+    ``orig_len``, so the writer gives it its original length wherever it ends up.
 
     ``linktype`` is known once the first interface is declared (immediately for pcap). The core
     decodes one link type per input, so a pcapng file whose interfaces differ (Wireshark on an
@@ -109,14 +127,20 @@ class CaptureReader:
             start = pos + 16
             end = start + caplen
             if end > blen:
-                if caplen > 0x4000000:
+                if caplen > _MAX_RECORD:
                     raise PcapError(f"{self.name}: record claims {caplen} bytes: corrupt file")
                 buf = buf[pos:] + read(max(_CHUNK, end - blen))
                 blen = len(buf)
                 pos, start, end = 0, 16, 16 + caplen
                 if end > blen:
                     raise PcapError(f"{self.name}: truncated record at end of file")
-            yield sec * 1_000_000_000 + frac * scale, buf[start:end], origlen
+            ts = sec * 1_000_000_000 + frac * scale
+            if ts >= TS_LIMIT:  # a fraction of a second beyond a whole second, near 2106
+                raise PcapError(f"{self.name}: record with timestamp {sec}.{frac}: corrupt file")
+            if origlen > caplen:
+                yield ts, CutFrame(buf[start:end], origlen), origlen
+            else:
+                yield ts, buf[start:end], origlen
             pos = end
 
     # pcapng --------------------------------------------------------------------------------
@@ -126,6 +150,7 @@ class CaptureReader:
         first = True
         endian = "<"
         ifaces: list[tuple[int, int, int]] = []  # (linktype, ticks per second, offset s)
+        records = 0  # packets handed out: error messages say where the file went wrong
         while True:
             head = self._head if first else fh.read(8)
             if first:
@@ -144,14 +169,16 @@ class CaptureReader:
                 else:
                     raise PcapError(f"{self.name}: bad pcapng byte-order magic")
                 total = struct.unpack(endian + "I", head[4:8])[0]
+                self._check_block(btype, total, records)
                 body = bom + fh.read(total - 12)
                 ifaces = []
             else:
                 btype, total = struct.unpack(endian + "II", head)
-                body = fh.read(total - 8) if total >= 12 else b""
+                self._check_block(btype, total, records)
+                body = fh.read(total - 8)
             first = False
-            if total < 12 or total % 4 or len(body) != total - 8:
-                raise PcapError(f"{self.name}: truncated or corrupt pcapng block")
+            if len(body) != total - 8:
+                raise PcapError(f"{self.name}: truncated pcapng block after {records} packets")
             body = body[:-4]
             if btype == 1:  # interface description
                 linktype = struct.unpack_from(endian + "H", body, 0)[0]
@@ -159,25 +186,51 @@ class CaptureReader:
                 ifaces.append((linktype, *_if_options(body[8:], endian)))
             elif btype == 6:  # enhanced packet
                 ifid, hi, lo, caplen, origlen = struct.unpack_from(endian + "IIIII", body, 0)
-                if ifid >= len(ifaces) or 20 + caplen > len(body):
+                if ifid >= len(ifaces):
                     raise PcapError(f"{self.name}: packet block names unknown interface {ifid}")
+                if 20 + caplen > len(body):
+                    raise PcapError(
+                        f"{self.name}: packet block {records + 1} claims {caplen} bytes in a"
+                        f" {len(body) - 20}-byte body: corrupt file"
+                    )
                 frame = body[20 : 20 + caplen]
+                if origlen > caplen:
+                    frame = CutFrame(frame, origlen)
                 if ifaces[ifid][0] != self.linktype:
                     frame, origlen = self._as_ethernet(frame, ifaces[ifid][0], origlen)
+                ts = _ticks_to_ns((hi << 32) | lo, ifaces[ifid])
+                if not 0 <= ts < TS_LIMIT:
+                    raise PcapError(
+                        f"{self.name}: packet block {records + 1} has timestamp {ts / 1e9:.0f} s"
+                        " (interface resolution and offset applied), outside 1970..2106"
+                    )
                 self._started = True
-                yield _ticks_to_ns((hi << 32) | lo, ifaces[ifid]), frame, origlen
+                records += 1
+                yield ts, frame, origlen
             elif btype == 3:  # simple packet: no timestamp
                 if not ifaces:
                     raise PcapError(f"{self.name}: simple packet block before any interface")
                 origlen = struct.unpack_from(endian + "I", body, 0)[0]
                 data = body[4 : 4 + origlen]
+                if origlen > len(data):
+                    data = CutFrame(data, origlen)
                 if ifaces[0][0] != self.linktype:
                     data, origlen = self._as_ethernet(data, ifaces[0][0], origlen)
                 self._started = True
+                records += 1
                 yield 0, data, origlen
 
+    def _check_block(self, btype: int, total: int, records: int) -> None:
+        """A block length the reader can trust before it reads that many bytes."""
+        least = 12 + _MIN_BODY.get(btype, 0)
+        if total < least or total % 4 or total > _MAX_RECORD:
+            raise PcapError(
+                f"{self.name}: pcapng block of type 0x{btype:x} claims {total} bytes"
+                f" (at least {least}, a multiple of 4) after {records} packets: corrupt file"
+            )
+
     def _as_ethernet(self, frame: bytes, linktype: int, origlen: int) -> tuple[bytes, int]:
-        out = as_ethernet(frame, linktype)
+        out = as_ethernet(frame, linktype)  # a CutFrame's origlen follows the new header
         self.converted += 1
         return out, origlen + len(out) - len(frame)
 
@@ -192,10 +245,12 @@ def _if_options(opts: bytes, endian: str) -> tuple[int, int]:
         value = opts[i + 4 : i + 4 + length]
         if code == 0:
             break
-        if code == 9 and length >= 1:  # if_tsresol
+        # ``value`` may be shorter than ``length`` says (an option running past the block):
+        # only what is there is read.
+        if code == 9 and len(value) >= 1:  # if_tsresol
             r = value[0]
             ticks = 2 ** (r & 0x7F) if r & 0x80 else 10 ** (r & 0x7F)
-        elif code == 14 and length >= 8:  # if_tsoffset
+        elif code == 14 and len(value) >= 8:  # if_tsoffset
             offset = struct.unpack(endian + "q", value[:8])[0]
         i += 4 + ((length + 3) & ~3)
     return ticks, offset
@@ -217,14 +272,17 @@ class PcapWriter:
         self._rec = struct.Struct("<IIII")
 
     def write(self, ts: int, frame: bytes | bytearray, origlen: int | None = None) -> None:
+        """One record; its original length is ``origlen``, else the frame's own (a
+        ``CutFrame`` carries it), never less than the bytes written."""
         sec, ns = divmod(ts, 1_000_000_000)
         frac = ns if self._nano else ns // 1000
         n = len(frame)
-        self._fh.write(self._rec.pack(sec, frac, n, max(n, origlen or 0)))
+        orig = original_length(frame) if origlen is None else origlen
+        self._fh.write(self._rec.pack(sec, frac, n, max(n, orig)))
         self._fh.write(frame)
 
     def write_many(self, items: list[tuple[int, bytes | bytearray]]) -> None:
-        """Write fully captured frames in one call: the batch path of the rewrite loop."""
+        """Write frames in one call: the batch path of the rewrite loop."""
         pack = self._rec.pack
         nano = self._nano
         parts: list[bytes | bytearray] = []
@@ -232,6 +290,7 @@ class PcapWriter:
         for ts, frame in items:
             sec, ns = divmod(ts, 1_000_000_000)
             n = len(frame)
-            add(pack(sec, ns if nano else ns // 1000, n, n))
+            orig = frame.origlen if type(frame) is CutFrame else n
+            add(pack(sec, ns if nano else ns // 1000, n, orig))
             add(frame)
         self._fh.writelines(parts)

@@ -44,28 +44,20 @@ def rewrite_file(
             reader = CaptureReader(fin, str(src))
             pipe: Pipeline | None = None
             writer: PcapWriter | None = None
-            origlens: dict[int, int] = {}
             last_report = time.monotonic()
 
             def write_out() -> None:
                 assert pipe is not None and writer is not None
-                if origlens:  # some input frames were truncated: keep their original length
-                    for ts, frame in pipe.take():
-                        writer.write(ts, frame, origlens.pop(id(frame), None))
-                else:
-                    writer.write_many(pipe.take())
+                writer.write_many(pipe.take())  # a CutFrame carries its original length
 
             n = 0
             error: PcapError | None = None
             try:
-                for ts, frame, origlen in reader:
+                for ts, frame, _origlen in reader:
                     if pipe is None:
                         assert reader.linktype is not None
                         pipe = Pipeline(options, reader.linktype, on_events, resume, on_tunnels)
                         writer = PcapWriter(fout, pipe.linktype, reader.nanosecond)
-                    # Decapsulated frames are new objects (and trimmed when cut): no origlen.
-                    if origlen != len(frame) and not options.decapsulate:
-                        origlens[id(frame)] = origlen
                     pipe.push(frame, ts)
                     n += 1
                     if n % _BATCH == 0:
@@ -113,10 +105,12 @@ def summary(c: Counters) -> str:
         f"header problems: {c.header_malformed} malformed, {c.header_truncated} truncated, "
         f"{c.header_missing} missing, {c.hold_overflow} hold overflow, {c.hold_timeout} timed out",
     ]
-    if c.tunnel_decapsulated or c.tunnel_bad_header or c.tunnel_fragments:
+    if c.tunnel_decapsulated or c.tunnel_bad_header or c.tunnel_fragments or c.tunnel_untrusted:
         lines.append(
             f"tunnels: {c.tunnel_decapsulated} decapsulated, {c.tunnel_passed} not tunnelled, "
-            f"{c.tunnel_bad_header} bad headers, {c.tunnel_truncated} truncated; fragments "
+            f"{c.tunnel_untrusted} from sources not in tunnel_peers (passed), "
+            f"{c.tunnel_bad_header} bad headers, {c.tunnel_truncated} truncated, "
+            f"{c.tunnel_inner_malformed} with a malformed inner IP header; fragments "
             f"{c.tunnel_fragments} ({c.tunnel_reassembled} reassembled, {c.tunnel_frag_limit} "
             f"given up), {c.tunnel_vlan_collisions} VLAN collisions"
         )

@@ -15,6 +15,7 @@ from normalizer.engine import Frame, HeaderEvent, Normalizer, Resumable
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.offload import ChecksumPolicy
 from normalizer.options import Options
+from normalizer.tunnel import TunnelRef
 from normalizer.tunnel_flows import TunnelFlow, TunnelFlows
 
 EventSink = Callable[[list[HeaderEvent]], object]
@@ -33,19 +34,24 @@ class Pipeline:
         resume: ResumeSource | None = None,
         on_tunnels: TunnelSink | None = None,
         checksums: str | None = None,
+        tunnelled: bool = False,
     ) -> None:
-        """``checksums`` overrides ``options.checksums``: the live adapter passes "keep" for
+        """``tunnelled``: the caller decapsulates (the appliance) and hands inner Ethernet
+        frames with their ``TunnelRef`` to ``push_inner``; no Decapsulator then.
+
+        ``checksums`` overrides ``options.checksums``: the live adapter passes "keep" for
         "auto", because there the ring's CSUMNOTREADY flag already said which frames were
         partial (afpacket.py completes them), so guessing from the field again is wasted work.
         """
         # Decapsulation hands the core Ethernet frames whatever the input's link type.
-        decap = options.decapsulate
-        self.engine = Normalizer(options, LINKTYPE_ETHERNET if decap else linktype)
+        decap = options.decapsulate and not tunnelled
+        inner = decap or tunnelled
+        self.engine = Normalizer(options, LINKTYPE_ETHERNET if inner else linktype)
         self.linktype = self.engine.linktype  # of the frames ``take`` returns
         self.decap = Decapsulator(options, linktype, self.engine.counters) if decap else None
         # Which tunnel each inner flow came through, only kept when someone records it.
         self.tunnels = (
-            TunnelFlows(options.max_flows, options.idle_timeout) if decap and on_tunnels else None
+            TunnelFlows(options.max_flows, options.idle_timeout) if inner and on_tunnels else None
         )
         self._on_tunnels = on_tunnels
         self._on_events = on_events
@@ -75,6 +81,12 @@ class Pipeline:
             self.engine.feed(frame, ts)
         else:
             self._inner(self.decap.feed(frame, ts))
+
+    def push_inner(self, frame: bytes, ts: int, ref: TunnelRef) -> None:
+        """An inner frame the caller decapsulated itself (``tunnelled``), with its tunnel."""
+        if self._resume is not None:
+            self._adopt(ts)
+        self._inner([(ts, frame, ref)])
 
     def _inner(self, frames: list[Out]) -> None:
         """Decapsulated (or passed) frames to the core; inner flows noted for the cache."""

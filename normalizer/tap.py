@@ -4,11 +4,11 @@ Why a persistent tap (IFF_TAP | IFF_NO_PI): it exists independently of our file 
 Suricata can be started (and keep running) while the normalizer restarts; frames are whole
 Ethernet frames without the 4-byte packet-info prefix.
 
-MTU: GRO/LRO on the captured bridge port can hand AF_PACKET frames far larger than the link MTU,
-and Suricata's af-packet sizes its snaplen from the tap's MTU, truncating anything larger. The
-default 65521 (a tap's largest: 65535 minus the Ethernet header) keeps every frame whole; the
-better fix is turning GRO/LRO off on the bridge ports (``ethtool -K PORT gro off lro off``),
-which makes Suricata see the segments as they were on the wire (suricata/normalizer.env says so).
+MTU: on a host with its offloads on (the normal case), GSO frames the host sends and GRO frames
+it receives reach AF_PACKET far larger than the link MTU (measured: up to 65,226 bytes), and
+Suricata's af-packet sizes its snaplen from the tap's MTU, truncating anything larger. The
+default 65521 (a tap's largest: 65535 minus the Ethernet header) keeps every frame whole, and
+Suricata reassembles such a frame as the large segment it is (tests/lab/test_host_live.py).
 
 If the device disappears (``ip link del``, a network restart), writes fail with EBADFD/ENODEV;
 the device is then recreated and the event counted, the frame that failed is counted as a write
@@ -50,7 +50,14 @@ class Tap:
     def open(self) -> None:
         """Create (or attach to) the persistent tap, set its MTU and bring it up."""
         self.close()
-        dev = pytun.TunTapDevice(name=self.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        try:
+            dev = pytun.TunTapDevice(name=self.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+        except OSError as exc:  # say which device and what it takes, not a bare strerror
+            raise OSError(
+                exc.errno,
+                f"{exc.strerror}: tap {self.name} (needs read-write /dev/net/tun and"
+                " CAP_NET_ADMIN)",
+            ) from None
         try:
             dev.persist(True)
             dev.mtu = self.mtu

@@ -33,6 +33,8 @@ class TunnelRef(NamedTuple):
     outer_dport: int
     outer_vlan: bytes  # outer 802.1Q ids, 2 bytes each, outermost first
     options: tuple[GeneveOption, ...] = ()
+    # A tunnel inside this one: VXLAN inside the GENEVE of a balancer used as a mirror target.
+    mirror: TunnelRef | None = None
 
 
 def default_vlan(vni: int) -> int:
@@ -89,4 +91,8 @@ def tunnel_json(ref: TunnelRef) -> dict[str, Any]:
     }
     if ref.kind == "geneve":
         out.update(describe(ref.options))
+    if ref.mirror is not None:
+        inner = tunnel_json(ref.mirror)
+        del inner["vlan"], inner["outer"]["vlan"]  # the frame's tag is the outer layer's
+        out["mirror"] = inner
     return out

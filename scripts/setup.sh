@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BPO=/etc/apt/sources.list.d/bookworm-backports.sources
-APT_PKGS=(suricata tcpdump haproxy nginx-light libnginx-mod-stream curl iproute2 nftables tcpreplay procps kmod ethtool openssl)
+APT_PKGS=(suricata tcpdump haproxy nginx-light libnginx-mod-stream curl iproute2 nftables tcpreplay procps kmod ethtool openssl
+  debootstrap systemd-container)  # the last two: the real-systemd test (tests/lab/systemd_lab.py)
 
 need_apt=0
 for p in "${APT_PKGS[@]}"; do

@@ -123,7 +123,8 @@ def test_suricata_tunnel_object_survives_both_modes(tmp_path: Path) -> None:
     ``encapsulation``, and keep Suricata's ``tunnel`` as it was."""
     pcap, db = PCAPS / "vxlan-haproxy-v2.pcap", tmp_path / "conn.db"
     argv = [str(BIN / "suricata-normalizer"), "rewrite", str(pcap), "-o", str(tmp_path / "n.pcap")]
-    _run(argv + ["--proxy", "192.0.2.1/32", "--decap", "--keep-addresses", "--cache", str(db)])
+    argv += ["--decap", "--tunnel-peer", "10.99.0.0/24"]  # the capture's VXLAN underlay
+    _run(argv + ["--proxy", "192.0.2.1/32", "--keep-addresses", "--cache", str(db)])
     eve = _suricata(pcap, tmp_path, checksums=False)  # the raw capture, Suricata's decoder
     raw = eve.read_bytes().splitlines(keepends=True)
     extra, over = _enrich(eve, db, "extra-data"), _enrich(eve, db, "overwrite")

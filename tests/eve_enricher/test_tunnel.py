@@ -32,7 +32,12 @@ def _cache(tmp: Path) -> Path:
     other = conversation(Conv(client=OTHER[0], cport=OTHER[1]), b"", coalesce=True)
     _write(src, [encap.geneve_frame(f[14:], 9, *OUTER, options=AWS) for f in proxied + other])
     cache = ConnectionCache(db)
-    opts = Options(proxies=(f"{PROXY4}/32",), decapsulate=True, restore_addresses=False)
+    opts = Options(
+        proxies=(f"{PROXY4}/32",),
+        decapsulate=True,
+        tunnel_peers=("0.0.0.0/0", "::/0"),
+        restore_addresses=False,
+    )
     rewrite_file(src, dst, opts, on_events=cache.record, on_tunnels=cache.record_tunnels)
     cache.close()
     return db

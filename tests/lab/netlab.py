@@ -193,7 +193,7 @@ class Lab:
             raise LabError(f"nft: {p.stderr.strip()}")
 
     @contextlib.contextmanager
-    def capture(self, path: Path, port: str = "sg") -> Iterator[Capture]:
+    def capture(self, path: Path, port: str = "sg", role: str = "sensor") -> Iterator[Capture]:
         """tcpdump on a bridge port, started before and flushed after the ``with`` body.
 
         --immediate-mode matters: without it libpcap's TPACKET_V3 ring hands packets over per
@@ -202,7 +202,7 @@ class Lab:
         and stop with SIGINT so the pcap is complete. The yielded Capture is filled on exit.
         """
         argv = self.cmd(
-            "sensor",
+            role,
             "tcpdump",
             "-i",
             port,

@@ -47,6 +47,11 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 Suricata = Callable[[Path], list[Event]]
 PROXY = f"{tunnel_lab.CLIENT}/32"  # HAProxy's address on the VXLAN segment
 NO_PROXY = "203.0.113.250/32"  # captures without a proxy: decap only, every flow untracked
+# The lab's tunnel endpoints (both directions of the VXLAN underlays, the GENEVE balancer).
+TUNNEL_PEERS = [
+    f"--tunnel-peer={a}"
+    for a in (*tunnel_lab.UNDERLAY, *tunnel_lab.UNDERLAY6, *tunnel_lab.GENEVE_OUTER)
+]
 GENEVE_L3 = frozenset({tunnel_lab.VNIS[1]})  # this VNI carries bare IPv4, the other Ethernet
 
 
@@ -112,6 +117,7 @@ def rewrite(pcap: Path, proxy: str = NO_PROXY) -> tuple[Path, dict[str, Any], Pa
     out, cache, stats = (pcap.with_suffix(s) for s in (".decap.pcap", ".db", ".stats.json"))
     cache.unlink(missing_ok=True)
     argv = [*normalizer_cli(), "rewrite", str(pcap), "-o", str(out), "--decap", "--proxy", proxy]
+    argv += TUNNEL_PEERS
     argv += ["--cache", str(cache), "--stats-json", str(stats), "-q"]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, f"{' '.join(argv)}\n{p.stdout}{p.stderr}"
@@ -445,6 +451,7 @@ def test_live_decap_on_the_underlay_port(lab_ready: None, lab_dir: Path) -> None
     try:
         argv = [*live_demo.NORMALIZER, "live", "--iface", "u1", "--tap", live_demo.TAP, "--decap"]
         argv += ["--proxy", NO_PROXY, "--stats-json", str(stats), "--cache", str(cache)]
+        argv += TUNNEL_PEERS
         live = lab.spawn("sensor", argv, d / "live.log")
         live_demo._wait_for(d / "live.log", "live on", live, 15)
         suri = live_demo.start_suricata(lab, d)

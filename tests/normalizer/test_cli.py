@@ -89,6 +89,16 @@ def test_config_file_and_flag_override(tmp_path: Path) -> None:
         ('proxies = ["10.0.0.1"]\ncolour = 1', "normalizer.colour"),
         ('proxies = ["10.0.0.1"]\ncustom_magic = "abcd"', "normalizer.custom_magic"),
         ("max_flows = 5", "normalizer.proxies"),
+        # Durations that have no integer nanoseconds, or are typos (issue 11, class 7).
+        ('proxies = ["10.0.0.1"]\nidle_timeout = nan', "normalizer.idle_timeout"),
+        ('proxies = ["10.0.0.1"]\nidle_timeout = inf', "normalizer.idle_timeout"),
+        ('proxies = ["10.0.0.1"]\npending_timeout = 1e300', "normalizer.pending_timeout"),
+        ('proxies = ["10.0.0.1"]\nclosed_timeout = -inf', "normalizer.closed_timeout"),
+        ('proxies = ["10.0.0.1"]\ncache_retention = nan', "normalizer.cache_retention"),
+        ('proxies = ["10.0.0.1"]\ncache_retention = 1e-300', "normalizer.cache_retention"),
+        ('proxies = ["10.0.0.1"]\nidle_timeout = 9223372036854775807', "normalizer.idle_timeout"),
+        ('proxies = ["10.0.0.1"]\nmax_flows = ' + "9" * 5000, "not valid TOML"),
+        ("proxies = " + "[" * 100_000, "not valid TOML"),
     ],
 )
 def test_config_errors_name_the_key(
@@ -159,3 +169,49 @@ def test_checksums_flag_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[st
     cfg.write_text('[normalizer]\nproxies = ["192.0.2.1/32"]\nchecksums = "sometimes"\n')
     assert main(["rewrite", str(src), "-o", str(out), "--config", str(cfg)]) == 2
     assert "normalizer.checksums: expected one of keep, auto, fix" in capsys.readouterr().err
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, cfg = tmp_path / "in.pcap", tmp_path / "c.toml"
+    _capture(src)
+    cfg.write_bytes(b'[normalizer]\nproxies = ["192.0.2.1"]\n# caf\xe9\n')
+    assert main(["rewrite", str(src), "-o", str(tmp_path / "o.pcap"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "not UTF-8 (byte 0xe9 at offset 42)" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e300"])
+def test_a_duration_flag_without_integer_nanoseconds_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    src = tmp_path / "in.pcap"
+    _capture(src)
+    argv = ["rewrite", str(src), "-o", str(tmp_path / "o.pcap"), "--proxy", "192.0.2.1"]
+    assert main([*argv, f"--cache-retention={value}"]) == 2
+    assert "normalizer.cache_retention" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--metrics-port", "70000"),
+        ("--metrics-port", "0"),
+        ("--metrics-port", "-1"),
+        ("--tap-mtu", "10"),
+        ("--ring-mb", "0"),
+        ("--fanout-group", "65536"),
+        ("--metrics-port", "port"),
+    ],
+)
+def test_live_flags_out_of_range_are_usage_errors_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    """Refused before any device is touched: exit 2, the flag named, no traceback."""
+    with pytest.raises(SystemExit) as info:
+        main(["live", "--iface", "nonexistent0", "--proxy", "192.0.2.1", f"{flag}={value}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and "Traceback" not in err

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from eve_enricher.enrich import Connection
 from normalizer.cli import main
 from normalizer.conn_cache import CacheError, ConnectionCache
 from normalizer.engine import HeaderEvent
 from normalizer.headers import proxy_v2
-from normalizer.headers.base import Tlv
+from normalizer.headers.base import HeaderError, ProxyHeader, Tlv
 from normalizer.pcap_io import CaptureReader, PcapWriter
 from tests.normalizer.packets import Conv
 from tests.normalizer.test_cli import _capture
@@ -174,3 +179,78 @@ def test_rewrite_applies_retention_from_the_newest_row(tmp_path: Path) -> None:
     assert ports == [2, Conv().cport]
     cache.close()
     assert main([*argv, "--cache", str(db), "--cache-retention", "0", "-q"]) == 2
+
+
+# -- whatever the codec accepted is recorded, and reads back (issue 11, class 2) ---------------
+
+_BAD_PATH = b"/run/\xff\xfe\xc3(sock".decode("utf-8", "surrogateescape")
+
+
+def _unix_header() -> ProxyHeader:
+    raw = proxy_v2.build("PROXY", "UNIX", src=_BAD_PATH, dst="/run/ok", tlvs=[Tlv(0x02, b"a\xffb")])
+    header = proxy_v2.parse(raw)
+    assert isinstance(header, ProxyHeader)
+    return header
+
+
+def test_non_utf8_unix_path_is_stored_escaped_and_read_by_the_enricher(tmp_path: Path) -> None:
+    header = _unix_header()
+    odd_fields = dataclasses.replace(header, fields={**header.fields, "x\udcff": ["\ud800"]})
+    cache = ConnectionCache(tmp_path / "c.db")
+    events = [
+        HeaderEvent(5 * 10**9, ("192.0.2.1", 40000), ("192.0.2.2", 80), b"", header),
+        HeaderEvent(5 * 10**9, ("192.0.2.1", 40001), ("192.0.2.2", 80), b"", odd_fields),
+    ]
+    assert cache.record(events) == 2
+    row = cache.lookup_wire("192.0.2.1", 40000, "192.0.2.2", 80, ts=6.0)
+    assert row is not None and row["real_src_ip"] == "/run/\\xff\\xfe\\xc3(sock"
+    assert row["family"] == "UNIX" and row["real_dst_ip"] == "/run/ok"
+    conn = Connection.from_row(row)
+    assert conn.real_client is None and conn.header["authority"] == "a\\xffb"
+    odd = cache.lookup_wire("192.0.2.1", 40001, "192.0.2.2", 80, ts=6.0)
+    assert odd is not None and odd["fields"]["x\\xff"] == ["\\ud800"]
+    assert len(cache.resumable(0.0)) == 2
+
+
+_TLVS = [Tlv(0x02, b"decoy.example"), Tlv(0x05, b"id"), Tlv(0x01, b"h2")]
+_BASES = [
+    proxy_v2.build("PROXY", "TCP4", "203.0.113.7", "198.51.100.1", 1, 2, _TLVS),
+    proxy_v2.build("PROXY", "UNIX", "/run/client.sock", "/run/haproxy.sock", tlvs=_TLVS),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(_BASES), st.lists(st.integers(0, 8 * 260 - 1), min_size=1, max_size=6))
+def test_any_bit_flipped_header_the_codec_accepts_is_recorded(
+    base: bytes, flips: list[int]
+) -> None:
+    raw = bytearray(base.ljust(260, b"\x00"))
+    for bit in flips:
+        raw[bit // 8] ^= 1 << (bit % 8)
+    try:
+        header = proxy_v2.parse(bytes(raw))
+    except HeaderError:
+        return
+    if not isinstance(header, ProxyHeader):
+        return
+    with tempfile.TemporaryDirectory() as d:
+        cache = ConnectionCache(Path(d) / "c.db")
+        cache.record([HeaderEvent(10**9, ("192.0.2.1", 1), ("192.0.2.2", 2), b"", header)])
+        row = cache.lookup_wire("192.0.2.1", 1, "192.0.2.2", 2, ts=1.0)
+        assert row is not None and row["family"] == header.family
+        Connection.from_row(row)
+        cache.close()
+
+
+def test_rewrite_with_cache_survives_a_non_utf8_unix_header(tmp_path: Path) -> None:
+    """Before: UnicodeEncodeError in the cache write, no output at all."""
+    raw = proxy_v2.build("PROXY", "UNIX", src=_BAD_PATH, dst="/run/ok")
+    frames = conversation(Conv(), raw, coalesce=False)
+    _write(tmp_path / "in.pcap", frames)
+    db = tmp_path / "c.db"
+    argv = ["rewrite", str(tmp_path / "in.pcap"), "-o", str(tmp_path / "out.pcap")]
+    assert main([*argv, "--proxy", "192.0.2.1", "--cache", str(db), "-q"]) == 0
+    assert len(_read(tmp_path / "out.pcap")) == len(frames) - 1  # the header segment went
+    cache = ConnectionCache(db, readonly=True)
+    assert cache.count() == 1
+    cache.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -23,10 +24,11 @@ from tests.normalizer.packets import Conv
 NS = 1_000_000_000
 OUTER4 = ("10.9.0.1", "10.9.0.2")
 OUTER6 = ("2001:db8:9::1", "2001:db8:9::2")
+ANY = ("0.0.0.0/0", "::/0")  # tunnel_peers: every outer source
 
 
 def decap(opts: Options | None = None, linktype: int = LINKTYPE_ETHERNET) -> Decapsulator:
-    return Decapsulator(opts or Options(decapsulate=True), linktype)
+    return Decapsulator(opts or Options(decapsulate=True, tunnel_peers=ANY), linktype)
 
 
 def untag(frame: bytes) -> bytes:
@@ -37,6 +39,7 @@ def untag(frame: bytes) -> bytes:
 def balanced(c: Counters, frames_in: int) -> bool:
     """Every frame that went in is accounted for (see counters.py)."""
     got = c.tunnel_decapsulated + c.tunnel_passed + c.tunnel_bad_header + c.tunnel_fragments
+    got += c.tunnel_untrusted
     return got - c.tunnel_reassembled == frames_in
 
 
@@ -119,7 +122,7 @@ def test_passthrough_of_everything_else_is_byte_identical() -> None:
 
 
 def test_other_ports_are_configurable() -> None:
-    d = decap(Options(decapsulate=True, vxlan_ports=(8472,), geneve_ports=()))
+    d = decap(Options(decapsulate=True, tunnel_peers=ANY, vxlan_ports=(8472,), geneve_ports=()))
     standard = encap.vxlan_frame(tcp(), 1, *OUTER4)
     assert d.feed(standard, 0)[0][2] is None  # 4789 no longer means VXLAN
     linux = encap.udp_frame(bytes.fromhex("0800000000000100") + tcp(), *OUTER4, 1, 8472)
@@ -228,6 +231,77 @@ def test_any_truncation_point_never_raises(size: int, geneve_l3: bool) -> None:
     assert len(out) == 1 and balanced(d.counters, 1)
 
 
+# An inner IP header that contradicts itself (issue 11, class 1): one datagram from any host.
+_INNER_L3 = st.sampled_from([(b"\x08\x00", 0x0800), (b"\x86\xdd", 0x86DD)])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _INNER_L3,
+    st.integers(0, 255),
+    st.binary(max_size=80),
+    st.lists(st.integers(1, 4094), max_size=2),
+    st.sampled_from(["vxlan", "geneve-eth", "geneve-l3"]),
+)
+def test_inconsistent_inner_ip_headers_are_handed_on_never_raise(
+    etype: tuple[bytes, int], first: int, rest: bytes, vlans: list[int], kind: str
+) -> None:
+    """Any version nibble and header/total length after an IPv4 or IPv6 EtherType: the inner
+    frame comes out (trimmed only when its header is consistent), counted, never an exception."""
+    packet = bytes((first,)) + rest
+    tags = b"".join(b"\x81\x00" + v.to_bytes(2, "big") for v in vlans)
+    eth = bytes(12) + tags + etype[0] + packet
+    if kind == "vxlan":
+        frame = encap.vxlan_frame(eth, 1, *OUTER4)
+    elif kind == "geneve-eth":
+        frame = encap.geneve_frame(eth, 1, *OUTER4, geneve.PROTO_ETHERNET)
+    else:
+        frame = encap.geneve_frame(packet, 1, *OUTER4, etype[1])
+    d = decap()
+    out = d.feed(frame, 0) + d.flush()
+    assert len(out) == 1 and balanced(d.counters, 1)
+
+
+@pytest.mark.parametrize("first", [0x65, 0x05, 0x35], ids=["nibble6", "nibble0", "nibble3"])
+def test_ipv4_ethertype_with_another_version_nibble_is_not_trimmed(first: int) -> None:
+    """The crash of issue 11: EtherType IPv4, version nibble not 4, total length beyond the
+    capture. The frame is decapsulated as it came and counted as malformed."""
+    inner = bytes(12) + b"\x08\x00" + bytes((first, 0)) + (2000).to_bytes(2, "big") + bytes(16)
+    d = decap()
+    [(_t, out, ref)] = d.feed(encap.vxlan_frame(inner, 1, *OUTER4), 0)
+    assert ref is not None and untag(out) == inner
+    c = d.counters
+    assert (c.tunnel_inner_malformed, c.tunnel_truncated, c.tunnel_decapsulated) == (1, 0, 1)
+
+
+def test_ipv6_ethertype_carrying_an_ipv4_header_is_not_trimmed() -> None:
+    v4 = tcp(b"x" * 100)
+    inner = v4[:12] + b"\x86\xdd" + v4[14:120]  # IPv4 bytes under an IPv6 EtherType, cut
+    d = decap()
+    [(_t, out, _ref)] = d.feed(encap.vxlan_frame(inner, 1, *OUTER4), 0)
+    assert untag(out) == inner and d.counters.tunnel_inner_malformed == 1
+
+
+def test_rewrite_decap_survives_a_hostile_datagram(tmp_path: Path) -> None:
+    """``rewrite --decap`` writes every frame, the hostile one included, and exits 0."""
+    from normalizer.cli import main
+    from normalizer.pcap_io import CaptureReader, PcapWriter
+
+    bad = bytes(12) + b"\x08\x00" + b"\x65\x00" + (2000).to_bytes(2, "big") + bytes(16)
+    frames = [encap.vxlan_frame(tcp(), 1, *OUTER4), encap.vxlan_frame(bad, 1, *OUTER4)]
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    with src.open("wb") as fh:
+        w = PcapWriter(fh, LINKTYPE_ETHERNET)
+        for i, f in enumerate(frames):
+            w.write(i, f)
+    args = ["rewrite", str(src), "-o", str(dst), "--proxy", "192.0.2.1/32", "--decap", "-q"]
+    args += ["--tunnel-peer", "10.9.0.0/24"]
+    assert main(args) == 0
+    with dst.open("rb") as fh:
+        out = [f for _t, f, _o in CaptureReader(fh)]
+    assert [untag(f) for f in out] == [tcp(), bad]
+
+
 # -- outer fragments -----------------------------------------------------------------------------
 
 
@@ -320,7 +394,7 @@ def test_collisions_reach_the_counters() -> None:
 
 
 def test_same_tuple_in_two_vnis_gets_two_vlans() -> None:
-    d = decap(Options(decapsulate=True, vni_vlan=((1000, 10), (2000, 20))))
+    d = decap(Options(decapsulate=True, tunnel_peers=ANY, vni_vlan=((1000, 10), (2000, 20))))
     outs: list[Out] = []
     for vni in (1000, 2000):
         outs += d.feed(encap.vxlan_frame(tcp(), vni, *OUTER4), 0)

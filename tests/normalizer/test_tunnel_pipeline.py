@@ -25,6 +25,7 @@ AWS = geneve.aws_options(bytes.fromhex("0a1b2c3d4e5f6071"), bytes(8), b"\xca\xfe
 
 
 def _opts(**kw: object) -> Options:
+    kw.setdefault("tunnel_peers", (f"{OUTER[0]}/32",))
     return Options(proxies=(f"{PROXY4}/32",), decapsulate=True, restore_addresses=False, **kw)  # type: ignore[arg-type]
 
 
@@ -125,11 +126,13 @@ def test_config_keys() -> None:
         {
             "proxies": ["192.0.2.1"],
             "decapsulate": True,
+            "tunnel_peers": ["10.9.0.1", "2001:db8::/32"],
             "vxlan_ports": [4789, 8472],
             "vni_vlan": {"100": 10},
         },
         {},
     )
+    assert o.tunnel_peers == ("10.9.0.1/32", "2001:db8::/32")
     assert (o.decapsulate, o.vxlan_ports, o.geneve_ports, o.vni_vlan) == (
         True,
         (4789, 8472),
@@ -149,6 +152,8 @@ def test_config_keys() -> None:
         ("vni_vlan", {"1": 4095}, "not a VLAN id"),
         ("vni_vlan", {"1": 5, "2": 5}, "more than one VNI"),
         ("vni_vlan", [1, 2], "table of VNI"),
+        ("tunnel_peers", "10.9.0.1", "list of CIDRs"),
+        ("tunnel_peers", ["10.9.0.999"], "not an IP address"),
     ],
 )
 def test_config_errors_name_the_key(key: str, value: object, why: str) -> None:
@@ -174,13 +179,17 @@ def test_cli_decap_flag_and_config_override(
     src, dst, cfg = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "c.toml"
     frames = [encap.vxlan_frame(f, 7, *OUTER) for f in conversation(Conv(), V2, coalesce=True)]
     _write(src, frames)
-    assert main(["rewrite", str(src), "-o", str(dst), "--proxy", PROXY4, "--decap"]) == 0
+    peer = ["--tunnel-peer", OUTER[0]]
+    assert main(["rewrite", str(src), "-o", str(dst), "--proxy", PROXY4, "--decap", *peer]) == 0
     assert "tunnels: 8 decapsulated" in capsys.readouterr().err
     assert all(f[12:16] == b"\x81\x00\x00\x07" for f in _read(dst))
     cfg.write_text("[normalizer]\ndecapsulate = true\n")
     args = ["rewrite", str(src), "-o", str(dst), "--proxy", PROXY4, "--config", str(cfg)]
     assert main([*args, "--no-decap", "-q"]) == 0
     assert _read(dst) == frames
+    cfg.write_text('[normalizer]\ndecapsulate = true\ntunnel_peers = ["10.9.0.0/24"]\n')
+    assert main([*args, "-q"]) == 0
+    assert all(f[12:16] == b"\x81\x00\x00\x07" for f in _read(dst))
     cfg.write_text('[normalizer]\nvni_vlan = { "7" = 4095 }\n')
     assert main(args) == 2
     assert "normalizer.vni_vlan" in capsys.readouterr().err
@@ -206,3 +215,81 @@ def test_cache_rows_carry_the_tunnel(tmp_path: Path) -> None:
     )
     assert cache.expire(older_than=2e9) == 1
     assert cache._db.execute("SELECT count(*) FROM tunnels").fetchone()[0] == 0
+
+
+# -- tunnel trust (issue 11, class 4) ------------------------------------------------------------
+
+
+def test_decap_without_tunnel_peers_is_refused_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ConfigError, match=r"normalizer\.tunnel_peers: .*0\.0\.0\.0/0"):
+        build_options({"proxies": ["192.0.2.1"], "decapsulate": True}, {})
+    src = tmp_path / "in.pcap"
+    _write(src, [])
+    argv = ["rewrite", str(src), "-o", str(tmp_path / "o.pcap"), "--proxy", PROXY4, "--decap"]
+    assert main(argv) == 2
+    assert "normalizer.tunnel_peers" in capsys.readouterr().err
+    assert not (tmp_path / "o.pcap").exists()
+    anywhere = build_options(
+        {"proxies": ["192.0.2.1"], "decapsulate": True, "tunnel_peers": ["0.0.0.0/0", "::/0"]}, {}
+    )
+    assert anywhere.tunnel_peers == ("0.0.0.0/0", "::/0")
+    assert build_options({"proxies": ["192.0.2.1"], "tunnel_peers": []}, {}).tunnel_peers == ()
+
+
+def _forged() -> list[bytes]:
+    """A proxied conversation whose PROXY header names a client the sender made up."""
+    return conversation(Conv(), V2, coalesce=True)
+
+
+@pytest.mark.parametrize("outer", [("10.66.0.1", "10.9.0.2"), ("2001:db8:66::1", "2001:db8::2")])
+def test_tunnel_from_a_stranger_is_passed_as_captured_and_never_opened(
+    outer: tuple[str, str],
+) -> None:
+    """The inner frames claim the trusted proxy; their outer source is no peer: nothing of them
+    reaches the core as an inner frame, no header is honoured, no row is written."""
+    frames = [encap.vxlan_frame(f, 7, *outer) for f in _forged()]
+    frames += [encap.geneve_frame(f[14:], 9, *outer, options=AWS) for f in _forged()]
+    events: list[object] = []
+    rows: list[TunnelFlow] = []
+    pipe = Pipeline(_opts(), LINKTYPE_ETHERNET, on_events=events.extend, on_tunnels=rows.extend)
+    for i, f in enumerate(frames):
+        pipe.push(f, i * 1000)
+    pipe.flush()
+    out = [bytes(f) for _t, f in pipe.take()]
+    c = pipe.counters
+    assert out == frames and events == [] and rows == []
+    assert c.tunnel_untrusted == len(frames) and c.tunnel_decapsulated == 0
+    assert c.headers_stripped == {} and c.flows_created == 0
+    # The same frames from the peer are opened and stripped (the check is what made the difference).
+    trusted = [encap.vxlan_frame(f, 7, *OUTER) for f in _forged()]
+    pipe, out, rows = _run(trusted, _opts())
+    assert pipe.counters.headers_stripped == {"proxy-v2": 1} and rows
+
+
+def test_fragments_from_a_stranger_are_not_held() -> None:
+    big = Conv().seg(True, 0, 0, b"x" * 1200, "PA")
+    frags = encap.fragment(encap.vxlan_frame(big, 7, "10.66.0.1", "10.9.0.2"), 256)
+    pipe = Pipeline(_opts(), LINKTYPE_ETHERNET)
+    for i, f in enumerate(frags):
+        pipe.push(f, i)
+        assert pipe.decap is not None and pipe.decap.held_frames == 0
+    out = [bytes(f) for _t, f in pipe.take()]
+    c = pipe.counters
+    assert out == frags and c.tunnel_fragments == 0
+    assert (c.tunnel_untrusted, c.tunnel_passed) == (1, len(frags) - 1)
+
+
+def test_cli_tunnel_peer_flag_opens_only_those_sources(tmp_path: Path) -> None:
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    good = [encap.vxlan_frame(f, 7, *OUTER) for f in _forged()]
+    bad = [encap.vxlan_frame(f, 8, "10.66.0.1", OUTER[1]) for f in _forged()]
+    _write(src, good + bad)
+    stats = tmp_path / "s.json"
+    argv = ["rewrite", str(src), "-o", str(dst), "--proxy", PROXY4, "--decap", "-q"]
+    assert main([*argv, "--tunnel-peer", "10.9.0.0/24", "--stats-json", str(stats)]) == 0
+    counters = json.loads(stats.read_text())
+    assert counters["tunnel_untrusted"] == len(bad)
+    assert counters["tunnel_decapsulated"] == len(good)
+    assert _read(dst)[-len(bad) :] == bad
