@@ -375,7 +375,8 @@ def silence_report(
     else:
         parts.append(
             f"{c['flows_created']} connections from trusted proxies, none with a usable header"
-            f" ({c['header_malformed']} malformed, {c['header_missing']} without one,"
+            f" ({c['header_malformed']} malformed, {c['header_excluded']} of a kind --header"
+            f" excludes, {c['header_none']} with no header, {c['header_missing']} without data,"
             f" {c['header_truncated']} truncated, {c['hold_overflow']} hold overflows;"
             " check --header and the gateway's send-proxy setting)"
         )

@@ -39,6 +39,8 @@ _LABELLED = (
     ("flows_expired", "flows", "Flow lifecycle events", "event", "expired"),
     ("flows_evicted", "flows", "Flow lifecycle events", "event", "evicted"),
     ("header_malformed", "header_problems", "Headers not stripped", "problem", "malformed"),
+    ("header_excluded", "header_problems", "Headers not stripped", "problem", "excluded_kind"),
+    ("header_none", "header_problems", "Headers not stripped", "problem", "no_header"),
     ("header_missing", "header_problems", "Headers not stripped", "problem", "missing"),
     ("header_truncated", "header_problems", "Headers not stripped", "problem", "truncated"),
     ("hold_overflow", "header_problems", "Headers not stripped", "problem", "hold_overflow"),
