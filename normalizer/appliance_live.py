@@ -85,6 +85,10 @@ class ApplianceLive:
         self.options = load_options()
         self.address = socket.inet_aton(settings.listen)
         self.acounters = ApplianceCounters()
+        # Datagrams whose inspection raised (returned all the same, passed to the tap untouched)
+        # and validator failures (not returned: what to return is unknown); each kind logged once.
+        self.frames_failed = self.internal_errors = 0
+        self._reported: set[tuple[str, str]] = set()
         self.core = self._new_core()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
@@ -189,6 +193,8 @@ class ApplianceLive:
             cache_errors=self.cache_errors,
             cache_expired=self.cache_expired,
             reloads=self.reloads,
+            frames_failed=self.frames_failed,
+            internal_errors=self.internal_errors,
             flows_active=len(self.pipe.engine.table),
             tunnel_flows_active=len(self.pipe.tunnels) if self.pipe.tunnels is not None else 0,
         )
@@ -220,7 +226,12 @@ class ApplianceLive:
                 c.receive_errors += 1
                 print(f"suricata-normalizer: receive failed: {exc}", file=sys.stderr)
                 break
-            verdict = receive(data, aton(host), port)
+            try:
+                verdict = receive(data, aton(host), port)
+            except Exception as exc:  # a validator bug must not stop the protected traffic
+                self.internal_errors += 1
+                self._report("receive", exc)
+                continue
             if verdict is None:
                 continue
             try:
@@ -233,8 +244,23 @@ class ApplianceLive:
             else:
                 c.returned += 1
                 self.returns_failing = False
-            push(verdict.frame, ts, verdict.ref)
+            try:
+                push(verdict.frame, ts, verdict.ref)
+            except Exception as exc:  # as live's push_guarded: counted, passed untouched
+                self.frames_failed += 1
+                self._report("frame", exc)
+                self._forward(self.pipe.take())  # the frames before it first, in order
+                self.tap.write(verdict.frame)
         self._forward(self.pipe.take())
+
+    def _report(self, where: str, exc: Exception) -> None:
+        """Log each (place, exception type) once: a hostile flood must not flood the journal."""
+        kind = (where, type(exc).__name__)
+        if kind not in self._reported:
+            self._reported.add(kind)
+            print(
+                f"suricata-normalizer: {where} raised {kind[1]}: {exc} (counted)", file=sys.stderr
+            )
 
     def _tick(self) -> None:
         self.pipe.tick(time.time_ns())

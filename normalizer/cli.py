@@ -18,10 +18,10 @@ from normalizer import reference_gateway
 from normalizer import suricata_config_command as suricata_config
 from normalizer.appliance import IDLE_TIMEOUT
 from normalizer.config import ConfigError, build_options, load_file
-from normalizer.conn_cache import CacheError, ConnectionCache
+from normalizer.conn_cache import CacheError, CacheSink, ConnectionCache
 from normalizer.counters import Counters
 from normalizer.pcap_io import PcapError
-from normalizer.pcap_job import print_progress, rewrite_file, summary
+from normalizer.pcap_job import print_progress, rewrite_file, summary, write_text
 from normalizer.rulecheck import command as rulecheck_command
 
 _TAP_MAX_MTU = 65521  # tap.MAX_MTU, without importing the live adapters for ``rewrite``
@@ -239,20 +239,20 @@ def _rewrite(args: argparse.Namespace) -> int:
     options = _options(args)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     cache = ConnectionCache(args.cache) if args.cache else None
+    sink = CacheSink(cache, _stderr) if cache else None
     try:
         counters = rewrite_file(
             args.input,
             args.output,
             options,
             progress=print_progress if show else None,
-            on_events=cache.record if cache else None,
-            resume=cache.resumable if cache else None,
-            on_tunnels=cache.record_tunnels if cache else None,
+            on_events=sink.record if sink else None,
+            resume=sink.resumable if sink else None,
+            on_tunnels=sink.record_tunnels if sink else None,
         )
-        if cache is not None:
-            newest = cache.newest()
-            if newest is not None:
-                cache.expire(newest - options.cache_retention)
+        newest = sink.newest() if sink is not None else None
+        if sink is not None and newest is not None:  # retention counts back from the newest row
+            sink.expire(newest - options.cache_retention)
     except PcapError as exc:
         print(
             f"suricata-normalizer: {exc}; the packets before it were written to {args.output}",
@@ -264,11 +264,35 @@ def _rewrite(args: argparse.Namespace) -> int:
             cache.close()
     if show:
         print(file=sys.stderr)
+    stats: dict[str, Any] = counters.as_dict()
+    if sink is not None:
+        stats.update(sink.stats.as_dict())
     if not args.quiet:
         print(summary(counters), file=sys.stderr)
+        if sink is not None:
+            print(cache_summary(sink), file=sys.stderr)
     if args.stats_json:
-        args.stats_json.write_text(json.dumps(counters.as_dict(), indent=2) + "\n")
+        write_text(args.stats_json, json.dumps(stats, indent=2) + "\n")
+    if sink is not None and sink.stats.errors:
+        print(
+            f"suricata-normalizer: {sink.stats.errors} cache operations failed, the first: "
+            f"{sink.first_error}; {args.output} was written in full, the cache lacks those rows",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def cache_summary(sink: CacheSink) -> str:
+    s = sink.stats
+    return (
+        f"cache: {s.rows} connections and {s.tunnel_rows} tunnel flows recorded in {s.writes}"
+        f" writes, {s.expired} rows expired, {s.errors} failed"
+    )
 
 
 def _live(args: argparse.Namespace) -> int:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +231,98 @@ class ConnectionCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass(slots=True)
+class CacheStats:
+    writes: int = 0  # transactions attempted (record, record_tunnels)
+    rows: int = 0  # connections recorded
+    tunnel_rows: int = 0  # inner flows recorded (--decap)
+    errors: int = 0  # writes, reads or expiries that failed: their rows are missing
+    expired: int = 0  # rows removed by retention
+    seconds: float = 0.0  # time spent in writes
+    seconds_max: float = 0.0
+
+    def as_dict(self) -> dict[str, int | float]:
+        return {
+            "cache_writes": self.writes,
+            "cache_rows": self.rows,
+            "cache_tunnel_rows": self.tunnel_rows,
+            "cache_errors": self.errors,
+            "cache_expired": self.expired,
+            "cache_write_seconds": self.seconds,
+            "cache_write_seconds_max": self.seconds_max,
+        }
+
+
+class CacheSink:
+    """The adapters' side of the cache: a failing cache is counted and reported, never raised.
+
+    Why: the traffic matters more than its rows. A full disk, an I/O error or a locked database
+    must not stop a live tap or lose a rewritten capture; the rows of that batch are missing
+    (the enricher then leaves those events as Suricata wrote them), ``stats.errors`` says how
+    many writes failed, and each distinct error is reported once through ``log``.
+    """
+
+    def __init__(self, cache: ConnectionCache, log: Callable[[str], object]) -> None:
+        self.cache = cache
+        self.stats = CacheStats()
+        self._log = log
+        self._seen: set[str] = set()
+        self.first_error: str | None = None
+
+    def record(self, events: list[HeaderEvent]) -> None:
+        self.stats.rows += self._write(self.cache.record, events)
+
+    def record_tunnels(self, flows: list[TunnelFlow]) -> None:
+        self.stats.tunnel_rows += self._write(self.cache.record_tunnels, flows)
+
+    def resumable(self, since: float) -> list[Resumable]:
+        """Flows to adopt; none when the cache cannot be read (counted, reported)."""
+        try:
+            return self.cache.resumable(since)
+        except (sqlite3.Error, ValueError, TypeError) as exc:  # a row that does not decode
+            self._failed("read", exc)
+            return []
+
+    def newest(self) -> float | None:
+        """``ConnectionCache.newest``; None when it cannot be read (counted, reported)."""
+        try:
+            return self.cache.newest()
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            return None
+
+    def expire(self, older_than: float) -> None:
+        try:
+            self.stats.expired += self.cache.expire(older_than)
+        except sqlite3.Error as exc:
+            self._failed("expiry", exc)
+
+    def _write(self, write: Callable[[Any], int], rows: Any) -> int:
+        t0 = time.perf_counter()
+        written = 0
+        try:
+            written = write(rows)
+        except sqlite3.Error as exc:
+            self._failed("write", exc)
+        dt = time.perf_counter() - t0
+        st = self.stats
+        st.writes += 1
+        st.seconds += dt
+        st.seconds_max = max(st.seconds_max, dt)
+        return written
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.stats.errors += 1
+        text = f"cache {what} failed: {self.cache.path}: {exc}"
+        if self.first_error is None:
+            self.first_error = text
+        if text not in self._seen and len(self._seen) < 64:
+            self._seen.add(text)
+            self._log(
+                f"suricata-normalizer: {text} (counted; later ones of this kind are not shown)"
+            )
 
 
 def _first_row(cur: sqlite3.Cursor) -> dict[str, Any] | None:

@@ -73,8 +73,9 @@ class Decapsulator:
             return out + self._passed([(ts, frame)])
         ip, version, vlan = l3
         n = len(frame)
+        # A version nibble contradicting the link layer's EtherType: not an IP header we read.
         if version == 4:
-            if n < ip + 20 or frame[ip + 9] != _UDP:
+            if n < ip + 20 or frame[ip + 9] != _UDP or frame[ip] >> 4 != 4:
                 return out + self._passed([(ts, frame)])
             ihl = (frame[ip] & 0x0F) * 4
             total = (frame[ip + 2] << 8) | frame[ip + 3]
@@ -91,7 +92,7 @@ class Decapsulator:
                 return out + self._fragment(frame, ts, key, off, more, ip + ihl, end, vlan)
             udp = ip + ihl
         else:
-            if n < ip + 40:
+            if n < ip + 40 or frame[ip] >> 4 != 6:
                 return out + self._passed([(ts, frame)])
             src, dst = frame[ip + 8 : ip + 24], frame[ip + 24 : ip + 40]
             end = ip + 40 + ((frame[ip + 4] << 8) | frame[ip + 5])

@@ -95,7 +95,7 @@ class Normalizer:
         self.opts = options
         self.linktype = linktype
         self.trust = TrustedProxies(options.proxies)
-        self.table = FlowTable(options.max_flows)
+        self.table: FlowTable[Flow] = FlowTable(options.max_flows)
         self._flows = self.table.flows  # bound once: the lookup is on every packet
         self._ethernet = linktype == LINKTYPE_ETHERNET
         self.counters = Counters()

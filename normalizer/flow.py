@@ -48,6 +48,7 @@ class Flow:
         "hdr_len",
         "hold",
         "isn",
+        "key",
         "last_seen",
         "real",
         "state",
@@ -66,6 +67,7 @@ class Flow:
         # (real client, real target) as address bytes + 2-byte port, when addresses are restored
         self.real: tuple[bytes, bytes] | None = None
         self.closed_at = 0
+        self.key = b""  # its key in the flow table, set by ``FlowTable.put``
 
     def offset(self, seq: int) -> int:
         """Client stream offset of ``seq`` (negative for numbers before ISN + 1)."""

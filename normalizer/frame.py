@@ -186,6 +186,14 @@ class CutFrame(bytes):
         return self
 
 
+def replaced(frame: bytes, data: bytes | bytearray) -> bytes:
+    """``data`` standing in for ``frame`` with the same length (checksums completed): a
+    ``CutFrame`` stays one, with its original length."""
+    if type(frame) is CutFrame:
+        return CutFrame(bytes(data), frame.origlen)
+    return bytes(data)
+
+
 def original_length(frame: bytes | bytearray) -> int:
     """The frame's length on the wire: its own, unless it is a ``CutFrame``."""
     return frame.origlen if type(frame) is CutFrame else len(frame)

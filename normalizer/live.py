@@ -21,7 +21,15 @@ probably meant to trust), what became of the trusted proxies' flows, and whether
 interface is a bridge captured without promiscuous mode (which sees only the host's own frames).
 
 Under systemd (Type=notify): READY=1 once the ring and tap exist, WATCHDOG=1 from the loop
-itself (a stuck loop stops pinging and gets restarted), STOPPING=1 on shutdown.
+itself (a stuck loop stops pinging and gets restarted), STOPPING=1 on shutdown. A start that
+fails (no such interface, the metrics port taken) removes the tap if it created it.
+
+No single packet can stop the sensor: a frame whose processing raises anything (a bug the
+tests have not found yet) is counted (``frames_failed``), its kind logged once, and the frame
+written to the tap untouched, after the output of the frames before it; the batch resumes with
+the next frame. The guard is a ``try`` around the batch loop (``push_guarded``), which costs
+nothing per frame until something raises. Failures outside a frame (a tick, a cache write that
+raises something other than a database error) are counted as ``internal_errors`` likewise.
 """
 
 from __future__ import annotations
@@ -31,9 +39,9 @@ import json
 import os
 import select
 import signal
-import sqlite3
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,17 +51,37 @@ from typing import Any
 from normalizer import sdnotify
 from normalizer.afpacket import RingCapture
 from normalizer.config import ConfigError
-from normalizer.conn_cache import ConnectionCache
+from normalizer.conn_cache import CacheSink, CacheStats, ConnectionCache
 from normalizer.counters import Counters
-from normalizer.engine import Frame, HeaderEvent
+from normalizer.engine import Frame
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.options import Options
+from normalizer.pcap_job import write_text
 from normalizer.pipeline import Pipeline
 from normalizer.tap import MAX_MTU, Tap
-from normalizer.tunnel_flows import TunnelFlow
 
 _EXPIRE_EVERY = 60.0  # seconds between connection cache retention runs
 _GC_EVERY = 60.0  # seconds between young-generation collections (the loop makes no cycles)
+
+Captured = tuple[int, bytes]  # (ts ns, frame) as the ring hands them over
+OnFailure = Callable[[int, bytes, Exception], None]
+
+
+def push_guarded(pipe: Pipeline, frames: Iterable[Captured], on_failure: OnFailure) -> None:
+    """Push every frame; one that raises goes to ``on_failure`` and the rest still go in.
+
+    The ``for`` resumes on the same iterator after the failing frame, so the ``try`` is set up
+    once per failure, not once per frame (Python 3.11's try is free until it catches).
+    """
+    push = pipe.push
+    it = iter(frames)
+    while True:
+        try:
+            for ts, frame in it:
+                push(frame, ts)
+            return
+        except Exception as exc:  # the whole point: no frame stops the loop
+            on_failure(ts, frame, exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,30 +110,35 @@ class LiveNormalizer:
         self._load_options = load_options
         self.options = load_options()
         self.cache = ConnectionCache(settings.cache) if settings.cache else None
+        self.sink = CacheSink(self.cache, _log) if self.cache else None
         self.tap = Tap(settings.tap, settings.tap_mtu)
         block = 1 << 20
-        self.capture = RingCapture(
-            settings.iface,
-            block_size=block,
-            block_count=max(2, settings.ring_mb * (1 << 20) // block),
-            block_timeout_ms=settings.block_timeout_ms,
-            bpf=settings.bpf,
-            fanout_group=settings.fanout_group,
-            ignore_outgoing=settings.ignore_outgoing,
-            promisc=settings.promisc,
-            # The ring's CSUMNOTREADY flag names the partial checksums: completed there, and
-            # the pipeline need not guess from the field ("auto"); "keep" leaves them partial.
-            complete_partial=self.options.checksums != "keep",
-        )
+        try:
+            self.capture = RingCapture(
+                settings.iface,
+                block_size=block,
+                block_count=max(2, settings.ring_mb * (1 << 20) // block),
+                block_timeout_ms=settings.block_timeout_ms,
+                bpf=settings.bpf,
+                fanout_group=settings.fanout_group,
+                ignore_outgoing=settings.ignore_outgoing,
+                promisc=settings.promisc,
+                # The ring's CSUMNOTREADY flag names the partial checksums: completed there, and
+                # the pipeline need not guess from the field ("auto"); "keep" leaves them partial.
+                complete_partial=self.options.checksums != "keep",
+            )
+        except BaseException:
+            self._abort_start(capture=False)
+            raise
         self.is_bridge = Path(f"/sys/class/net/{settings.iface}/bridge").is_dir()
         self._warn_at = time.monotonic() + settings.warn_after
         self.warned = False
         self._retired: list[dict[str, Any]] = []  # counters of engines replaced by reloads
         self.reloads = 0
-        self.cache_writes = self.cache_rows = self.cache_errors = self.cache_expired = 0
-        self.cache_tunnel_rows = 0  # rows of the tunnels table (--decap)
+        self.frames_failed = 0  # frames passed untouched because processing them raised
+        self.internal_errors = 0  # ticks, takes, reloads that raised
+        self._kinds: set[tuple[str, str]] = set()  # (where, exception) already logged
         self._next_expiry = 0.0
-        self.cache_seconds = self.cache_seconds_max = 0.0
         self.pipe = self._new_pipeline()
         self._stop = False
         self._reload = False
@@ -113,43 +146,68 @@ class LiveNormalizer:
     # -- pieces ------------------------------------------------------------------------------
 
     def _new_pipeline(self) -> Pipeline:
+        # The cache is written through the sink: a failing cache is counted, never stops traffic.
+        sink = self.sink
         return Pipeline(
             self.options,
             LINKTYPE_ETHERNET,
-            on_events=self._record if self.cache else None,
-            resume=self.cache.resumable if self.cache else None,
-            on_tunnels=self._record_tunnels if self.cache else None,
+            on_events=sink.record if sink else None,
+            resume=sink.resumable if sink else None,
+            on_tunnels=sink.record_tunnels if sink else None,
             checksums="fix" if self.options.checksums == "fix" else "keep",
         )
 
-    def _record(self, events: list[HeaderEvent]) -> None:
-        """Cache write, timed; a failing cache is counted, never stops the traffic."""
-        assert self.cache is not None
-        self.cache_rows += self._write(self.cache.record, events)
-
-    def _record_tunnels(self, flows: list[TunnelFlow]) -> None:
-        """Tunnel rows of decapsulated inner flows (--decap), written like connection rows."""
-        assert self.cache is not None
-        self.cache_tunnel_rows += self._write(self.cache.record_tunnels, flows)
-
-    def _write(self, write: Callable[[Any], int], rows: Any) -> int:
-        t0 = time.perf_counter()
-        written = 0
-        try:
-            written = write(rows)
-        except sqlite3.Error as exc:
-            self.cache_errors += 1
-            print(f"suricata-normalizer: cache write failed: {exc}", file=sys.stderr)
-        dt = time.perf_counter() - t0
-        self.cache_writes += 1
-        self.cache_seconds += dt
-        self.cache_seconds_max = max(self.cache_seconds_max, dt)
-        return written
+    def _abort_start(self, capture: bool = True) -> None:
+        """A start that failed: close what was opened, remove the tap if this run created it."""
+        if capture:
+            self.capture.close()
+        if self.tap.created:
+            try:
+                self.tap.remove()
+            except Exception as exc:  # the start's own error matters more
+                _log(f"suricata-normalizer: could not remove tap {self.tap.name}: {exc}")
+        else:
+            self.tap.close()
+        if self.cache is not None:
+            self.cache.close()
 
     def _forward(self, frames: Iterable[tuple[int, Frame]]) -> None:
         write = self.tap.write
         for _ts, frame in frames:
             write(frame)
+
+    def _process(self, frames: list[Captured]) -> None:
+        """One batch from the ring through the pipeline into the tap (see the module doc)."""
+        push_guarded(self.pipe, frames, self._frame_failed)
+        self._forward(self._take())
+
+    def _frame_failed(self, _ts: int, frame: bytes, exc: Exception) -> None:
+        self.frames_failed += 1
+        self._report("frame", exc)
+        self._forward(self._take())  # the frames before it first, in order
+        self.tap.write(frame)
+
+    def _take(self) -> list[tuple[int, Frame]]:
+        """``pipe.take()``; should recording raise, the frames still go out (rows are lost)."""
+        try:
+            return self.pipe.take()
+        except Exception as exc:
+            self.internal_errors += 1
+            self._report("take", exc)
+            return self.pipe.engine.drain()
+
+    def _report(self, where: str, exc: Exception) -> None:
+        """Log each (place, exception type) once, with where it was raised."""
+        kind = (where, type(exc).__name__)
+        if kind in self._kinds or len(self._kinds) >= 256:
+            return
+        self._kinds.add(kind)
+        tb = traceback.extract_tb(exc.__traceback__)
+        at = f" at {tb[-1].filename}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
+        _log(
+            f"suricata-normalizer: {where} raised {type(exc).__name__}: {exc}{at}; counted, "
+            "the traffic goes on (further ones of this kind are only counted)"
+        )
 
     def counters(self) -> dict[str, Any]:
         """Engine counters summed over reloads, plus capture, tap and cache counters."""
@@ -165,6 +223,7 @@ class LiveNormalizer:
                     total[k] = int(str(total.get(k, 0))) + int(v)
         ring = self.capture.stats_acc
         tap = self.tap.stats
+        total.update((self.sink.stats if self.sink else CacheStats()).as_dict())
         total.update(
             kernel_packets=ring.kernel_packets,
             kernel_drops=ring.kernel_drops,
@@ -181,13 +240,8 @@ class LiveNormalizer:
             tap_bytes=tap.bytes,
             tap_write_errors=tap.write_errors,
             tap_recreated=tap.recreated,
-            cache_writes=self.cache_writes,
-            cache_rows=self.cache_rows,
-            cache_tunnel_rows=self.cache_tunnel_rows,
-            cache_errors=self.cache_errors,
-            cache_expired=self.cache_expired,
-            cache_write_seconds=self.cache_seconds,
-            cache_write_seconds_max=self.cache_seconds_max,
+            frames_failed=self.frames_failed,
+            internal_errors=self.internal_errors,
             reloads=self.reloads,
             flows_active=len(self.pipe.engine.table),
             held_packets=self.pipe.engine.held_packets,
@@ -229,19 +283,23 @@ class LiveNormalizer:
 
     def _tick(self) -> None:
         self._check_silence()
-        self.pipe.tick(time.time_ns())
-        self._forward(self.pipe.take())
-        if self.tap.check():
-            print(f"suricata-normalizer: tap {self.tap.name} was gone, recreated", file=sys.stderr)
+        try:
+            self.pipe.tick(time.time_ns())
+        except Exception as exc:  # expiring one flow must not stop the sensor
+            self.internal_errors += 1
+            self._report("tick", exc)
+        self._forward(self._take())
+        try:
+            if self.tap.check():
+                _log(f"suricata-normalizer: tap {self.tap.name} was gone, recreated")
+        except OSError as exc:  # could not recreate it (yet): frames are counted as write errors
+            self.internal_errors += 1
+            self._report("tap", exc)
         self.capture.stats()
         now = time.time()
-        if self.cache is not None and now >= self._next_expiry:
+        if self.sink is not None and now >= self._next_expiry:
             self._next_expiry = now + _EXPIRE_EVERY
-            try:
-                self.cache_expired += self.cache.expire(now - self.options.cache_retention)
-            except sqlite3.Error as exc:
-                self.cache_errors += 1
-                print(f"suricata-normalizer: cache expiry failed: {exc}", file=sys.stderr)
+            self.sink.expire(now - self.options.cache_retention)
 
     def _do_reload(self) -> None:
         self._reload = False
@@ -254,7 +312,7 @@ class LiveNormalizer:
         if options == self.options:
             return
         self.pipe.flush()
-        self._forward(self.pipe.take())
+        self._forward(self._take())
         self._retired.append(self.pipe.counters.as_dict())
         self.options = options
         self.pipe = self._new_pipeline()
@@ -278,9 +336,7 @@ class LiveNormalizer:
         poller.register(self.capture.fileno(), select.POLLIN | select.POLLERR)
         poller.register(rfd, select.POLLIN)
         if settings.metrics_port is not None:
-            from normalizer.metrics import serve
-
-            serve(settings.metrics_port, self.counters)
+            self._serve_metrics(settings.metrics_port)
         wd_every = sdnotify.watchdog_interval()
         sdnotify.notify(
             sdnotify.message(
@@ -313,11 +369,7 @@ class LiveNormalizer:
                                     break
                 frames = capture.drain()
                 if frames:
-                    pipe = self.pipe
-                    push = pipe.push
-                    for ts, frame in frames:
-                        push(frame, ts)
-                    self._forward(pipe.take())
+                    self._process(frames)
                 now = mono()
                 if now >= next_tick:
                     next_tick = now + settings.tick_interval
@@ -341,19 +393,41 @@ class LiveNormalizer:
             if gc_was_enabled:
                 gc.enable()
 
+    def _serve_metrics(self, port: int) -> None:
+        """Start the scrape endpoint; a port that cannot be bound is a failed start."""
+        from normalizer.metrics import serve
+
+        try:
+            serve(port, self.counters)
+        except BaseException as exc:
+            self._abort_start()
+            if isinstance(exc, OSError):
+                raise OSError(exc.errno, f"{exc.strerror or exc} (--metrics-port {port})") from exc
+            raise
+
     def _shutdown(self) -> None:
         """Drain the ring, release held frames untouched, write them, close everything."""
-        for ts, frame in self.capture.drain():
-            self.pipe.push(frame, ts)
-        self.pipe.flush()
-        self._forward(self.pipe.take())
+        self._process(self.capture.drain())
+        try:
+            self.pipe.flush()
+        except Exception as exc:
+            self.internal_errors += 1
+            self._report("flush", exc)
+        self._forward(self._take())
         self.capture.stats()
         if self.settings.stats_json:
-            self.settings.stats_json.write_text(json.dumps(self.counters(), indent=2) + "\n")
+            try:
+                write_text(self.settings.stats_json, json.dumps(self.counters(), indent=2) + "\n")
+            except OSError as exc:
+                _log(f"suricata-normalizer: --stats-json: {exc.strerror}: {exc.filename}")
         self.capture.close()
         self.tap.close()
         if self.cache is not None:
             self.cache.close()
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr)
 
 
 def silence_report(
@@ -404,5 +478,6 @@ def live_summary(c: dict[str, Any]) -> str:
         f"cache: {c['cache_rows']} connections and {c.get('cache_tunnel_rows', 0)} tunnel flows"
         f" in {c['cache_writes']} writes (max {c['cache_write_seconds_max'] * 1000:.1f} ms),"
         f" {c.get('cache_expired', 0)} expired, {c['cache_errors']} errors; "
-        f"reloads {c['reloads']}"
+        f"reloads {c['reloads']}; {c.get('frames_failed', 0)} frames passed untouched after an"
+        f" internal error, {c.get('internal_errors', 0)} other internal errors"
     )

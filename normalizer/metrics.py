@@ -70,6 +70,9 @@ _PLAIN = (
     ("cache_expired", "cache_expired_rows", "Cache rows removed by retention"),
     ("cache_write_seconds", "cache_write_seconds", "Time spent in cache writes"),
     ("reloads", "reloads", "Configuration reloads (SIGHUP)"),
+    ("frames_failed", "frames_failed", "Frames passed untouched because processing them raised"),
+    ("internal_errors", "internal_errors", "Ticks and cache hand-offs that raised"),
+    ("tunnel_untrusted", "tunnel_untrusted", "Tunnel packets from a source not in tunnel_peers"),
 )
 _GAUGES = (
     ("flows_active", "flows_active", "Flows in the flow table"),

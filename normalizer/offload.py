@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from normalizer.frame import LINKTYPE_ETHERNET, locate_l4
+from normalizer.frame import LINKTYPE_ETHERNET, locate_l4, replaced
 
 CHECKSUM_MODES = ("keep", "auto", "fix")
 _TCP = 6
@@ -178,11 +178,11 @@ class ChecksumPolicy:
                 st.unchecked += 1
                 return frame
             st.completed += 1
-            return bytes(out)
+            return replaced(frame, out)
         if looks_partial(frame, self.linktype) and verdict(frame, self.linktype) is Verdict.PARTIAL:
             fixed = complete(frame, self.linktype)
             assert fixed is not None  # a partial verdict means the frame could be summed
             st.completed += 1
-            return bytes(fixed)
+            return replaced(frame, fixed)
         st.kept += 1
         return frame

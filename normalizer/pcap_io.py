@@ -13,8 +13,8 @@ pcap record's seconds are an unsigned 32-bit field) makes its record corrupt. Ei
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 from normalizer.frame import (
     LINKTYPE_ETHERNET,
@@ -23,6 +23,16 @@ from normalizer.frame import (
     as_ethernet,
     original_length,
 )
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes | bytearray, /) -> int: ...
+
+    def writelines(self, parts: Iterable[bytes | bytearray], /) -> None: ...
 
 
 class PcapError(Exception):
@@ -57,7 +67,7 @@ class CaptureReader:
     were not Ethernet, is an error.
     """
 
-    def __init__(self, fh: BinaryIO, name: str = "<capture>") -> None:
+    def __init__(self, fh: Readable, name: str = "<capture>") -> None:
         self._fh = fh
         self.name = name
         self.nanosecond = False
@@ -264,7 +274,7 @@ def _ticks_to_ns(ticks: int, iface: tuple[int, int, int]) -> int:
 class PcapWriter:
     """Writes classic pcap, nanosecond-resolution when the input was, so replays are faithful."""
 
-    def __init__(self, fh: BinaryIO, linktype: int, nanosecond: bool = False) -> None:
+    def __init__(self, fh: Writable, linktype: int, nanosecond: bool = False) -> None:
         self._fh = fh
         self._nano = nanosecond
         magic = 0xA1B23C4D if nanosecond else 0xA1B2C3D4

@@ -1,17 +1,27 @@
 """Runs the core over a capture file and writes the rebuilt capture: the ``rewrite`` command.
 
 The output is written to a temporary file beside the target and renamed only on success, so a
-full disk or a corrupt input never leaves a half-written file under the requested name.
+full disk or a corrupt input never leaves a half-written file under the requested name. The new
+file gets the permissions a file created under the process umask gets (or those of the file it
+replaces), not the temporary file's 0600. An output that exists and is not a regular file (a
+pipe, a terminal, ``/dev/stdout``, a device) is written in place: replacing it would destroy
+it. A symlink to a regular file is kept; its target is replaced.
+
+Every OSError names the path it concerns: a read error the input, anything else (a missing
+directory, ENOSPC, EIO on write) the output as the user named it, never the temporary file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gc
 import os
+import stat
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from normalizer.counters import Counters
@@ -20,6 +30,116 @@ from normalizer.pcap_io import CaptureReader, PcapError, PcapWriter
 from normalizer.pipeline import EventSink, Pipeline, ResumeSource, TunnelSink
 
 _BATCH = 4096
+_BUFFER = 1 << 20
+
+
+def named(exc: OSError, path: Path | str) -> OSError:
+    """``exc`` about ``path`` (same errno and text; the original stays as its cause)."""
+    out = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    out.__cause__ = exc
+    return out
+
+
+class _Input:
+    """The input file: read errors (EIO on a failing disk) name it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._fh = path.open("rb")
+        except OSError as exc:
+            raise named(exc, path) from None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._fh.read(n)
+        except OSError as exc:
+            raise named(exc, self.path) from None
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class _Output:
+    """Where the rebuilt capture goes (see the module docstring); errors name ``dst``."""
+
+    def __init__(self, dst: Path) -> None:
+        self.dst = dst
+        self._tmp: str | None = None
+        try:
+            st: os.stat_result | None = os.stat(dst)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise named(exc, dst) from None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(dst))
+        try:
+            if st is not None and not stat.S_ISREG(st.st_mode):  # a pipe, tty, device: in place
+                self._target = dst
+                self._fh = dst.open("wb", buffering=_BUFFER)  # closed by commit or abort
+                return
+            self._target = Path(os.path.realpath(dst)) if dst.is_symlink() else dst
+            directory = self._target.parent if str(self._target.parent) else Path(".")
+            fd, self._tmp = tempfile.mkstemp(
+                prefix=f".{self._target.name}.", suffix=".part", dir=directory
+            )
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask())
+            self._fh = os.fdopen(fd, "wb", buffering=_BUFFER)
+        except OSError as exc:
+            self.abort()
+            raise named(exc, dst) from None
+
+    def write(self, data: bytes | bytearray) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            raise named(exc, self.dst) from None
+
+    def writelines(self, parts: Iterable[bytes | bytearray]) -> None:
+        try:
+            self._fh.writelines(parts)
+        except OSError as exc:
+            raise named(exc, self.dst) from None
+
+    def commit(self) -> None:
+        """Flush and put the file in place."""
+        try:
+            self._fh.close()
+            if self._tmp is not None:
+                os.replace(self._tmp, self._target)
+                self._tmp = None
+        except OSError as exc:
+            raise named(exc, self.dst) from None
+
+    def abort(self) -> None:
+        """Give up: the temporary file goes (an in-place output keeps what was written)."""
+        fh = getattr(self, "_fh", None)
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._tmp)
+            self._tmp = None
+
+
+def write_text(path: Path, text: str) -> None:
+    """``path.write_text`` whose errors name ``path`` (a full disk fails in write, unnamed)."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise named(exc, path) from None
+
+
+def _umask() -> int:
+    """The process umask (os.umask can only be read by setting it; set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def rewrite_file(
@@ -31,58 +151,62 @@ def rewrite_file(
     resume: ResumeSource | None = None,
     on_tunnels: TunnelSink | None = None,
 ) -> Counters:
-    """Normalize ``src`` into ``dst``. Raises PcapError / OSError; ``dst`` is untouched then."""
-    size = src.stat().st_size
+    """Normalize ``src`` into ``dst``. Raises PcapError / OSError (naming the file it concerns);
+    a regular ``dst`` is untouched then, except after a PcapError: the packets before the
+    corrupt record are written."""
+    try:
+        size = src.stat().st_size
+    except OSError as exc:
+        raise named(exc, src) from None
     gc_was_enabled = gc.isenabled()
     # The loop allocates a tuple per packet but never a reference cycle; the cyclic collector
     # would only rescan the flow table over and over (about 15% of the run time).
     gc.disable()
-    dst_dir = dst.parent if str(dst.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst_dir)
+    fin = _Input(src)
+    out: _Output | None = None
     try:
-        with src.open("rb") as fin, os.fdopen(fd, "wb", buffering=1 << 20) as fout:
-            reader = CaptureReader(fin, str(src))
-            pipe: Pipeline | None = None
-            writer: PcapWriter | None = None
-            last_report = time.monotonic()
+        out = _Output(dst)
+        reader = CaptureReader(fin, str(src))
+        pipe: Pipeline | None = None
+        writer: PcapWriter | None = None
+        last_report = time.monotonic()
 
-            def write_out() -> None:
-                assert pipe is not None and writer is not None
-                writer.write_many(pipe.take())  # a CutFrame carries its original length
+        def write_out() -> None:
+            assert pipe is not None and writer is not None
+            writer.write_many(pipe.take())  # a CutFrame carries its original length
 
-            n = 0
-            error: PcapError | None = None
-            try:
-                for ts, frame, _origlen in reader:
-                    if pipe is None:
-                        assert reader.linktype is not None
-                        pipe = Pipeline(options, reader.linktype, on_events, resume, on_tunnels)
-                        writer = PcapWriter(fout, pipe.linktype, reader.nanosecond)
-                    pipe.push(frame, ts)
-                    n += 1
-                    if n % _BATCH == 0:
-                        write_out()
-                        if progress is not None and time.monotonic() - last_report > 2:
-                            last_report = time.monotonic()
-                            progress(fin.tell(), size)
-            except PcapError as exc:
-                error = exc  # keep everything read so far, then report
-            if pipe is None:  # no packet at all: still write a valid, empty capture
-                pipe = Pipeline(options, reader.linktype or 1, on_events)
-                writer = PcapWriter(fout, pipe.linktype, reader.nanosecond)
-            pipe.flush()
-            write_out()
-            counters = pipe.counters
+        n = 0
+        error: PcapError | None = None
+        try:
+            for ts, frame, _origlen in reader:
+                if pipe is None:
+                    assert reader.linktype is not None
+                    pipe = Pipeline(options, reader.linktype, on_events, resume, on_tunnels)
+                    writer = PcapWriter(out, pipe.linktype, reader.nanosecond)
+                pipe.push(frame, ts)
+                n += 1
+                if n % _BATCH == 0:
+                    write_out()
+                    if progress is not None and time.monotonic() - last_report > 2:
+                        last_report = time.monotonic()
+                        progress(fin.tell(), size)
+        except PcapError as exc:
+            error = exc  # keep everything read so far, then report
+        if pipe is None:  # no packet at all: still write a valid, empty capture
+            pipe = Pipeline(options, reader.linktype or 1, on_events)
+            writer = PcapWriter(out, pipe.linktype, reader.nanosecond)
+        pipe.flush()
+        write_out()
+        out.commit()
         if error is not None:
-            os.replace(tmp_name, dst)
             raise error
-        os.replace(tmp_name, dst)
-        return counters
+        return pipe.counters
     except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+        if out is not None:
+            out.abort()
         raise
     finally:
+        fin.close()
         if gc_was_enabled:
             gc.enable()
 

@@ -15,6 +15,7 @@ from normalizer.engine import Frame, HeaderEvent, Normalizer, Resumable
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.offload import ChecksumPolicy
 from normalizer.options import Options
+from normalizer.restore import output_linktype
 from normalizer.tunnel import TunnelRef
 from normalizer.tunnel_flows import TunnelFlow, TunnelFlows
 
@@ -47,7 +48,8 @@ class Pipeline:
         decap = options.decapsulate and not tunnelled
         inner = decap or tunnelled
         self.engine = Normalizer(options, LINKTYPE_ETHERNET if inner else linktype)
-        self.linktype = self.engine.linktype  # of the frames ``take`` returns
+        # Of the frames ``take`` returns: raw IP may change family when addresses are restored.
+        self.linktype = output_linktype(self.engine.linktype, options.restore_addresses)
         self.decap = Decapsulator(options, linktype, self.engine.counters) if decap else None
         # Which tunnel each inner flow came through, only kept when someone records it.
         self.tunnels = (

@@ -35,6 +35,18 @@ def real_endpoints(h: ProxyHeader) -> tuple[bytes, bytes] | None:
     return src + dst + sport + dport, dst + src + dport + sport
 
 
+def output_linktype(linktype: int, restore_addresses: bool) -> int:
+    """The link type to write frames of a ``linktype`` input in.
+
+    LINKTYPE_IPV4 and LINKTYPE_IPV6 promise one family, but restoring a client of the other
+    family rebuilds the packet in it: such captures are written as LINKTYPE_RAW, which says the
+    version in each packet (byte-identical frames, so nothing else changes).
+    """
+    if restore_addresses and linktype in (LINKTYPE_IPV4, LINKTYPE_IPV6):
+        return LINKTYPE_RAW
+    return linktype
+
+
 def ethertype_at(linktype: int, ip: int) -> int | None:
     """Where the link layer names the network protocol; None for raw IP, -1 if unsupported."""
     if linktype in (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL):

@@ -45,6 +45,7 @@ class Tap:
         self.stats = TapStats()
         self._dev: pytun.TunTapDevice | None = None
         self._fd = -1
+        self.created = not self.exists()  # this run made the device: a failed start removes it
         self.open()
 
     def open(self) -> None:

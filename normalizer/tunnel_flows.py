@@ -14,6 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from normalizer.flow_table import FlowTable
 from normalizer.frame import LINKTYPE_ETHERNET, l3_offset
 from normalizer.tunnel import TunnelRef, tunnel_json
 
@@ -33,6 +34,7 @@ class TunnelFlow:
     first_seen: int  # ns
     last_seen: int
     reported: int = 0  # last_seen as last written
+    key: bytes = b""  # in the table of live flows (FlowTable sets it)
 
 
 def inner_tuple(frame: bytes) -> tuple[bytes, int, bytes, bytes, int, int] | None:
@@ -41,6 +43,8 @@ def inner_tuple(frame: bytes) -> tuple[bytes, int, bytes, bytes, int, int] | Non
     if l3 is None:
         return None
     ip, version, vlan = l3
+    if len(frame) <= ip or frame[ip] >> 4 != version:  # not the IP header its EtherType says
+        return None
     if version == 4:
         if len(frame) < ip + 20:
             return None
@@ -61,9 +65,9 @@ def inner_tuple(frame: bytes) -> tuple[bytes, int, bytes, bytes, int, int] | Non
 
 class TunnelFlows:
     def __init__(self, max_flows: int, idle_timeout: float) -> None:
-        self._max = max_flows
         self._idle = int(idle_timeout * _NS)
-        self._flows: dict[bytes, TunnelFlow] = {}
+        self._table: FlowTable[TunnelFlow] = FlowTable(max_flows)  # oldest evicted in O(1)
+        self._flows = self._table.flows
         self._next_sweep = 0
         self.pending: list[TunnelFlow] = []  # rows to write (new flows, final last_seen)
 
@@ -81,8 +85,8 @@ class TunnelFlows:
         if flow is not None:
             flow.last_seen = ts
             return
-        if len(self._flows) >= self._max:
-            self.pending.append(self._flows.pop(next(iter(self._flows))))
+        if self._table.is_full():
+            self.pending.append(self._table.pop_oldest()[1])
         flow = TunnelFlow(
             vlan,
             proto,
@@ -93,7 +97,7 @@ class TunnelFlows:
             ts,
             ts,
         )
-        self._flows[key] = flow
+        self._table.put(key, flow)
         self.pending.append(flow)
 
     def tick(self, now: int) -> None:
@@ -107,11 +111,13 @@ class TunnelFlows:
                 f.reported = f.last_seen
                 self.pending.append(f)
         for key in idle:
-            self.pending.append(self._flows.pop(key))
+            self.pending.append(self._flows[key])
+            self._table.pop(key)
 
     def flush(self) -> None:
         self.pending += self._flows.values()
-        self._flows.clear()
+        self._table = FlowTable(self._table.max_flows)
+        self._flows = self._table.flows
 
     def drain(self) -> list[TunnelFlow]:
         out, self.pending = self.pending, []

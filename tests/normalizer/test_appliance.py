@@ -16,13 +16,21 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, UDP  # type: ignore[import-untyped]
 
 from normalizer import geneve
-from normalizer.appliance import REASONS, Appliance, Rejected, healthy, validate
+from normalizer.appliance import (
+    REASONS,
+    Appliance,
+    ApplianceCounters,
+    Rejected,
+    Verdict,
+    healthy,
+    validate,
+)
 from normalizer.cli import main
 from normalizer.conn_cache import ConnectionCache
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.options import Options
 from normalizer.pipeline import Pipeline
-from normalizer.tunnel import tunnel_json
+from normalizer.tunnel import TunnelRef, tunnel_json
 from tests.normalizer.packets import PROXY4, Conv
 from tests.normalizer.test_engine import REQ, V2, conversation
 
@@ -260,3 +268,63 @@ def test_any_mirrored_frame_comes_out_whole_with_one_tag(eth: bytes, vni: int, e
     assert v.frame == eth[:12] + b"\x81\x00" + v.ref.vlan.to_bytes(2, "big") + eth[12:]
     assert v.ref.mirror is not None and v.ref.mirror.vni == vni
     assert v.ref.vlan != plain.ref.vlan
+
+
+def test_a_frame_whose_inspection_raises_is_still_returned_and_reaches_the_tap() -> None:
+    """The adapter's guard, exercised with stand-ins for the sockets, tap and pipeline: the
+    protected traffic must go back to the balancer whatever the inspection side does."""
+    from normalizer.appliance_live import ApplianceLive
+
+    class Sock:
+        def __init__(self, items: list[tuple[bytes, tuple[str, int]]]) -> None:
+            self.items = items
+            self.sent: list[bytes] = []
+
+        def recvfrom(self, _n: int) -> tuple[bytes, tuple[str, int]]:
+            if not self.items:
+                raise BlockingIOError
+            return self.items.pop(0)
+
+        def sendto(self, data: bytes, _addr: tuple[str, int]) -> None:
+            self.sent.append(data)
+
+    class Tap:
+        def __init__(self) -> None:
+            self.frames: list[bytes] = []
+
+        def write(self, frame: bytes) -> None:
+            self.frames.append(frame)
+
+    class Core:
+        def receive(self, data: bytes, _host: bytes, _port: int) -> object:
+            if data == b"bug":
+                raise RuntimeError("validator bug")
+            return Verdict(b"ret-" + data, b"frame-" + data, ref)
+
+    class Pipe:
+        def push_inner(self, frame: bytes, _ts: int, _ref: object) -> None:
+            if frame == b"frame-boom":
+                raise ValueError("core bug")
+
+        def take(self) -> list[tuple[int, bytes]]:
+            return []
+
+    ref = TunnelRef("geneve", 1, 2, b"\xc0\x00\x02\x09", b"\xc0\x00\x02\x01", 1, 6081, b"")
+    app = ApplianceLive.__new__(ApplianceLive)
+    app.sock = Sock(
+        [
+            (b"ok", ("192.0.2.9", 6081)),
+            (b"boom", ("192.0.2.9", 6081)),
+            (b"bug", ("192.0.2.9", 6081)),
+            (b"ok2", ("192.0.2.9", 6081)),
+        ]
+    )
+    app.raw, app.tap, app.core, app.pipe = Sock([]), Tap(), Core(), Pipe()
+    app.acounters = ApplianceCounters()
+    app.frames_failed = app.internal_errors = 0
+    app._reported = set()
+    app.returns_failing = False
+    app._serve()
+    assert app.raw.sent == [b"ret-ok", b"ret-boom", b"ret-ok2"]  # the bug's datagram: unknown
+    assert app.tap.frames == [b"frame-boom"]  # passed untouched (the others went via take)
+    assert (app.frames_failed, app.internal_errors, app.acounters.returned) == (1, 1, 3)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import sqlite3
-import tempfile
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,12 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eve_enricher.enrich import Connection
+from normalizer.checksum import adjust16
 from normalizer.cli import main
-from normalizer.conn_cache import CacheError, ConnectionCache
+from normalizer.conn_cache import CacheError, CacheSink, ConnectionCache
 from normalizer.engine import HeaderEvent
 from normalizer.headers import proxy_v2
 from normalizer.headers.base import HeaderError, ProxyHeader, Tlv
+from normalizer.options import Options
 from normalizer.pcap_io import CaptureReader, PcapWriter
+from normalizer.pcap_job import rewrite_file
 from tests.normalizer.packets import Conv
 from tests.normalizer.test_cli import _capture
 from tests.normalizer.test_engine import V2, conversation
@@ -233,13 +238,12 @@ def test_any_bit_flipped_header_the_codec_accepts_is_recorded(
         return
     if not isinstance(header, ProxyHeader):
         return
-    with tempfile.TemporaryDirectory() as d:
-        cache = ConnectionCache(Path(d) / "c.db")
-        cache.record([HeaderEvent(10**9, ("192.0.2.1", 1), ("192.0.2.2", 2), b"", header)])
-        row = cache.lookup_wire("192.0.2.1", 1, "192.0.2.2", 2, ts=1.0)
-        assert row is not None and row["family"] == header.family
-        Connection.from_row(row)
-        cache.close()
+    cache = ConnectionCache(Path(":memory:"))  # the same SQL, no file per example
+    cache.record([HeaderEvent(10**9, ("192.0.2.1", 1), ("192.0.2.2", 2), b"", header)])
+    row = cache.lookup_wire("192.0.2.1", 1, "192.0.2.2", 2, ts=1.0)
+    assert row is not None and row["family"] == header.family
+    Connection.from_row(row)
+    cache.close()
 
 
 def test_rewrite_with_cache_survives_a_non_utf8_unix_header(tmp_path: Path) -> None:
@@ -254,3 +258,92 @@ def test_rewrite_with_cache_survives_a_non_utf8_unix_header(tmp_path: Path) -> N
     cache = ConnectionCache(db, readonly=True)
     assert cache.count() == 1
     cache.close()
+
+
+# -- a cache whose disk fills up mid-run (issue 11, class 6) ---------------------------------------
+
+
+def _many_flows(path: Path, flows: int) -> int:
+    """``flows`` proxied conversations (one template, client ports patched): several batches."""
+    template = conversation(Conv(cport=1), V2, coalesce=True)
+    n = 0
+    with path.open("wb") as fh:
+        w = PcapWriter(fh, 1)
+        for i in range(flows):
+            port = (10000 + i).to_bytes(2, "big")
+            for f in template:
+                out = bytearray(f)
+                server_side = f[26:30] == bytes((192, 0, 2, 2))
+                at = 36 if server_side else 34  # the client's port: destination or source
+                old = int.from_bytes(out[at : at + 2], "big")
+                out[at : at + 2] = port
+                csum = int.from_bytes(out[50:52], "big")
+                out[50:52] = adjust16(csum, old, 10000 + i).to_bytes(2, "big")
+                w.write(1_700_000_000 * 10**9 + n * 1000, bytes(out))
+                n += 1
+    return n
+
+
+class _SmallDisk(ConnectionCache):
+    """A cache whose database may not grow past a few pages: SQLITE_FULL, as on a full disk."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        self._db.execute(f"PRAGMA max_page_count = {pages + 60}")
+
+
+def test_cache_writes_failing_mid_run_are_counted_and_the_output_is_complete(
+    tmp_path: Path,
+) -> None:
+    src, dst = tmp_path / "in.pcap", tmp_path / "out.pcap"
+    frames = _many_flows(src, 1200)  # 9600 frames: three batches of header events
+    cache = _SmallDisk(tmp_path / "c.db")
+    logged: list[str] = []
+    sink = CacheSink(cache, logged.append)
+    opts = Options(proxies=("192.0.2.1/32",))
+    counters = rewrite_file(src, dst, opts, on_events=sink.record, resume=sink.resumable)
+    assert counters.packets_out + counters.packets_dropped == frames
+    assert len(_read(dst)) == counters.packets_out  # every frame written, none lost
+    st = sink.stats
+    assert st.errors >= 1 and st.writes > st.errors and 0 < st.rows < 1200
+    assert cache.count() == st.rows
+    assert len(logged) == 1 and "database or disk is full" in logged[0]
+    assert str(cache.path) in logged[0]
+
+
+@pytest.mark.root
+def test_rewrite_with_its_cache_on_a_full_filesystem_writes_the_output_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real full disk: a 256 KiB tmpfs holds the cache; the output is elsewhere."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        src, dst, stats = tmp_path / "in.pcap", tmp_path / "out.pcap", tmp_path / "s.json"
+        frames = _many_flows(src, 1200)
+        argv = ["rewrite", str(src), "-o", str(dst), "--proxy", "192.0.2.1"]
+        argv += ["--cache", str(small / "c.db"), "--stats-json", str(stats)]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "database or disk is full" in err and str(small / "c.db") in err
+        assert f"{dst} was written in full" in err and "Traceback" not in err
+        assert len(_read(dst)) == frames  # every frame written (header and request coalesced)
+        counters = json.loads(stats.read_text())
+        assert counters["cache_errors"] >= 1 and 0 < counters["cache_rows"] < 1200
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_cache_row_that_does_not_decode_costs_the_resume_not_the_run(tmp_path: Path) -> None:
+    cache = ConnectionCache(tmp_path / "c.db")
+    cache.record([_event()])
+    cache._db.execute("UPDATE connections SET fields = 'not json', vlan = 'zz'")
+    cache._db.commit()
+    logged: list[str] = []
+    sink = CacheSink(cache, logged.append)
+    assert sink.resumable(0.0) == [] and sink.stats.errors == 1
+    assert "cache read failed" in logged[0] and str(tmp_path / "c.db") in logged[0]

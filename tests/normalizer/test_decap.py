@@ -400,3 +400,15 @@ def test_same_tuple_in_two_vnis_gets_two_vlans() -> None:
         outs += d.feed(encap.vxlan_frame(tcp(), vni, *OUTER4), 0)
     tuples = [locate_tcp(f) for _t, f, _r in outs]
     assert [t.vlan for t in tuples if t is not None] == [b"\x00\x0a", b"\x00\x14"]
+
+
+@pytest.mark.parametrize("first", [0xC5, 0x65, 0x45], ids=["nibble12", "nibble6", "ipv4-ok"])
+def test_an_outer_header_contradicting_its_ethertype_is_passed(first: int) -> None:
+    """The outer IPv4 EtherType with another version nibble is not read as IPv4 (as the core's
+    locate_tcp does not): the frame is passed as captured, never decapsulated."""
+    frame = bytearray(encap.vxlan_frame(tcp(), 1, *OUTER4))
+    frame[14] = first
+    [(_t, out, ref)] = decap().feed(bytes(frame), 0)
+    assert (ref is None) == (first != 0x45)
+    if ref is None:
+        assert out == frame
