@@ -22,9 +22,10 @@ from typing import IO, Any
 
 import orjson
 
+from normalizer.counters import Counters
 from normalizer.engine import FlowOutcome, Normalizer
 from normalizer.flow_key import endpoint_text, endpoints_of
-from normalizer.frame import locate_tcp
+from normalizer.frame import locate_l4, locate_tcp
 from normalizer.headers import proxy_v1, proxy_v2
 from normalizer.headers.detect import signature_kind
 from normalizer.options import Options
@@ -99,17 +100,28 @@ class _Conn:
 
 
 class _Tracker:
-    """Every TCP connection among the frames the engine is fed, bounded."""
+    """Every TCP connection among the frames the engine is fed, bounded; and UDP datagrams to
+    tunnel ports (VXLAN/GENEVE the engine was not told to open)."""
 
-    def __init__(self, linktype: int) -> None:
+    def __init__(self, linktype: int, tunnel_ports: frozenset[int]) -> None:
         self.linktype = linktype
+        self.tunnel_ports = tunnel_ports
         self.conns: list[_Conn] = []
         self._open: dict[bytes, _Conn] = {}
         self.overflow = 0
+        self.tunnel_datagrams = 0
 
     def see(self, frame: bytes, ts: int) -> None:
         f = locate_tcp(frame, self.linktype)
         if f is None:
+            u = locate_l4(frame, self.linktype)
+            if (
+                u is not None
+                and u.proto == 17
+                and u.end >= u.l4 + 8
+                and int.from_bytes(frame[u.l4 + 2 : u.l4 + 4], "big") in self.tunnel_ports
+            ):
+                self.tunnel_datagrams += 1
             return
         a, b = endpoints_of(frame, f)
         key = f.vlan + (a + b if a < b else b + a)
@@ -133,10 +145,18 @@ def _outcome_key(vlan: bytes, client: tuple[str, int], server: tuple[str, int]) 
     return (vlan, client, server)
 
 
+@dataclass
+class Report:
+    rows: list[FlowRow]
+    overflow: int = 0  # connections past MAX_CONNECTIONS, not listed
+    tunnel_datagrams: int = 0  # UDP to VXLAN/GENEVE ports not decapsulated (no --decap)
+    counters: Counters = field(default_factory=Counters)
+
+
 def explain(
     path: Path, options: Options, on_error: Callable[[PcapError], None] | None = None
-) -> tuple[list[FlowRow], int]:
-    """(rows in order of their first packet, connections not listed past the bound).
+) -> Report:
+    """Every TCP connection of the capture at ``path``, in order of its first packet.
     Raises PcapError (unless ``on_error`` takes it: the rows read so far are kept) / OSError."""
     outcomes: list[FlowOutcome] = []
     tunnels: list[TunnelFlow] = []
@@ -157,11 +177,12 @@ def explain(
                 raise
             on_error(exc)
     if pipe is None or tracker is None:
-        return [], 0
+        return Report([])
     pipe.flush()
     pipe.take()
     outcomes += pipe.engine.drain_outcomes()
-    return _rows(tracker, outcomes, tunnels, options), tracker.overflow
+    rows = _rows(tracker, outcomes, tunnels, options)
+    return Report(rows, tracker.overflow, tracker.tunnel_datagrams, pipe.counters)
 
 
 def _pipeline(
@@ -172,7 +193,8 @@ def _pipeline(
     engine = Normalizer(options, pipe.linktype, outcomes=True)
     engine.counters = pipe.engine.counters
     pipe.engine = engine
-    tracker = _Tracker(pipe.linktype)
+    ports = () if options.decapsulate else (*options.vxlan_ports, *options.geneve_ports)
+    tracker = _Tracker(pipe.linktype, frozenset(ports))
     feed = engine.feed
 
     def observed(frame: bytes, ts: int) -> None:
@@ -306,4 +328,69 @@ def is_terminal(stream: Any = None) -> bool:
     return bool(getattr(s, "isatty", lambda: False)())
 
 
-__all__ = ["WHY", "FlowRow", "explain", "is_terminal", "table", "tally", "write"]
+def advice(report: Report, options: Options) -> list[str]:
+    """Why no header was stripped, in words, each with what to try (empty if one was)."""
+    c = report.counters
+    if sum(c.headers_stripped.values()):
+        return []
+    lines = []
+    by = tally(report.rows)
+    untrusted: dict[str, int] = {}
+    for r in report.rows:
+        if r.outcome == "untrusted":
+            ip = r.client.rsplit(":", 1)[0].strip("[]")
+            untrusted[ip] = untrusted.get(ip, 0) + 1
+    for ip, n in sorted(untrusted.items(), key=lambda kv: (-kv[1], kv[0]))[:3]:
+        lines.append(
+            f"{n} connections from {ip} start with a proxy header, but {ip} is not a trusted"
+            f" proxy ({', '.join(options.proxies)}): try --proxy {ip}"
+        )
+    kinds = sorted({r.header_kind or "" for r in report.rows if r.outcome == "excluded"})
+    if by.get("excluded"):
+        try_kinds = " ".join(f"--header {k}" for k in kinds)
+        lines.append(
+            f"{by['excluded']} connections carry {', '.join(kinds)} headers,"
+            f" a kind --header excludes (valid, not malformed): try {try_kinds}"
+        )
+    if by.get("no-header"):
+        lines.append(
+            f"{by['no-header']} connections from trusted proxies start with no header at all:"
+            " a capture without headers, or the gateway does not send one (send-proxy)"
+        )
+    malformed = [r for r in report.rows if r.outcome == "malformed"]
+    if malformed:
+        lines.append(
+            f"{len(malformed)} connections start with a malformed header, the first:"
+            f" {malformed[0].detail} (suricata-normalizer flows lists them)"
+        )
+    if report.tunnel_datagrams:
+        lines.append(
+            f"{report.tunnel_datagrams} UDP datagrams to VXLAN/GENEVE ports were not opened:"
+            " try --decap --tunnel-peer CIDR (docs/tunnels.md)"
+        )
+    if by.get("midstream") and not any(r.outcome not in ("midstream",) for r in report.rows):
+        lines.append(
+            f"all {by['midstream']} connections began before the capture (no SYN): headers are"
+            " only found from a connection's start"
+        )
+    if c.checksum_completed:
+        lines.append(
+            f"{c.checksum_completed} frames carried partial checksums (captured on the sending"
+            " host, tx offload) and were completed"
+        )
+    if not report.rows and not report.tunnel_datagrams:
+        lines.append("the capture holds no TCP connection")
+    return lines
+
+
+__all__ = [
+    "WHY",
+    "FlowRow",
+    "Report",
+    "advice",
+    "explain",
+    "is_terminal",
+    "table",
+    "tally",
+    "write",
+]

@@ -5,23 +5,28 @@
 #    source ~/.local/share/bash_completion/suricata-normalizer
 # See also: https://github.com/scop/bash-completion/blob/main/doc/configuration.md
 
-_shtab_suricata_normalizer_subparsers=(rewrite live appliance test-rules suricata-config reference-gateway)
+_shtab_suricata_normalizer_subparsers=(rewrite flows check-config live appliance test-rules suricata-config reference-gateway)
 
-_shtab_suricata_normalizer_rewrite_option_strings=(-h --help -o --output --config --proxy --header --custom-magic --midstream --max-flows --cache-retention --keep-addresses --tunnel-peer --checksums --decap --no-decap --cache --stats-json -q --quiet --progress --no-progress)
+_shtab_suricata_normalizer_rewrite_option_strings=(-h --help -o --output --format --flows-json --config --proxy --header --custom-magic --midstream --max-flows --cache-retention --keep-addresses --tunnel-peer --checksums --decap --no-decap --cache --stats-json -q --quiet --progress --no-progress)
+_shtab_suricata_normalizer_flows_option_strings=(-h --help --json --config --proxy --header --custom-magic --midstream --max-flows --cache-retention --keep-addresses --tunnel-peer --checksums --decap --no-decap)
+_shtab_suricata_normalizer_check_config_option_strings=(-h --help)
 _shtab_suricata_normalizer_live_option_strings=(-h --help --iface --tap --config --proxy --header --custom-magic --midstream --max-flows --cache-retention --keep-addresses --tunnel-peer --checksums --decap --no-decap --cache --bpf --fanout-group --ignore-outgoing --metrics-port --tap-mtu --ring-mb --stats-json --no-promisc --warn-after)
 _shtab_suricata_normalizer_appliance_option_strings=(-h --help --listen --tap --port --health-port --config --proxy --header --custom-magic --midstream --max-flows --cache-retention --keep-addresses --tunnel-peer --cache --tap-mtu --stats-json)
 _shtab_suricata_normalizer_test_rules_option_strings=(-h --help --rules --suricata-config --junit --keep -v --verbose)
 _shtab_suricata_normalizer_suricata_config_option_strings=(-h --help --suricata-yaml --tap -o --output)
 _shtab_suricata_normalizer_reference_gateway_option_strings=(-h --help --listen --backend --header --send-separately --coalesce --coalesce-wait --custom-magic --tlv --authority --crc32c --accept --connect-timeout --max-connections --grace --stats-json -v --verbose)
-_shtab_suricata_normalizer_option_strings=(-h --help)
+_shtab_suricata_normalizer_option_strings=(-h --help --version --log-format)
 
 
 
+_shtab_suricata_normalizer_rewrite___format_choices=(pcap pcapng)
 _shtab_suricata_normalizer_rewrite___checksums_choices=(keep auto fix)
+_shtab_suricata_normalizer_flows___checksums_choices=(keep auto fix)
 _shtab_suricata_normalizer_live___checksums_choices=(keep auto fix)
 _shtab_suricata_normalizer_reference_gateway___header_choices=(custom proxy-v1 proxy-v2 none)
 _shtab_suricata_normalizer_reference_gateway___accept_choices=(custom proxy-v1 proxy-v2)
-_shtab_suricata_normalizer_pos_0_choices=(rewrite live appliance test-rules suricata-config reference-gateway)
+_shtab_suricata_normalizer_pos_0_choices=(rewrite flows check-config live appliance test-rules suricata-config reference-gateway)
+_shtab_suricata_normalizer___log_format_choices=(text json)
 
 _shtab_suricata_normalizer_rewrite__h_nargs=0
 _shtab_suricata_normalizer_rewrite___help_nargs=0
@@ -32,6 +37,14 @@ _shtab_suricata_normalizer_rewrite__q_nargs=0
 _shtab_suricata_normalizer_rewrite___quiet_nargs=0
 _shtab_suricata_normalizer_rewrite___progress_nargs=0
 _shtab_suricata_normalizer_rewrite___no_progress_nargs=0
+_shtab_suricata_normalizer_flows__h_nargs=0
+_shtab_suricata_normalizer_flows___help_nargs=0
+_shtab_suricata_normalizer_flows___json_nargs=0
+_shtab_suricata_normalizer_flows___keep_addresses_nargs=0
+_shtab_suricata_normalizer_flows___decap_nargs=0
+_shtab_suricata_normalizer_flows___no_decap_nargs=0
+_shtab_suricata_normalizer_check_config__h_nargs=0
+_shtab_suricata_normalizer_check_config___help_nargs=0
 _shtab_suricata_normalizer_live__h_nargs=0
 _shtab_suricata_normalizer_live___help_nargs=0
 _shtab_suricata_normalizer_live___keep_addresses_nargs=0
@@ -59,6 +72,7 @@ _shtab_suricata_normalizer_reference_gateway___verbose_nargs=0
 _shtab_suricata_normalizer_pos_0_nargs=A...
 _shtab_suricata_normalizer__h_nargs=0
 _shtab_suricata_normalizer___help_nargs=0
+_shtab_suricata_normalizer___version_nargs=0
 
 
 # $1=COMP_WORDS[1]

@@ -32,8 +32,9 @@ def _options(manifest: dict[str, Any], **over: Any) -> Options:
 @pytest.mark.parametrize("path", MANIFESTS, ids=[p.stem for p in MANIFESTS])
 def test_every_connection_is_explained(path: Path) -> None:
     manifest = yaml.safe_load(path.read_text())
-    rows, overflow = explain(path.with_suffix(".pcap"), _options(manifest))
-    assert rows and overflow == 0
+    report = explain(path.with_suffix(".pcap"), _options(manifest))
+    rows = report.rows
+    assert rows and report.overflow == 0 and report.tunnel_datagrams == 0
     assert all(r.outcome in WHY and r.detail != "no outcome from the engine" for r in rows)
     stripped = [r for r in rows if r.outcome == "stripped"]
     assert stripped, rows
@@ -54,7 +55,7 @@ def test_every_connection_is_explained(path: Path) -> None:
 
 
 def test_wrong_proxy_names_the_right_one() -> None:
-    rows, _ = explain(PCAPS / "haproxy-v2-tlv.pcap", Options(proxies=("192.0.2.99/32",)))
+    rows = explain(PCAPS / "haproxy-v2-tlv.pcap", Options(proxies=("192.0.2.99/32",))).rows
     untrusted = [r for r in rows if r.outcome == "untrusted"]
     assert untrusted and all(r.detail == "try --proxy 192.0.2.1" for r in untrusted)
     assert all(r.outcome in ("untrusted", "not-proxied", "midstream") for r in rows)
@@ -65,12 +66,12 @@ def test_wrong_proxy_names_the_right_one() -> None:
 
 def test_excluded_kind_is_not_called_malformed() -> None:
     opts = Options(proxies=("192.0.2.1/32",), header_kinds=frozenset({HeaderKind.PROXY_V1}))
-    rows, _ = explain(PCAPS / "haproxy-v2-tlv.pcap", opts)
+    rows = explain(PCAPS / "haproxy-v2-tlv.pcap", opts).rows
     assert {r.outcome for r in rows} == {"excluded"}
     assert all(r.header_kind == "proxy-v2" and r.detail == "try --header proxy-v2" for r in rows)
 
 
 def test_header_free_capture_says_no_header() -> None:
-    rows, _ = explain(PCAPS / "haproxy-v2-tlv.baseline.pcap", Options(proxies=("0.0.0.0/0",)))
+    rows = explain(PCAPS / "haproxy-v2-tlv.baseline.pcap", Options(proxies=("0.0.0.0/0",))).rows
     assert rows and {r.outcome for r in rows} <= {"no-header", "missing"}
     assert "no-header" in {r.outcome for r in rows}
