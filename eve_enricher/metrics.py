@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from eve_enricher.enrich import eve_time
 from eve_enricher.follower import FileFollower
 from eve_enricher.stream import LineEnricher
+from normalizer.metrics import with_process_metrics
 
 PREFIX = "eve_enricher"
 
@@ -90,7 +91,7 @@ class EnricherCollector(Collector):
 
 def serve(port: int, state: EnricherState, addr: str = "127.0.0.1") -> CollectorRegistry:
     """Start the scrape endpoint in a daemon thread."""
-    registry = CollectorRegistry(auto_describe=False)
+    registry = with_process_metrics(CollectorRegistry(auto_describe=False))
     registry.register(EnricherCollector(state))
     start_http_server(port, addr=addr, registry=registry)
     return registry

@@ -127,7 +127,14 @@ def _live_parser(sub: Any) -> None:
     )
     lv.add_argument("--ignore-outgoing", action="store_true", help="drop PACKET_OUTGOING frames")
     lv.add_argument(
-        "--metrics-port", type=_int_in(1, 65535), metavar="N", help="Prometheus on 127.0.0.1:N"
+        "--metrics-port", type=_int_in(1, 65535), metavar="N", help="Prometheus on ADDR:N"
+    )
+    lv.add_argument(
+        "--metrics-addr",
+        type=_address,
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the metrics endpoint binds (default 127.0.0.1)",
     )
     lv.add_argument(
         "--tap-mtu",
@@ -153,6 +160,13 @@ def _live_parser(sub: Any) -> None:
         metavar="SECONDS",
         help="warn when no proxied flow was seen this long after the start (default 30)",
     )
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
 def _ipv4(text: str) -> str:
@@ -394,6 +408,7 @@ def _live(args: argparse.Namespace) -> int:
         fanout_group=args.fanout_group,
         ignore_outgoing=args.ignore_outgoing,
         metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
         tap_mtu=args.tap_mtu,
         ring_mb=args.ring_mb,
         stats_json=args.stats_json,

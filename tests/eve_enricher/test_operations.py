@@ -161,6 +161,7 @@ def test_metrics_count_lines_and_lag(tmp_path: Path, db: Path) -> None:
     # the last event is from 2023: its lag is at least the time since then
     assert m["eve_enricher_lag_seconds"] >= time.time() - T0 - 2
     assert m[f'eve_enricher_build_info{{version="{version()}"}}'] == 1
+    assert m["process_start_time_seconds"] > 0 and "process_resident_memory_bytes" in m
 
 
 def _cli(tmp: Path, *argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
