@@ -92,11 +92,36 @@ def test_every_command_answers_help(installed: Installed) -> None:
     for prog, module in (("suricata-normalizer", "normalizer"), ("eve-enricher", "eve_enricher")):
         top = installed.run(prog, "--help").stdout
         assert installed.run("python", "-m", module, "--help").stdout == top
-        subs = top.split("{", 1)[1].split("}", 1)[0].split(",")
+        groups = [g.split("}", 1)[0] for g in top.split("{")[1:]]
+        subs = max(groups, key=len).split(",")  # the subcommands (not --log-format's choices)
+        assert len(subs) >= 2, subs
         for sub in subs:
             assert installed.run(prog, sub, "--help").stdout.startswith("usage:")
     p = installed.run("eve-enricher", "--version")
     assert p.stdout.strip() == "eve-enricher 0.1.0"
+    p = installed.run("suricata-normalizer", "--version")
+    assert p.stdout.strip() == "suricata-normalizer 0.1.0"
+    config = installed.data / "suricata" / "config.toml"
+    assert "ok:" in installed.run("suricata-normalizer", "check-config", str(config)).stderr
+    bash = installed.data / "completion" / "suricata-normalizer.bash"
+    p = subprocess.run(
+        ["bash", "-c", f"source {bash} && complete -p suricata-normalizer"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "suricata-normalizer" in p.stdout
+
+
+def test_quick_start_without_root(installed: Installed) -> None:
+    """README's quick start: rewrite a shipped capture with the wrong proxy, be told the
+    right one, rewrite again, read the flows report."""
+    pcap = str(installed.data / "pcaps" / "haproxy-v2-tlv.pcap")
+    p = installed.run("suricata-normalizer", "rewrite", pcap, "-o", "a.pcap", "--proxy", "10.0.0.1")
+    assert "try --proxy 192.0.2.1" in p.stderr
+    installed.run("suricata-normalizer", "rewrite", pcap, "-o", "b.pcapng", "--proxy", "192.0.2.1")
+    assert (installed.work / "b.pcapng").read_bytes()[:4] == b"\x0a\x0d\x0d\x0a"
+    p = installed.run("suricata-normalizer", "flows", pcap, "--proxy", "192.0.2.1", "--json")
+    rows = [json.loads(x) for x in p.stdout.splitlines()]
+    assert len(rows) == 7 and all(r["outcome"] == "stripped" for r in rows)
 
 
 @needs_suricata
