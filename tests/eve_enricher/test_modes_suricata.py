@@ -79,11 +79,20 @@ def _spliced(raw: bytes, enriched: bytes) -> dict[str, Any]:
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("keep", [False, True], ids=["restored", "kept"])
 def test_both_modes_against_suricata_community_id(name: str, keep: bool, tmp_path: Path) -> None:
-    norm, db = tmp_path / "norm.pcap", tmp_path / "conn.db"
-    argv = [str(BIN / "suricata-normalizer"), "rewrite", str(PCAPS / f"{name}.pcap")]
-    argv += ["-o", str(norm), "--proxy", CASES[name], "--cache", str(db), "-q"]
+    counts = check_modes(PCAPS / f"{name}.pcap", CASES[name], keep, tmp_path)
+    assert counts["proxied"] > 0
+    assert counts["real"] > 0  # every capture has attacks through PROXY headers
+
+
+def check_modes(raw_pcap: Path, proxy: str, keep: bool, work: Path) -> dict[str, int]:
+    """Normalize ``raw_pcap`` (addresses restored, or kept), run Suricata with community-id,
+    enrich in both modes and check them against each other and Suricata (module docstring).
+    Also used by the lab test on freshly recorded traffic."""
+    norm, db = work / "norm.pcap", work / "conn.db"
+    argv = [str(BIN / "suricata-normalizer"), "rewrite", str(raw_pcap)]
+    argv += ["-o", str(norm), "--proxy", proxy, "--cache", str(db), "-q"]
     _run(argv + (["--keep-addresses"] if keep else []))
-    eve = _suricata(norm, tmp_path)
+    eve = _suricata(norm, work)
     raw = eve.read_bytes().splitlines(keepends=True)
     extra, over = _enrich(eve, db, "extra-data"), _enrich(eve, db, "overwrite")
     assert len(raw) == len(extra) == len(over)
@@ -98,23 +107,22 @@ def test_both_modes_against_suricata_community_id(name: str, keep: bool, tmp_pat
         after, ov = orjson.loads(x), orjson.loads(o)
         assert not schema_errors(after) - schema_errors(before), after
         assert not schema_errors(ov) - schema_errors(before), ov
-        proxy = added["proxy"]
-        assert ov["proxy"]["wire"] == proxy["wire"] and ov["proxy"]["header"] == proxy["header"]
+        px = added["proxy"]
+        assert ov["proxy"]["wire"] == px["wire"] and ov["proxy"]["header"] == px["header"]
         if keep:  # Suricata saw the wire hop: its community_id is the wire one
-            assert _tuple(proxy["wire"]) == _tuple(before)
-            assert proxy["wire"]["community_id"] == before["community_id"]
-        if "real" not in proxy:  # LOCAL: the wire tuple is all there is
-            assert proxy["header"]["command"] == "LOCAL"
+            assert _tuple(px["wire"]) == _tuple(before)
+            assert px["wire"]["community_id"] == before["community_id"]
+        if "real" not in px:  # LOCAL: the wire tuple is all there is
+            assert px["header"]["command"] == "LOCAL"
             assert _tuple(ov) == _tuple(before)
             continue
         real += 1
         if not keep:  # Suricata saw the restored (real) tuple
-            assert _tuple(proxy["real"]) == _tuple(before)
-            assert proxy["real"]["community_id"] == before["community_id"]
-        assert _tuple(ov) == _tuple(proxy["real"])
-        assert ov["community_id"] == proxy["real"]["community_id"]
-    assert proxied > 0
-    assert real > 0  # every capture has attacks through PROXY headers
+            assert _tuple(px["real"]) == _tuple(before)
+            assert px["real"]["community_id"] == before["community_id"]
+        assert _tuple(ov) == _tuple(px["real"])
+        assert ov["community_id"] == px["real"]["community_id"]
+    return {"proxied": proxied, "real": real}
 
 
 def test_suricata_tunnel_object_survives_both_modes(tmp_path: Path) -> None:
