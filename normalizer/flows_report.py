@@ -71,6 +71,7 @@ class FlowRow:
     real_client: str | None = None
     real_target: str | None = None
     bytes_removed: int = 0
+    header_bytes: int = 0  # client bytes the engine had collected when it decided (offsets)
     packets: int = 0
     tunnel: dict[str, Any] | None = None
 
@@ -262,6 +263,7 @@ def _full_signature(prefix: bytes, kind: str, options: Options) -> bool:
 
 def _fill(row: FlowRow, o: FlowOutcome, options: Options) -> None:
     row.outcome, row.detail = o.outcome, o.detail
+    row.header_bytes = o.header_bytes
     h = o.header
     if o.outcome == "excluded":
         row.header_kind = o.detail
@@ -284,6 +286,10 @@ def table(rows: Iterable[FlowRow]) -> str:
     for r in rows:
         header = f"{r.header_kind} {r.header_length}B" if r.header_length else r.header_kind or ""
         why = WHY.get(r.outcome, r.outcome) + (f": {r.detail}" if r.detail else "")
+        if r.command == "LOCAL":
+            why += " (LOCAL: a health check, addresses kept)"
+        elif r.outcome in ("malformed", "truncated", "hold-overflow") and r.header_bytes:
+            why += f" (after {r.header_bytes} client bytes)"
         if r.tunnel:
             why += f" [{r.tunnel.get('type')} vni {r.tunnel.get('vni')}]"
         body.append(

@@ -69,6 +69,7 @@ def test_excluded_kind_is_not_called_malformed() -> None:
     rows = explain(PCAPS / "haproxy-v2-tlv.pcap", opts).rows
     assert {r.outcome for r in rows} == {"excluded"}
     assert all(r.header_kind == "proxy-v2" and r.detail == "try --header proxy-v2" for r in rows)
+    assert all(r.header_bytes > 0 for r in rows)  # the bytes the decision was made on
 
 
 def test_header_free_capture_says_no_header() -> None:
