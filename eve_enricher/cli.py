@@ -3,29 +3,48 @@
 Exit status 0 on success, 1 on I/O errors (missing or unreadable files, an unusable cache or
 checkpoint), 2 on usage errors. Every error is one line on stderr; bad input lines are not
 errors (they are rejected and counted), so a run over a damaged eve.json still exits 0.
+``enrich`` reads stdin for ``-`` and writes stdout for ``-o -``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
-from eve_enricher import runner
+from eve_enricher import metrics, runner
 from eve_enricher.checkpoint import CheckpointError
+from eve_enricher.enrich import MODES
 from eve_enricher.follower import MAX_LINE, ChangeWaiter, FileFollower
 from eve_enricher.lookup import CacheLookup, Matcher, TunnelMatcher
 from eve_enricher.stream import LineEnricher, RejectSink
 from normalizer.conn_cache import CacheError, ConnectionCache
+from normalizer.journal import LOG_FORMATS, Log
 
 PROG = "eve-enricher"
+STDIO = Path("-")
+
+
+def version() -> str:
+    """The installed distribution's version (the source tree's when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("suricata-normalizer")
+    except PackageNotFoundError:
+        from normalizer import __version__
+
+        return __version__
 
 
 class UsageError(Exception):
@@ -86,14 +105,37 @@ def _size(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"{PROG} {version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def common(sp: argparse.ArgumentParser, wait_default: float) -> None:
-        sp.add_argument("eve", type=Path, metavar="EVE.json")
+    def common(sp: argparse.ArgumentParser, wait_default: float, stdio: bool) -> None:
+        dash = " ('-': stdin)" if stdio else ""
+        sp.add_argument("eve", type=Path, metavar="EVE.json", help=f"Suricata's eve.json{dash}")
         sp.add_argument("--cache", type=Path, required=True, metavar="DB", help="connection cache")
-        sp.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.json")
+        sp.add_argument(
+            "-o",
+            "--output",
+            type=Path,
+            required=True,
+            metavar="OUT.json",
+            help="enriched eve.json" + (" ('-': stdout)" if stdio else ""),
+        )
+        sp.add_argument(
+            "--mode",
+            choices=MODES,
+            default="overwrite",
+            help="overwrite: the real tuple replaces Suricata's (the wire one under proxy.wire);"
+            " extra-data: Suricata's keys kept, the real tuple added as proxy.real"
+            " (default overwrite)",
+        )
         sp.add_argument(
             "--reject", type=Path, metavar="FILE", help="bad lines as {offset, line} records"
         )
@@ -120,17 +162,44 @@ def build_parser() -> argparse.ArgumentParser:
             help="longer lines are rejected with their offset, not held (default 64M)",
         )
         sp.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+        sp.add_argument(
+            "--log-format",
+            choices=LOG_FORMATS,
+            default="text",
+            help="stderr lines as text (with journald priorities under systemd) or JSON",
+        )
+        sp.add_argument(
+            "--metrics-port",
+            type=_port,
+            metavar="PORT",
+            help="serve Prometheus metrics (lines, enriched, rejected, failed, lag) on this port",
+        )
+        sp.add_argument(
+            "--metrics-addr",
+            default="127.0.0.1",
+            metavar="ADDR",
+            help="address the metrics endpoint binds (default 127.0.0.1)",
+        )
 
-    common(sub.add_parser("enrich", help="enrich a finished eve.json"), 0.0)
+    common(sub.add_parser("enrich", help="enrich a finished eve.json"), 0.0, True)
     fp = sub.add_parser("follow", help="follow a live eve.json (rotation-safe, checkpointed)")
-    common(fp, 2.0)
+    common(fp, 2.0, False)
     fp.add_argument("--checkpoint", type=Path, metavar="FILE", help="resume position")
+    fp.add_argument(
+        "--start-at",
+        choices=runner.START_AT,
+        default="end",
+        help="where to begin without a checkpoint: the end of the file as it is now (default;"
+        " an old eve.json is not replayed) or its beginning",
+    )
     fp.add_argument("--poll", type=_interval, default=1.0, metavar="SECONDS")
     fp.add_argument("--rotate-grace", type=_seconds, default=1.0, metavar="SECONDS")
     return p
 
 
 def _check_paths(args: argparse.Namespace) -> None:
+    if args.command == "follow" and STDIO in (args.eve, args.output):
+        raise UsageError("follow reads and writes files, not '-' (use enrich for a pipe)")
     paths = {"input": args.eve, "output": args.output}
     if args.reject is not None:
         paths["reject file"] = args.reject
@@ -138,6 +207,8 @@ def _check_paths(args: argparse.Namespace) -> None:
         paths["checkpoint"] = args.checkpoint
     seen: dict[Path, str] = {}
     for what, path in paths.items():
+        if path == STDIO:
+            continue
         real = path.resolve()
         if real in seen:
             raise UsageError(f"the {what} and the {seen[real]} are the same file: {path}")
@@ -154,7 +225,8 @@ def _summary(enricher: LineEnricher, follower: FileFollower | None = None) -> st
     c, m = enricher.counters, enricher.matcher.counters
     text = (
         f"{c.lines} lines: {c.enriched} enriched ({c.tunneled} tunnel only),"
-        f" {c.unchanged} unchanged, {c.failed} failed (passed unchanged), {c.rejected} rejected;"
+        f" {c.unchanged} unchanged ({c.unknown} TCP events not in the cache),"
+        f" {c.failed} failed (passed unchanged), {c.rejected} rejected;"
         f" {m.late} late, {m.waited_unmatched} waited without a row"
     )
     if follower is not None:
@@ -162,26 +234,85 @@ def _summary(enricher: LineEnricher, follower: FileFollower | None = None) -> st
     return text
 
 
-def _note(msg: str) -> None:
-    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+def _stamp(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def diagnosis(enricher: LineEnricher, cache: ConnectionCache, path: Path) -> str | None:
+    """Why nothing was enriched although events had tuples, in words; None if something was
+    (or no event had a TCP tuple to look up)."""
+    c, m = enricher.counters, enricher.matcher.counters
+    if c.enriched or not c.unknown:
+        return None
+    span = cache.time_range()
+    if span is None:
+        return (
+            f"no event enriched: the connection cache {path} is empty (was the normalizer run"
+            " with --cache on this file?)"
+        )
+    lo, hi = span
+    first, last = m.first_ts, m.last_ts
+    if (
+        first is not None
+        and last is not None
+        and (last < lo or first > hi + enricher.matcher.window)
+    ):
+        return (
+            f"no event enriched: the events ({_stamp(first)} to {_stamp(last)} UTC) and the"
+            f" cache's {cache.count()} connections ({_stamp(lo)} to {_stamp(hi)} UTC) are from"
+            " different times: is this the cache of the run that made this eve.json?"
+        )
+    return (
+        f"no event enriched: none of the {c.unknown} TCP events has a tuple among the cache's"
+        f" {cache.count()} connections ({_stamp(lo)} to {_stamp(hi)} UTC): was Suricata fed"
+        " the normalizer's output of the same traffic?"
+    )
 
 
 def _make_enricher(
-    args: argparse.Namespace, cache: ConnectionCache
+    args: argparse.Namespace, cache: ConnectionCache, log: Log, state: metrics.EnricherState
 ) -> Callable[[RejectSink | None], LineEnricher]:
     def make(reject: RejectSink | None) -> LineEnricher:
         matcher = Matcher(CacheLookup(cache), wait=args.wait, window=args.window)
         tunnels = TunnelMatcher(cache, window=args.window)
-        return LineEnricher(
-            matcher, seed=args.community_id_seed, reject=reject, tunnels=tunnels, notify=_note
+        enricher = LineEnricher(
+            matcher,
+            seed=args.community_id_seed,
+            reject=reject,
+            tunnels=tunnels,
+            notify=log.warning,
+            mode=args.mode,
         )
+        state.enricher = enricher
+        return enricher
 
     return make
 
 
-def _enrich(args: argparse.Namespace, cache: ConnectionCache) -> LineEnricher:
-    make = _make_enricher(args, cache)
-    with open(args.eve, "rb") as src, runner.NamedWriter(args.output) as dst:
+@contextlib.contextmanager
+def _input(path: Path) -> Iterator[BinaryIO]:
+    if path == STDIO:
+        yield sys.stdin.buffer
+        return
+    with open(path, "rb") as f:
+        yield f
+
+
+@contextlib.contextmanager
+def _output(path: Path) -> Iterator[runner.NamedWriter | BinaryIO]:
+    if path == STDIO:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with runner.NamedWriter(path) as f:
+        yield f
+
+
+def _enrich(
+    args: argparse.Namespace, cache: ConnectionCache, log: Log, state: metrics.EnricherState
+) -> LineEnricher:
+    make = _make_enricher(args, cache, log, state)
+    with _input(args.eve) as src, _output(args.output) as dst:
         if args.reject is None:
             enricher = make(None)
             runner.enrich_stream(src, dst, enricher, args.max_line)
@@ -192,7 +323,9 @@ def _enrich(args: argparse.Namespace, cache: ConnectionCache) -> LineEnricher:
     return enricher
 
 
-def _follow(args: argparse.Namespace, cache: ConnectionCache) -> tuple[LineEnricher, FileFollower]:
+def _follow(
+    args: argparse.Namespace, cache: ConnectionCache, log: Log, state: metrics.EnricherState
+) -> tuple[LineEnricher, FileFollower]:
     if not args.eve.parent.is_dir():
         raise FileNotFoundError(2, "No such directory", str(args.eve.parent))
     stop = threading.Event()
@@ -205,20 +338,17 @@ def _follow(args: argparse.Namespace, cache: ConnectionCache) -> tuple[LineEnric
 
     def on_ready(waiter: ChangeWaiter, follower: FileFollower) -> None:
         waiters.append(waiter)
+        state.follower = follower
         if not args.quiet:
             pos = follower.position
-            print(
-                f"{PROG}: following {follower.path} (inode {pos.ino}) from byte {pos.offset}",
-                file=sys.stderr,
-                flush=True,
-            )
+            log(f"following {follower.path} (inode {pos.ino}) from byte {pos.offset}", "notice")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return runner.follow(
         args.eve,
         args.output,
-        _make_enricher(args, cache),
+        _make_enricher(args, cache, log, state),
         stop,
         reject_path=args.reject,
         checkpoint_path=args.checkpoint,
@@ -226,40 +356,54 @@ def _follow(args: argparse.Namespace, cache: ConnectionCache) -> tuple[LineEnric
         rotate_grace=args.rotate_grace,
         max_line=args.max_line,
         on_ready=on_ready,
+        notify=log.warning,
+        start_at=args.start_at,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
+    log = Log(PROG)
     try:
         args = build_parser().parse_args(argv)
         _check_paths(args)
     except UsageError as exc:
-        print(f"{PROG}: usage error: {exc} (see {PROG} --help)", file=sys.stderr)
+        log.error(f"usage error: {exc} (see {PROG} --help)")
         return 2
+    log = Log(PROG, args.log_format)
+    state = metrics.EnricherState(None if args.eve == STDIO else args.eve, version())
     try:
+        if args.metrics_port is not None:
+            metrics.serve(args.metrics_port, state, args.metrics_addr)
         cache = _open_cache(args.cache)
         try:
             if args.command == "enrich":
-                summary = _summary(_enrich(args, cache))
+                enricher = _enrich(args, cache, log, state)
+                summary = _summary(enricher)
             else:
-                summary = _summary(*_follow(args, cache))
+                enricher, follower = _follow(args, cache, log, state)
+                summary = _summary(enricher, follower)
+            why = diagnosis(enricher, cache, args.cache)
         finally:
             cache.close()
     except (CacheError, CheckpointError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        log.error(str(exc))
         return 1
     except sqlite3.Error as exc:
-        print(f"{PROG}: {args.cache}: connection cache error: {exc}", file=sys.stderr)
+        log.error(f"{args.cache}: connection cache error: {exc}")
         return 1
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{PROG}: {where}{exc.strerror or exc}", file=sys.stderr)
+        if args.metrics_port is not None and exc.filename is None and state.enricher is None:
+            where = f"metrics endpoint {args.metrics_addr}:{args.metrics_port}: "
+        log.error(f"{where}{exc.strerror or exc}")
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        log.error("interrupted")
         return 130
     if not args.quiet:
-        print(f"{PROG}: {summary}", file=sys.stderr)
+        log(summary)
+        if why is not None:
+            log.warning(why)
     return 0
 
 

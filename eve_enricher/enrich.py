@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 from eve_enricher.community_id import TCP, community_id, proto_number
 
@@ -32,6 +32,12 @@ Tuple4 = tuple[str, int, str, int]
 LookupFn = Callable[[Tuple4, float, float], "Connection | None"]
 
 _IP_FAMILIES = frozenset({"TCP4", "TCP6", "UDP4", "UDP6"})
+
+# What enrichment does to Suricata's own tuple (the names of Suricata's XFF modes):
+# "overwrite" puts the real one in its place (and the wire one under ``proxy.wire``);
+# "extra-data" keeps every Suricata key as written and adds the real one as ``proxy.real``.
+Mode = Literal["overwrite", "extra-data"]
+MODES: tuple[Mode, ...] = ("overwrite", "extra-data")
 
 
 # The longest address text accepted from an event ("ffff:...:255.255.255.255" is 45): what
@@ -90,24 +96,27 @@ class Connection:
     real_server: Endpoint | None
     header: dict[str, Any]
     tunnel: dict[str, Any] | None = None  # set when the connection came through VXLAN/GENEVE
-    # the ``proxy`` object per direction (1: client to server, -1: back), built once per flow
-    _proxy: dict[int, dict[str, Any]] = field(default_factory=dict, compare=False, repr=False)
+    # the ``proxy`` object per (direction (1: client to server, -1: back), seed, with ``real``),
+    # built once per flow
+    _proxy: dict[tuple[int, int, bool], dict[str, Any]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     _sides: dict[Tuple4, int] = field(default_factory=dict, compare=False, repr=False)
 
-    def proxy_object(self, side: int) -> dict[str, Any]:
-        """``proxy`` for events in direction ``side``: shared by all of them, read-only."""
-        obj = self._proxy.get(side)
+    def proxy_object(self, side: int, seed: int = 0, real: bool = False) -> dict[str, Any]:
+        """``proxy`` for events in direction ``side``: shared by all of them, read-only.
+
+        ``wire`` carries the wire tuple's community_id (joins with Zeek or Arkime sensors on
+        the proxy-decoy hop); ``real`` (extra-data mode, when the header named a client) the
+        real tuple in the event's direction and its community_id."""
+        key = (side, seed, real)
+        obj = self._proxy.get(key)
         if obj is None:
-            a, b = (
-                (self.wire_client, self.wire_server)
-                if side > 0
-                else (self.wire_server, self.wire_client)
-            )
-            obj = {
-                "wire": {"src_ip": a[0], "src_port": a[1], "dest_ip": b[0], "dest_port": b[1]},
-                "header": self.header,
-            }
-            self._proxy[side] = obj
+            obj = {"wire": _tuple_object(self.wire_client, self.wire_server, side, seed)}
+            if real and self.real_client is not None and self.real_server is not None:
+                obj["real"] = _tuple_object(self.real_client, self.real_server, side, seed)
+            obj["header"] = self.header
+            self._proxy[key] = obj
         return obj
 
     @classmethod
@@ -158,6 +167,16 @@ class Connection:
         if endpoint == self.wire_server or endpoint == self.real_server:
             return -1
         return 0
+
+
+def _tuple_object(client: Endpoint, server: Endpoint, side: int, seed: int) -> dict[str, Any]:
+    """{src_ip, src_port, dest_ip, dest_port, community_id} in direction ``side`` (TCP: the
+    cache records TCP connections only); no community_id for an address the hash cannot take."""
+    a, b = (client, server) if side > 0 else (server, client)
+    obj: dict[str, Any] = {"src_ip": a[0], "src_port": a[1], "dest_ip": b[0], "dest_port": b[1]}
+    with contextlib.suppress(ValueError):
+        obj["community_id"] = community_id(TCP, a[0], b[0], a[1], b[1], seed)
+    return obj
 
 
 def event_tuple(event: Event) -> Tuple4 | None:
@@ -243,17 +262,25 @@ def _remap_endpoint(
 
 
 def apply(
-    event: Event, conn: Connection, seed: int = 0, t: Tuple4 | None = None, copy: bool = True
+    event: Event,
+    conn: Connection,
+    seed: int = 0,
+    t: Tuple4 | None = None,
+    copy: bool = True,
+    mode: Mode = "overwrite",
 ) -> Event | None:
     """The enriched copy of ``event`` (the input is not modified), or None if the event's tuple
     is not this connection's (its ends are not the connection's two ends: keep the event as is).
 
-    Top level gets the real tuple in the event's own direction (src is the proxy side -> src is
-    the real client; src is the backend -> src is the real target); ``alert.flow``, the alert's
-    ``flow`` (Suricata 7 logs the flow's tuple there) and ``alert.source`` / ``alert.target``
-    likewise; ``community_id`` is recomputed when present; ``proxy`` names the wire tuple (in the
-    event's direction) and the header. ``t``: the event's tuple, if the caller has it already;
-    ``copy=False``: the caller owns ``event`` (freshly parsed), so it is changed in place.
+    ``overwrite``: top level gets the real tuple in the event's own direction (src is the proxy
+    side -> src is the real client; src is the backend -> src is the real target); ``flow``,
+    ``alert.flow`` (Suricata 7 logs the flow's tuple there) and ``alert.source`` /
+    ``alert.target`` likewise; ``community_id`` is recomputed when present. ``extra-data``:
+    none of Suricata's keys change; the real tuple is ``proxy.real``. Both: ``proxy`` names the
+    wire tuple (in the event's direction, with its community_id) and the header;
+    ``encapsulation`` the VXLAN/GENEVE tunnel (Suricata's own ``tunnel`` object is never
+    touched). ``t``: the event's tuple, if the caller has it already; ``copy=False``: the
+    caller owns ``event`` (freshly parsed), so it is changed in place.
     """
     if t is None:
         t = event_tuple(event)
@@ -262,10 +289,15 @@ def apply(
     side = conn.sides(t)
     if side == 0:
         return None
+    out = dict(event) if copy else event
+    if mode == "extra-data":
+        out["proxy"] = conn.proxy_object(side, seed, real=True)
+        if conn.tunnel is not None:
+            out["encapsulation"] = conn.tunnel
+        return out
     client = conn.real_client or conn.wire_client
     server = conn.real_server or conn.wire_server
     src, dst = (client, server) if side > 0 else (server, client)
-    out = dict(event) if copy else event
     out["src_ip"], out["src_port"] = src
     out["dest_ip"], out["dest_port"] = dst
 
@@ -293,13 +325,19 @@ def apply(
         # an address the hash cannot take keeps Suricata's value
         with contextlib.suppress(ValueError):
             out["community_id"] = community_id(proto, src[0], dst[0], src[1], dst[1], seed)
-    out["proxy"] = conn.proxy_object(side)
+    out["proxy"] = conn.proxy_object(side, seed)
     if conn.tunnel is not None:
-        out["tunnel"] = conn.tunnel
+        out["encapsulation"] = conn.tunnel
     return out
 
 
-def enrich(event: Event, lookup: LookupFn, seed: int = 0, window: float = 3600.0) -> Event | None:
+def enrich(
+    event: Event,
+    lookup: LookupFn,
+    seed: int = 0,
+    window: float = 3600.0,
+    mode: Mode = "overwrite",
+) -> Event | None:
     """Look the event's connection up and apply it: the enriched copy, or None (pass it as is).
 
     The unmemoized composition of the steps above, for callers that enrich single events; the
@@ -312,13 +350,15 @@ def enrich(event: Event, lookup: LookupFn, seed: int = 0, window: float = 3600.0
     if ts is None:
         return None
     conn = lookup(t, reference_time(event, ts), window)
-    return None if conn is None else apply(event, conn, seed)
+    return None if conn is None else apply(event, conn, seed, mode=mode)
 
 
 __all__ = [
+    "MODES",
     "Connection",
     "Event",
     "LookupFn",
+    "Mode",
     "Tuple4",
     "apply",
     "cache_addr",

@@ -75,6 +75,10 @@ class MatchCounters:
     lookups: int = 0
     late: int = 0  # found only after waiting for the row
     waited_unmatched: int = 0  # waited the full time, no row (also non-proxied live flows)
+    # earliest and latest time of the events looked up (None: none): compared with the
+    # cache's time range when nothing matched
+    first_ts: float | None = None
+    last_ts: float | None = None
 
 
 class Matcher:
@@ -110,11 +114,17 @@ class Matcher:
                 self.counters.memo_hits += 1
                 return hit  # type: ignore[return-value]
         ts = event_time(event)
+        c = self.counters
         if ts is None:
             ts = self.clock()
+        else:
+            if c.first_ts is None or ts < c.first_ts:
+                c.first_ts = ts
+            if c.last_ts is None or ts > c.last_ts:
+                c.last_ts = ts
         ref = reference_time(event, ts)
         window = self.window
-        self.counters.lookups += 1
+        c.lookups += 1
         conn = self.lookup(t, ref, window)
         if conn is None and self.wait > 0:
             conn = self._wait_for(t, ts, ref, window)

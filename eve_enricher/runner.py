@@ -8,17 +8,19 @@ loop, because exactly-once output depends on nothing else.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 from eve_enricher import checkpoint
 from eve_enricher.checkpoint import NO_SPACE, DurableAppender, naming
 from eve_enricher.follower import (
     MAX_LINE,
     PREFIX,
+    TAIL,
     ChangeWaiter,
     FileFollower,
     Line,
@@ -163,6 +165,36 @@ def reject_writer(f: Writer) -> Callable[[bytes], None]:
     return sink
 
 
+StartAt = Literal["end", "beginning"]
+START_AT: tuple[StartAt, ...] = ("end", "beginning")
+_BACK = 1 << 16  # bytes read per step when looking back for the last newline
+
+
+def end_position(eve: Path) -> Position | None:
+    """Where ``follow --start-at end`` starts: after the last complete line of ``eve`` now
+    (a line Suricata is half-way through writing is read once it is complete); None if the file
+    does not exist yet (it is then read from its start, when it appears: all of it is new)."""
+    try:
+        f = open(eve, "rb")  # noqa: SIM115 -- closed below
+    except FileNotFoundError:
+        return None
+    with f:
+        st = os.fstat(f.fileno())
+        end = st.st_size
+        while end > 0:
+            start = max(0, end - _BACK)
+            f.seek(start)
+            chunk = f.read(end - start)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                end = start + nl + 1
+                break
+            end = start
+        f.seek(max(0, end - TAIL))
+        tail = f.read(end - max(0, end - TAIL))
+    return Position(st.st_dev, st.st_ino, end, tail)
+
+
 def follow(
     eve: Path,
     out_path: Path,
@@ -176,16 +208,20 @@ def follow(
     max_line: int = MAX_LINE,
     on_ready: Callable[[ChangeWaiter, FileFollower], None] | None = None,
     notify: Callable[[str], None] = say,
+    start_at: StartAt = "beginning",
 ) -> tuple[LineEnricher, FileFollower]:
     """Follow ``eve`` until ``stop`` is set; every batch is synced, then checkpointed.
 
     A full disk is waited out: the batch stays in memory (reading stops meanwhile) and is
     synced and checkpointed once space returns, so nothing is lost or written twice.
     Raises OSError (other I/O errors, naming the file) and checkpoint.CheckpointError; returns
-    the enricher and follower so the caller can report their counters.
+    the enricher and follower so the caller can report their counters. ``start_at``: where to
+    begin when there is no checkpoint (with one, its position wins).
     """
     saved = checkpoint.load(checkpoint_path) if checkpoint_path is not None else None
     start = Position.from_json(saved["input"]) if saved else None
+    if start is None and start_at == "end":
+        start = end_position(eve)
     out = DurableAppender(out_path, saved["output"] if saved else None)
     rej = (
         DurableAppender(reject_path, saved.get("reject") if saved else None)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from eve_enricher.enrich import Event, Tuple4, apply, event_tuple, is_addr
+from eve_enricher.enrich import Event, Mode, Tuple4, apply, event_tuple, is_addr
 from eve_enricher.lookup import Matcher, TunnelMatcher
 from normalizer.conn_cache import CacheError
 
@@ -49,8 +49,9 @@ _NOTE_KINDS_MAX = 64  # kinds of failure said on stderr, once each
 class LineCounters:
     lines: int = 0  # == enriched + unchanged + failed + rejected
     enriched: int = 0
-    tunneled: int = 0  # of the enriched: non-proxied events that only got a ``tunnel``
+    tunneled: int = 0  # of the enriched: non-proxied events that only got ``encapsulation``
     unchanged: int = 0  # valid events passed through byte for byte (no tuple, or not proxied)
+    unknown: int = 0  # of the unchanged: events with a TCP tuple the cache does not know
     failed: int = 0  # valid JSON objects the enricher could not enrich: passed unchanged
     rejected: int = 0  # not a JSON object / too long: to the reject file (passed without one)
 
@@ -60,6 +61,20 @@ def reject_record(offset: int, line: bytes, reason: str, passed: bool) -> bytes:
     text = line.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
     record = {"offset": offset, "reason": reason, "passed": passed, "line": text}
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+_ADDED = ("proxy", "encapsulation")  # the keys enrichment adds (docs/eve-enrichment.schema.json)
+
+
+def splice(raw: bytes, added: dict[str, object]) -> bytes:
+    """``raw`` (one JSON object) with ``added``'s keys appended before its closing brace: every
+    byte Suricata wrote stays as it was (same spacing, escapes, number spelling, key order).
+    The caller makes sure ``raw`` is an object that has none of those keys."""
+    body = raw.rstrip()
+    head = body[:-1]
+    more = orjson.dumps(added)[1:]  # '"key":value,...}'
+    sep = b"" if head.rstrip().endswith(b"{") else b","
+    return head + sep + more + b"\n"
 
 
 def _no_constant(name: str) -> object:
@@ -102,8 +117,13 @@ class LineEnricher:
         reject: RejectSink | None = None,
         tunnels: TunnelMatcher | None = None,
         notify: Notify | None = None,
+        mode: Mode = "overwrite",
     ) -> None:
         self.matcher = matcher
+        self.mode = mode
+        # the ``timestamp`` of the last event read, as written (parsed only when asked: the
+        # follow lag metric)
+        self.last_timestamp: object = None
         self.tunnels = tunnels
         self.seed = seed
         self.reject = reject
@@ -124,8 +144,9 @@ class LineEnricher:
             return self._rejected(offset, raw, f"not JSON: {exc}")
         if type(event) is not dict:
             return self._rejected(offset, raw, "not a JSON object")
+        self.last_timestamp = event.get("timestamp")
         try:
-            out = self._enrich(event)
+            out = self._enrich(event, raw)
         except Exception as exc:
             if _environmental(exc):
                 raise
@@ -168,34 +189,49 @@ class LineEnricher:
         self._noted.add(kind)
         self.notify(f"{msg} (said once per kind)")
 
-    def _enrich(self, event: Event) -> bytes:
+    def _enrich(self, event: Event, raw: bytes) -> bytes:
         """The enriched line, or b"" when the event stays as it is."""
         t = event_tuple(event)
         if t is not None:
             conn = self.matcher.match(event, t)
             if conn is not None:
-                out = apply(event, conn, self.seed, t, copy=False)
+                # only added keys: spliced into Suricata's bytes (unless the line has one of
+                # them already, which Suricata never writes: then it is replaced)
+                keep = self.mode == "extra-data" and not any(k in event for k in _ADDED)
+                out = apply(event, conn, self.seed, t, copy=False, mode=self.mode)
                 if out is not None:
-                    data = orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+                    if keep:
+                        data = splice(raw, {k: out[k] for k in _ADDED if k in out})
+                    else:
+                        data = orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
                     self.counters.enriched += 1
                     return data
             elif self.tunnels is not None and "vlan" in event:
                 # decapsulated frames always carry the VLAN id of their VNI (docs/tunnels.md)
-                return self._with_tunnel(self.tunnels, event, t)
+                data = self._with_tunnel(self.tunnels, event, t, raw)
+                if data:
+                    return data
+            if conn is None and event.get("proto") == "TCP":
+                self.counters.unknown += 1  # said in the summary: the wrong cache?
         elif self.tunnels is not None and "vlan" in event:
             # portless (ICMP, ICMPv6): only a tunnel can apply; its row has ports 0
             src, dst = event.get("src_ip"), event.get("dest_ip")
             if is_addr(src) and is_addr(dst):
-                return self._with_tunnel(self.tunnels, event, (src, 0, dst, 0))
+                return self._with_tunnel(self.tunnels, event, (src, 0, dst, 0), raw)
         return b""
 
-    def _with_tunnel(self, tunnels: TunnelMatcher, event: Event, t: Tuple4) -> bytes:
-        """The event with its ``tunnel`` object, or b"" when no tunnel is known for it."""
+    def _with_tunnel(self, tunnels: TunnelMatcher, event: Event, t: Tuple4, raw: bytes) -> bytes:
+        """The event with its ``encapsulation`` object, or b"" when no tunnel is known for it.
+        Suricata's own ``tunnel`` object (the outer tuple of a tunnel it decoded) is left as
+        written."""
         tunnel = tunnels.match(event, t)
         if tunnel is None:
             return b""
-        event["tunnel"] = tunnel
-        data = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+        if "encapsulation" in event:
+            event["encapsulation"] = tunnel
+            data = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+        else:  # nothing of Suricata's changes: its bytes are kept
+            data = splice(raw, {"encapsulation": tunnel})
         self.counters.enriched += 1
         self.counters.tunneled += 1
         return data

@@ -343,7 +343,8 @@ def follow_run(seed: int, source: EveSource, found: Findings, work: Path, root: 
         eve.write_bytes(data)
         argv = ["-m", "eve_enricher.cli", "follow", str(eve), "--cache", str(source.db)]
         argv += ["-o", str(out), "--reject", str(rej), "--checkpoint", str(cp), "-q"]
-        argv += ["--wait", "0", "--poll", "0.05"]
+        # the file is written before follow starts: read it from its start (default: the end)
+        argv += ["--wait", "0", "--poll", "0.05", "--start-at", "beginning"]
         env = dict(os.environ, PYTHONPATH=str(root))
         proc = subprocess.Popen([sys.executable, *argv], env=env, cwd=root, stderr=subprocess.PIPE)
         deadline = time.monotonic() + FOLLOW_DEADLINE

@@ -32,15 +32,18 @@
 enum {
     C_PACKETS_IN, C_PACKETS_OUT, C_PASSED_NOT_TCP, C_PASSED_UNTRACKED, C_PASSED_UNPARSED_FLOW,
     C_REWRITTEN, C_HEADER_ONLY_DROPPED, C_MIDSTREAM_DROPPED, C_FLOWS_CREATED, C_FLOWS_RESTARTED,
-    C_FLOWS_EXPIRED, C_FLOWS_EVICTED, C_RESTORE_UNSUPPORTED, C_HEADER_MALFORMED,
+    C_FLOWS_EXPIRED, C_FLOWS_EVICTED, C_RESTORE_UNSUPPORTED,
     C_HEADER_MISSING, C_HEADER_TRUNCATED, C_HOLD_OVERFLOW, C_HOLD_TIMEOUT, C_NCOUNTERS
 };
 static const char *counter_names[C_NCOUNTERS] = {
     "packets_in", "packets_out", "passed_not_tcp", "passed_untracked", "passed_unparsed_flow",
     "rewritten", "header_only_dropped", "midstream_dropped", "flows_created", "flows_restarted",
-    "flows_expired", "flows_evicted", "restore_unsupported", "header_malformed",
+    "flows_expired", "flows_evicted", "restore_unsupported",
     "header_missing", "header_truncated", "hold_overflow", "hold_timeout",
 };
+
+/* header_malformed / header_none / header_excluded are counted by the Python callback that
+ * parses the header (fastpath.py), which alone can tell them apart. */
 
 /* Offsets of one TCP segment (frame.TcpFrame). */
 typedef struct {
@@ -927,9 +930,8 @@ static int do_hold(Engine *e, flow *f, pkt *k, const tcpframe *t, int from_clien
                 f->client_first ? second : first, el, (unsigned long)f->isn,
                 (long long)h->started);
             if (!res) return -1;
-            if (res == Py_False) {
+            if (res == Py_False) { /* refused: the callback counted why (malformed/none/excluded) */
                 Py_DECREF(res);
-                e->c[C_HEADER_MALFORMED]++;
                 return give_up(e, f);
             }
             if (PyTuple_Check(res)) {

@@ -22,8 +22,9 @@ from normalizer.config import ConfigError, build_options, load_file
 from normalizer.conn_cache import CacheError, CacheSink, ConnectionCache
 from normalizer.counters import Counters
 from normalizer.fastpath import ENGINES, compiled_available, resolve_engine
-from normalizer.pcap_io import PcapError
-from normalizer.pcap_job import print_progress, rewrite_file, summary, write_text
+from normalizer.journal import LOG_FORMATS, Log
+from normalizer.pcap_io import FORMATS, PcapError, format_for
+from normalizer.pcap_job import STDIO, print_progress, rewrite_file, summary, write_text
 from normalizer.rulecheck import command as rulecheck_command
 
 _TAP_MAX_MTU = 65521  # tap.MAX_MTU, without importing the live adapters for ``rewrite``
@@ -39,10 +40,31 @@ def _parser() -> argparse.ArgumentParser:
         action="version",
         version=f"suricata-normalizer {_version()} ({resolve_engine('auto')} engine)",
     )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="this command's own messages as text (journald priorities under systemd) or JSON",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     rw = sub.add_parser("rewrite", help="normalize a recorded capture (pcap or pcapng) into a pcap")
-    rw.add_argument("input", type=Path, help="capture recorded between proxy and backend")
-    rw.add_argument("-o", "--output", type=Path, required=True, help="pcap to write")
+    rw.add_argument(
+        "input", type=Path, help="capture recorded between proxy and backend ('-': stdin)"
+    )
+    rw.add_argument(
+        "-o", "--output", type=Path, required=True, help="capture to write ('-': stdout)"
+    )
+    rw.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="output format (default: pcapng for a .pcapng name, else pcap)",
+    )
+    rw.add_argument(
+        "--flows-json",
+        type=Path,
+        metavar="FILE",
+        help="also write one JSON line per TCP connection: what was done to it and why",
+    )
     _engine_flags(rw)
     rw.add_argument("--cache", type=Path, help="connection cache (SQLite) to record flows in")
     rw.add_argument("--stats-json", type=Path, help="also write the counters as JSON here")
@@ -53,12 +75,31 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="progress on stderr (default: when stderr is a terminal)",
     )
+    fl = sub.add_parser(
+        "flows", help="one row per TCP connection of a capture: stripped, or why it was left alone"
+    )
+    fl.add_argument("input", type=Path, help="capture recorded between proxy and backend")
+    fl.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    _engine_flags(fl)
+    cc = sub.add_parser("check-config", help="validate a config file (exit 2 naming the bad key)")
+    cc.add_argument("file", type=Path, metavar="FILE", help="TOML file with a [normalizer] table")
     _live_parser(sub)
     _appliance_parser(sub)
     rulecheck_command.add_parser(sub)
     suricata_config.add_parser(sub)
     reference_gateway.add_parser(sub)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("suricata-normalizer")
+    except PackageNotFoundError:
+        from normalizer import __version__
+
+        return __version__
 
 
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
@@ -92,7 +133,14 @@ def _live_parser(sub: Any) -> None:
     )
     lv.add_argument("--ignore-outgoing", action="store_true", help="drop PACKET_OUTGOING frames")
     lv.add_argument(
-        "--metrics-port", type=_int_in(1, 65535), metavar="N", help="Prometheus on 127.0.0.1:N"
+        "--metrics-port", type=_int_in(1, 65535), metavar="N", help="Prometheus on ADDR:N"
+    )
+    lv.add_argument(
+        "--metrics-addr",
+        type=_address,
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the metrics endpoint binds (default 127.0.0.1)",
     )
     lv.add_argument(
         "--tap-mtu",
@@ -120,13 +168,11 @@ def _live_parser(sub: Any) -> None:
     )
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
+def _address(text: str) -> str:
     try:
-        return version("suricata-normalizer")
-    except PackageNotFoundError:
-        return "(not installed)"
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
 
 
 def _ipv4(text: str) -> str:
@@ -271,7 +317,11 @@ def _with_engine(options: Any, choice: str | None) -> Any:
 
 def _rewrite(args: argparse.Namespace) -> int:
     options = _options(args)
+    if args.flows_json is not None and args.input == STDIO:
+        raise ConfigError("--flows-json: reads the capture a second time, not possible on stdin")
     show = sys.stderr.isatty() if args.progress is None else args.progress
+    show = show and args.input != STDIO  # a pipe has no size to show progress against
+    fmt = format_for(str(args.output), args.format)
     cache = ConnectionCache(args.cache) if args.cache else None
     sink = CacheSink(cache, _stderr) if cache else None
     try:
@@ -283,6 +333,7 @@ def _rewrite(args: argparse.Namespace) -> int:
             on_events=sink.record if sink else None,
             resume=sink.resumable if sink else None,
             on_tunnels=sink.record_tunnels if sink else None,
+            fmt=fmt,
         )
         newest = sink.newest() if sink is not None else None
         if sink is not None and newest is not None:  # retention counts back from the newest row
@@ -307,6 +358,18 @@ def _rewrite(args: argparse.Namespace) -> int:
         print(f"engine: {engine}", file=sys.stderr)
         if sink is not None:
             print(cache_summary(sink), file=sys.stderr)
+    report = None
+    if args.flows_json is not None or (
+        not args.quiet and not sum(counters.headers_stripped.values()) and args.input != STDIO
+    ):
+        from normalizer import flows_report
+
+        report = flows_report.explain(args.input, options, on_error=lambda exc: None)
+        if not args.quiet:
+            for line in flows_report.advice(report, options):
+                args.log.warning(f"no header stripped: {line}")
+        if args.flows_json is not None:
+            write_text(args.flows_json, "".join(r.as_json().decode() for r in report.rows))
     if args.stats_json:
         write_text(args.stats_json, json.dumps(stats, indent=2) + "\n")
     if sink is not None and sink.stats.errors:
@@ -316,6 +379,34 @@ def _rewrite(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _flows(args: argparse.Namespace) -> int:
+    from normalizer import flows_report
+
+    options = _options(args)
+    errors: list[PcapError] = []
+    report = flows_report.explain(args.input, options, on_error=errors.append)
+    flows_report.write(report.rows, sys.stdout.buffer, as_json=args.json)
+    sys.stdout.buffer.flush()
+    if not args.json:
+        for line in flows_report.advice(report, options):
+            args.log.warning(f"no header stripped: {line}")
+    if report.overflow:
+        args.log.warning(f"{report.overflow} connections past {flows_report.MAX_CONNECTIONS}")
+    if errors:
+        args.log.error(f"{errors[0]}; the connections before it are listed")
+        return 1
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    options = build_options(load_file(args.file), {}, require_proxies=True)
+    args.log(
+        f"{args.file}: ok: {len(options.proxies)} trusted proxies"
+        f" ({', '.join(options.proxies)}), headers {', '.join(sorted(options.header_kinds))}"
+    )
     return 0
 
 
@@ -343,6 +434,7 @@ def _live(args: argparse.Namespace) -> int:
         fanout_group=args.fanout_group,
         ignore_outgoing=args.ignore_outgoing,
         metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
         tap_mtu=args.tap_mtu,
         ring_mb=args.ring_mb,
         stats_json=args.stats_json,
@@ -407,9 +499,14 @@ def _appliance(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.log = log = Log("suricata-normalizer", args.log_format)
     try:
         if args.command == "rewrite":
             return _rewrite(args)
+        if args.command == "flows":
+            return _flows(args)
+        if args.command == "check-config":
+            return _check_config(args)
         if args.command == "live":
             return _live(args)
         if args.command == "appliance":
@@ -421,16 +518,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reference-gateway":
             return reference_gateway.run(args)
     except ConfigError as exc:
-        print(f"suricata-normalizer: config error: {exc}", file=sys.stderr)
+        log.error(f"config error: {exc}")
         return 2
     except CacheError as exc:
-        print(f"suricata-normalizer: cache: {exc}", file=sys.stderr)
+        log.error(f"cache: {exc}")
+        return 1
+    except PcapError as exc:
+        log.error(str(exc))
         return 1
     except OSError as exc:
-        print(
-            f"suricata-normalizer: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
-            file=sys.stderr,
-        )
+        log.error(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         return 1
     except KeyboardInterrupt:
         return 130

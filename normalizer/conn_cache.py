@@ -223,6 +223,12 @@ class ConnectionCache:
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM connections").fetchone()[0])
 
+    def time_range(self) -> tuple[float, float] | None:
+        """(earliest ``first_seen``, latest ``last_seen``) of the connections, None if there
+        are none: the enricher's diagnosis when no event matched (the wrong cache?)."""
+        row = self._db.execute("SELECT min(first_seen), max(last_seen) FROM connections").fetchone()
+        return None if row[0] is None else (float(row[0]), float(row[1]))
+
     def close(self) -> None:
         self._db.close()
 

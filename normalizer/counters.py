@@ -37,7 +37,9 @@ class Counters:
     headers_local: int = 0
     addresses_restored: int = 0  # flows shown to Suricata with the real client and target
     restore_unsupported: int = 0  # family change needed on a link type that cannot say so
-    header_malformed: int = 0
+    header_malformed: int = 0  # starts with an enabled kind's signature, but is not valid
+    header_excluded: int = 0  # starts with the signature of a kind not enabled (--header)
+    header_none: int = 0  # client bytes that start with no header signature at all
     header_missing: int = 0  # connection ended before any header byte
     header_truncated: int = 0  # connection ended or timed out inside the header
     hold_overflow: int = 0

@@ -28,7 +28,7 @@ from normalizer.frame import (
     locate_tcp,
 )
 from normalizer.headers.base import HeaderError, ProxyHeader
-from normalizer.headers.detect import parse_header
+from normalizer.headers.detect import parse_header, signature_kind
 from normalizer.options import Options
 from normalizer.restore import real_endpoints, restore_endpoints
 from normalizer.tcp_edit import (
@@ -60,12 +60,38 @@ class HeaderEvent:
     isn: int = 0  # client initial sequence number: lets a restarted normalizer resume the flow
 
 
+@dataclass(frozen=True, slots=True)
+class FlowOutcome:
+    """How a tracked flow (SYN from a trusted proxy) left PENDING: what ``flows`` explains.
+
+    ``outcome``: "stripped" (``header`` set), or why the flow was released untouched:
+    "malformed" (``detail``: the codec's reason), "excluded" (a signature of a kind not enabled;
+    ``detail``: the kind), "no-header" (no signature of any kind), "missing" (ended before any
+    client byte), "truncated" (ended or the input ended inside the header), "hold-overflow",
+    "hold-timeout", "dropped" (evicted, or its ports reused, while waiting). ``header_bytes``:
+    the contiguous client bytes the engine had collected.
+    """
+
+    ts: int  # ns, when the flow began
+    client: tuple[str, int]  # wire address of the proxy side
+    server: tuple[str, int]  # wire address of the backend side
+    vlan: bytes
+    outcome: str
+    detail: str = ""
+    header: ProxyHeader | None = None
+    header_bytes: int = 0
+
+
 # (wire client, wire server, vlan ids, client ISN, header) of a flow resolved by a previous run.
 Resumable = tuple[tuple[str, int], tuple[str, int], bytes, int, ProxyHeader]
 
 
 class Normalizer:
-    def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:
+    def __init__(
+        self, options: Options, linktype: int = LINKTYPE_ETHERNET, outcomes: bool = False
+    ) -> None:
+        """``outcomes``: also append a ``FlowOutcome`` to ``outcomes`` whenever a tracked flow
+        resolves or is given up (cold paths only; bounded like ``events``)."""
         self.opts = options
         self.linktype = linktype
         self.trust = TrustedProxies(options.proxies)
@@ -76,6 +102,8 @@ class Normalizer:
         self.untrusted_syns = SourceTally()  # sources of SYNs the trust check ignored
         self.out: list[tuple[int, Frame]] = []
         self.events: list[HeaderEvent] = []
+        self.outcomes: list[FlowOutcome] = []
+        self._want_outcomes = outcomes
         self._held_total = 0
         self._next_sweep = 0
         self._idle = int(options.idle_timeout * _NS)
@@ -201,7 +229,7 @@ class Normalizer:
             hold = flow.hold
             if hold is not None and now - hold.started > self._pending:
                 c.hold_timeout += 1
-                self._give_up(flow)
+                self._give_up(flow, key, "hold-timeout")
             if (flow.closed_at and now - flow.closed_at > self._closed) or (
                 now - flow.last_seen > self._idle
             ):
@@ -210,10 +238,10 @@ class Normalizer:
 
     def flush(self) -> None:
         """End of input: release every frame still held, untouched."""
-        for _key, flow in self.table:
+        for key, flow in self.table:
             if flow.state == PENDING:
                 self.counters.header_truncated += 1
-                self._give_up(flow)
+                self._give_up(flow, key, "truncated", "the input ended inside the header")
 
     def drain(self) -> list[tuple[int, Frame]]:
         out = self.out
@@ -276,7 +304,7 @@ class Normalizer:
 
     def _drop_flow(self, key: bytes, flow: Flow) -> None:
         if flow.state == PENDING:
-            self._give_up(flow)
+            self._give_up(flow, key, "dropped", "evicted or its ports reused while waiting")
         self.table.pop(key)
 
     def _note_close(self, flow: Flow, flags: int, from_client: bool, ts: int) -> None:
@@ -295,9 +323,11 @@ class Normalizer:
             self._held_total -= flow.hold.nbytes
         return flow.release()
 
-    def _give_up(self, flow: Flow) -> None:
+    def _give_up(self, flow: Flow, key: bytes, outcome: str, detail: str = "") -> None:
         """Leave the flow as captured: forward what was held, untouched, in arrival order."""
         flow.state = 2  # PASSING
+        if self._want_outcomes:
+            self._outcome(key, flow, outcome, detail)
         held = self._release(flow)
         self.counters.passed_unparsed_flow += len(held)
         for ts, frame in held:
@@ -326,9 +356,17 @@ class Normalizer:
                 result = parse_header(
                     bytes(hold.buf), self.opts.header_kinds, self.opts.custom_magic
                 )
-            except HeaderError:
-                c.header_malformed += 1
-                self._give_up(flow)
+            except HeaderError as exc:
+                kind = signature_kind(hold.buf, self.opts.custom_magic)
+                if kind is None:
+                    c.header_none += 1
+                    self._give_up(flow, key, "no-header")
+                elif kind not in self.opts.header_kinds:
+                    c.header_excluded += 1
+                    self._give_up(flow, key, "excluded", kind.value)
+                else:
+                    c.header_malformed += 1
+                    self._give_up(flow, key, "malformed", str(exc))
                 return
             if isinstance(result, ProxyHeader):
                 self._resolve(key, flow, result, ts)
@@ -336,9 +374,10 @@ class Normalizer:
         if flags & (FIN | RST):
             if hold.buf:
                 c.header_truncated += 1
+                self._give_up(flow, key, "truncated", "the connection ended inside the header")
             else:
                 c.header_missing += 1
-            self._give_up(flow)
+                self._give_up(flow, key, "missing")
             return
         o = self.opts
         if (
@@ -347,7 +386,7 @@ class Normalizer:
             or self._held_total > o.max_total_hold_bytes
         ):
             c.hold_overflow += 1
-            self._give_up(flow)
+            self._give_up(flow, key, "hold-overflow")
 
     def _assemble(self, flow: Flow, frame: bytes, f: TcpFrame, flags: int) -> bool:
         """Extend the contiguous header prefix with this segment and any held ones it connects."""
@@ -409,11 +448,44 @@ class Normalizer:
             )
         else:
             c.events_dropped += 1
+        if self._want_outcomes:
+            self._outcome(key, flow, "stripped", header=header)
         for hts, hframe in self._release(flow):
             g = locate_tcp(hframe, self.linktype)
             assert g is not None  # it was located when held
             from_client = from_first(hframe, g) == flow.client_first
             self._rewrite(flow, hframe, g, from_client, hframe[g.tcp + 13], hts)
+
+    def _outcome(
+        self,
+        key: bytes,
+        flow: Flow,
+        outcome: str,
+        detail: str = "",
+        header: ProxyHeader | None = None,
+    ) -> None:
+        if len(self.outcomes) >= self.opts.max_pending_events:
+            return
+        vlan, first, second = split_key(key)
+        client, server = (first, second) if flow.client_first else (second, first)
+        hold = flow.hold
+        self.outcomes.append(
+            FlowOutcome(
+                hold.started if hold is not None else flow.last_seen,
+                endpoint_text(client),
+                endpoint_text(server),
+                vlan,
+                outcome,
+                detail,
+                header,
+                len(hold.buf) if hold is not None else 0,
+            )
+        )
+
+    def drain_outcomes(self) -> list[FlowOutcome]:
+        outcomes = self.outcomes
+        self.outcomes = []
+        return outcomes
 
     # -- ACTIVE: shift the stream -----------------------------------------------------------
 

@@ -25,7 +25,7 @@ from normalizer.engine import Frame, HeaderEvent, Normalizer
 from normalizer.flow_key import make_key
 from normalizer.frame import LINKTYPE_ETHERNET, TcpFrame
 from normalizer.headers.base import HeaderError, ProxyHeader
-from normalizer.headers.detect import parse_header
+from normalizer.headers.detect import parse_header, signature_kind
 from normalizer.options import Options
 from normalizer.restore import real_endpoints, restore_endpoints
 from normalizer.trust import TrustedProxies
@@ -203,7 +203,8 @@ class CompiledNormalizer:
     def _on_header(
         self, buf: bytes, vlan: bytes, client: bytes, server: bytes, isn: int, started: int
     ) -> object:
-        """None: need more bytes; False: malformed; else (header length, real endpoints).
+        """None: need more bytes; False: refused (counted here as the Python engine counts it:
+        malformed, no header, or an excluded kind); else (header length, real endpoints).
 
         Everything ``Normalizer._resolve`` does besides releasing the held frames. Called once
         per flow, so its cost counts on short flows: address texts are memoized (bounded).
@@ -212,6 +213,14 @@ class CompiledNormalizer:
         try:
             header = parse_header(buf, o.header_kinds, o.custom_magic)
         except HeaderError:
+            kind = signature_kind(buf, o.custom_magic)
+            c = self._counters
+            if kind is None:
+                c.header_none += 1
+            elif kind not in o.header_kinds:
+                c.header_excluded += 1
+            else:
+                c.header_malformed += 1
             return False
         if not isinstance(header, ProxyHeader):
             return None

@@ -56,6 +56,7 @@ from normalizer.conn_cache import CacheSink, CacheStats, ConnectionCache
 from normalizer.counters import Counters
 from normalizer.engine import Frame
 from normalizer.frame import LINKTYPE_ETHERNET
+from normalizer.journal import stderr_is_journal
 from normalizer.options import Options
 from normalizer.pcap_job import write_text
 from normalizer.pipeline import Pipeline
@@ -94,6 +95,7 @@ class LiveSettings:
     fanout_group: int | None = None
     ignore_outgoing: bool = False
     metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
     tap_mtu: int = MAX_MTU
     ring_mb: int = 64
     block_timeout_ms: int = 10
@@ -403,7 +405,7 @@ class LiveNormalizer:
         from normalizer.metrics import serve
 
         try:
-            serve(port, self.counters)
+            serve(port, self.counters, self.settings.metrics_addr)
         except BaseException as exc:
             self._abort_start()
             if isinstance(exc, OSError):
@@ -432,7 +434,10 @@ class LiveNormalizer:
 
 
 def _log(text: str) -> None:
-    print(text, file=sys.stderr)
+    """A warning for the operator: with journald's priority prefix when stderr is the journal
+    (normalizer/journal.py), so ``journalctl -p warning`` shows it."""
+    prefix = "<4>" if stderr_is_journal() else ""
+    print(prefix + text, file=sys.stderr)
 
 
 def silence_report(
@@ -454,7 +459,8 @@ def silence_report(
     else:
         parts.append(
             f"{c['flows_created']} connections from trusted proxies, none with a usable header"
-            f" ({c['header_malformed']} malformed, {c['header_missing']} without one,"
+            f" ({c['header_malformed']} malformed, {c['header_excluded']} of a kind --header"
+            f" excludes, {c['header_none']} with no header, {c['header_missing']} without data,"
             f" {c['header_truncated']} truncated, {c['hold_overflow']} hold overflows;"
             " check --header and the gateway's send-proxy setting)"
         )

@@ -11,8 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 Snapshot = Callable[[], Mapping[str, Any]]
@@ -39,6 +44,8 @@ _LABELLED = (
     ("flows_expired", "flows", "Flow lifecycle events", "event", "expired"),
     ("flows_evicted", "flows", "Flow lifecycle events", "event", "evicted"),
     ("header_malformed", "header_problems", "Headers not stripped", "problem", "malformed"),
+    ("header_excluded", "header_problems", "Headers not stripped", "problem", "excluded_kind"),
+    ("header_none", "header_problems", "Headers not stripped", "problem", "no_header"),
     ("header_missing", "header_problems", "Headers not stripped", "problem", "missing"),
     ("header_truncated", "header_problems", "Headers not stripped", "problem", "truncated"),
     ("hold_overflow", "header_problems", "Headers not stripped", "problem", "hold_overflow"),
@@ -86,6 +93,9 @@ class NormalizerCollector(Collector):
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[Any]:
+        info = InfoMetricFamily(f"{PREFIX}_build", "Version of the normalizer")
+        info.add_metric([], {"version": _version()})
+        yield info
         snap = self._snapshot()
         families: dict[str, CounterMetricFamily] = {}
         for key, name, doc, label, value in _LABELLED:
@@ -114,9 +124,29 @@ class NormalizerCollector(Collector):
             yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=float(snap.get(key, 0)))
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("suricata-normalizer")
+    except PackageNotFoundError:
+        from normalizer import __version__
+
+        return __version__
+
+
+def with_process_metrics(registry: CollectorRegistry) -> CollectorRegistry:
+    """Add prometheus_client's process (CPU, memory, file descriptors, start time) and
+    platform (Python version) collectors to ``registry``."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
 def serve(port: int, snapshot: Snapshot, addr: str = "127.0.0.1") -> CollectorRegistry:
-    """Start the scrape endpoint in a daemon thread; local only (the service is a sidecar)."""
-    registry = CollectorRegistry(auto_describe=False)
+    """Start the scrape endpoint in a daemon thread on ``addr`` (default local only: the
+    service is a sidecar; ``--metrics-addr`` for a Prometheus elsewhere)."""
+    registry = with_process_metrics(CollectorRegistry(auto_describe=False))
     registry.register(NormalizerCollector(snapshot))
     start_http_server(port, addr=addr, registry=registry)
     return registry

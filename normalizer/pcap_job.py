@@ -27,7 +27,7 @@ from pathlib import Path
 from normalizer import pcap_batch
 from normalizer.counters import Counters
 from normalizer.options import Options
-from normalizer.pcap_io import CaptureReader, PcapError, PcapWriter
+from normalizer.pcap_io import CaptureReader, PcapError, PcapngWriter, PcapWriter, writer_for
 from normalizer.pipeline import EventSink, Pipeline, ResumeSource, TunnelSink
 
 _BATCH = 4096
@@ -41,13 +41,16 @@ def named(exc: OSError, path: Path | str) -> OSError:
     return out
 
 
+STDIO = Path("-")  # input from stdin, output to stdout
+
+
 class _Input:
-    """The input file: read errors (EIO on a failing disk) name it."""
+    """The input file (stdin for ``-``): read errors (EIO on a failing disk) name it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._fh = path.open("rb")
+            self._fh = os.fdopen(os.dup(0), "rb") if path == STDIO else path.open("rb")
         except OSError as exc:
             raise named(exc, path) from None
 
@@ -70,6 +73,10 @@ class _Output:
     def __init__(self, dst: Path) -> None:
         self.dst = dst
         self._tmp: str | None = None
+        if dst == STDIO:  # stdout, whatever it is (a pipe, or a file the shell opened)
+            self._target = dst
+            self._fh = os.fdopen(os.dup(1), "wb", buffering=_BUFFER)
+            return
         try:
             st: os.stat_result | None = os.stat(dst)
         except FileNotFoundError:
@@ -151,14 +158,16 @@ def rewrite_file(
     on_events: EventSink | None = None,
     resume: ResumeSource | None = None,
     on_tunnels: TunnelSink | None = None,
+    fmt: str = "pcap",
 ) -> Counters:
-    """Normalize ``src`` into ``dst``. Raises PcapError / OSError (naming the file it concerns);
-    a regular ``dst`` is untouched then, except after a PcapError: the packets before the
-    corrupt record are written."""
+    """Normalize ``src`` into ``dst`` (``-``: stdin, stdout) as ``fmt`` ("pcap" or "pcapng").
+    Raises PcapError / OSError (naming the file it concerns); a regular ``dst`` is untouched
+    then, except after a PcapError: the packets before the corrupt record are written."""
     try:
-        size = src.stat().st_size
+        size = 0 if src == STDIO else src.stat().st_size
     except OSError as exc:
         raise named(exc, src) from None
+    make_writer = writer_for(fmt)
     gc_was_enabled = gc.isenabled()
     # The loop allocates a tuple per packet but never a reference cycle; the cyclic collector
     # would only rescan the flow table over and over (about 15% of the run time).
@@ -167,7 +176,8 @@ def rewrite_file(
     out: _Output | None = None
     try:
         out = _Output(dst)
-        if pcap_batch.applies(src, options):  # the compiled engine, whole chunks per call
+        if fmt == "pcap" and src != STDIO and pcap_batch.applies(src, options):
+            # the compiled engine, whole chunks of pcap records per call
             counters, failure = pcap_batch.run(
                 fin, out, str(src), options, progress, size, on_events, resume
             )
@@ -175,9 +185,9 @@ def rewrite_file(
             if failure is not None:
                 raise failure
             return counters
-        reader = CaptureReader(fin, str(src))
+        reader = CaptureReader(fin, "stdin" if src == STDIO else str(src))
         pipe: Pipeline | None = None
-        writer: PcapWriter | None = None
+        writer: PcapWriter | PcapngWriter | None = None
         last_report = time.monotonic()
 
         def write_out() -> None:
@@ -191,7 +201,7 @@ def rewrite_file(
                 if pipe is None:
                     assert reader.linktype is not None
                     pipe = Pipeline(options, reader.linktype, on_events, resume, on_tunnels)
-                    writer = PcapWriter(out, pipe.linktype, reader.nanosecond)
+                    writer = make_writer(out, pipe.linktype, reader.nanosecond)
                 pipe.push(frame, ts)
                 n += 1
                 if n % _BATCH == 0:
@@ -203,7 +213,7 @@ def rewrite_file(
             error = exc  # keep everything read so far, then report
         if pipe is None:  # no packet at all: still write a valid, empty capture
             pipe = Pipeline(options, reader.linktype or 1, on_events)
-            writer = PcapWriter(out, pipe.linktype, reader.nanosecond)
+            writer = make_writer(out, pipe.linktype, reader.nanosecond)
         pipe.flush()
         write_out()
         out.commit()

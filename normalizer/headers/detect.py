@@ -52,3 +52,20 @@ def parse_header(
         return NeedMore(shortest_missing)
     names = ", ".join(sorted(k.value for k in kinds)) or "none"
     raise HeaderError(f"stream does not start with an enabled header signature ({names})")
+
+
+def signature_kind(
+    buf: bytes | bytearray, custom_magic: bytes = custom.DEFAULT_MAGIC
+) -> HeaderKind | None:
+    """The kind whose signature ``buf`` starts with (or, if shorter, is a prefix of), enabled or
+    not; None if none: tells a stream that carries no header at all from one whose header is
+    of a kind excluded by configuration, when ``parse_header`` refused it."""
+    for sig, kind in (
+        (proxy_v2.SIGNATURE, HeaderKind.PROXY_V2),
+        (proxy_v1.SIGNATURE, HeaderKind.PROXY_V1),
+        (custom_magic, HeaderKind.CUSTOM),
+    ):
+        n = min(len(buf), len(sig))
+        if n and buf[:n] == sig[:n]:
+            return kind
+    return None

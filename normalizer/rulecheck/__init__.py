@@ -9,8 +9,8 @@ the same code is the project's regression suite (``tests/rulecheck``). One modul
 
 from __future__ import annotations
 
-from pathlib import Path
+from normalizer import datadir
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CORPUS = PROJECT_ROOT / "pcaps"
-DEFAULT_RULES = PROJECT_ROOT / "suricata" / "rules" / "decoy.rules"
+# the source checkout's, or the installed data directory's (normalizer/datadir.py)
+DEFAULT_CORPUS = datadir.find("pcaps")
+DEFAULT_RULES = datadir.find("rules") / "decoy.rules"

@@ -54,6 +54,25 @@ def add_parser(sub: Any) -> None:
         "--keep", type=Path, metavar="DIR", help="keep normalized pcaps and eve.json under DIR"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="list every fired alert")
+    rec = p.add_argument_group("recording a manifest (--record CAPTURE --proxy CIDR)")
+    rec.add_argument(
+        "--record",
+        action="store_true",
+        help="write NAME.yaml for each capture from the alerts Suricata raises (for review)",
+    )
+    rec.add_argument("--proxy", action="append", metavar="CIDR", help="trusted proxy (repeatable)")
+    rec.add_argument(
+        "--header", action="append", dest="header_kinds", metavar="KIND", help="header kind"
+    )
+    rec.add_argument(
+        "--keep-addresses",
+        action="store_false",
+        dest="restore_addresses",
+        help="record with the wire addresses kept",
+    )
+    rec.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="manifest to write ('-': stdout)"
+    )
 
 
 def _rule_errors(errors: list[RuleError], args: argparse.Namespace) -> int:
@@ -76,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from normalizer.rulecheck.suricata import RuleLoadError, bundle_rules
 
     rule_files: list[Path] = args.rules or [DEFAULT_RULES]
+    if args.record:
+        return _record(args, rule_files)
     try:
         rules = parse_rules(rule_files)
         if args.suricata_config and not args.suricata_config.is_file():
@@ -110,3 +131,64 @@ def run(args: argparse.Namespace) -> int:
     if any(r.usage_error for r in results):
         return 2
     return 0 if all(r.status == "pass" for r in results) else 1
+
+
+def _record(args: argparse.Namespace, rule_files: list[Path]) -> int:
+    """``--record``: one manifest per capture named, never overwriting one (exit 2 then)."""
+    from normalizer.config import ConfigError, build_options
+    from normalizer.conn_cache import CacheError
+    from normalizer.pcap_io import PcapError
+    from normalizer.rulecheck import record
+    from normalizer.rulecheck.rules import parse_rules
+    from normalizer.rulecheck.suricata import RuleLoadError, SuricataError, bundle_rules
+
+    if not args.paths or not args.proxy:
+        print(f"{PROG}: --record needs the captures and --proxy CIDR", file=sys.stderr)
+        return 2
+    if args.output is not None and len(args.paths) > 1:
+        print(f"{PROG}: --output names one manifest: record one capture", file=sys.stderr)
+        return 2
+    try:
+        rules = parse_rules(rule_files)
+        options = build_options(
+            {},
+            {
+                "proxies": args.proxy,
+                "header_kinds": args.header_kinds,
+                "restore_addresses": args.restore_addresses,
+            },
+        )
+    except ConfigError as exc:
+        print(f"{PROG}: config error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{PROG}: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
+    if rules.errors:
+        return _rule_errors(rules.errors, args)
+    with tempfile.TemporaryDirectory(prefix="test-rules-record.") as tmp:
+        bundle = bundle_rules(rule_files, Path(tmp) / "rules.rules")
+        for i, capture in enumerate(args.paths, 1):
+            out = args.output or capture.with_suffix(".yaml")
+            if str(out) != "-" and out.exists():
+                print(f"{PROG}: {out} exists: not overwritten (-o another file)", file=sys.stderr)
+                return 2
+            try:
+                events = record.observe(
+                    capture, options, bundle, Path(tmp) / f"{i:02d}", args.suricata_config
+                )
+                text = record.manifest_text(
+                    capture, args.proxy, args.header_kinds, args.restore_addresses, events
+                )
+                record.write(text, out)
+            except RuleLoadError as exc:
+                return _rule_errors(exc.errors, args)
+            except (PcapError, CacheError, SuricataError) as exc:
+                print(f"{PROG}: {capture}: {exc}", file=sys.stderr)
+                return 1
+            except OSError as exc:
+                print(f"{PROG}: {exc.strerror or exc}: {exc.filename or capture}", file=sys.stderr)
+                return 1
+            n = sum(1 for e in events if e.get("event_type") == "alert")
+            print(f"{PROG}: {out}: {n} alerts recorded; review it", file=sys.stderr)
+    return 0

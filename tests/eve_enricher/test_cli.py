@@ -68,8 +68,8 @@ def test_batch_enriches_rejects_and_counts(
     ]
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "eve-enricher: 7 lines: 1 enriched (0 tunnel only), 2 unchanged,"
-        " 0 failed (passed unchanged), 4 rejected;"
+        "eve-enricher: 7 lines: 1 enriched (0 tunnel only),"
+        " 2 unchanged (1 TCP events not in the cache), 0 failed (passed unchanged), 4 rejected;"
         " 0 late, 0 waited without a row"
     ]
 

@@ -46,8 +46,23 @@ def _tuple(ev: dict[str, Any]) -> tuple[str, int, str, int]:
     return (ev["src_ip"], ev["src_port"], ev["dest_ip"], ev["dest_port"])
 
 
-WIRE_FWD = {"src_ip": PROXY[0], "src_port": PROXY[1], "dest_ip": BACKEND[0], "dest_port": 80}
-WIRE_REV = {"src_ip": BACKEND[0], "src_port": 80, "dest_ip": PROXY[0], "dest_port": PROXY[1]}
+# the wire hop's community_id (symmetric: both directions share it), for joins with sensors
+# that see the proxy-backend hop
+WIRE_CID = community_id(6, PROXY[0], BACKEND[0], PROXY[1], BACKEND[1])
+WIRE_FWD = {
+    "src_ip": PROXY[0],
+    "src_port": PROXY[1],
+    "dest_ip": BACKEND[0],
+    "dest_port": 80,
+    "community_id": WIRE_CID,
+}
+WIRE_REV = {
+    "src_ip": BACKEND[0],
+    "src_port": 80,
+    "dest_ip": PROXY[0],
+    "dest_port": PROXY[1],
+    "community_id": WIRE_CID,
+}
 
 
 def test_alert_gets_real_tuple_everywhere_and_proxy(db: Path) -> None:

@@ -1,6 +1,6 @@
-"""The ``tunnel`` object: events of decapsulated inner flows name the VXLAN/GENEVE tunnel they
-came through, proxied or not, and the VLAN id the normalizer gave the VNI keeps two mirror
-sessions' identical tuples apart."""
+"""The ``encapsulation`` object: events of decapsulated inner flows name the VXLAN/GENEVE
+tunnel they came through, proxied or not, and the VLAN id the normalizer gave the VNI keeps two
+mirror sessions' identical tuples apart."""
 
 from __future__ import annotations
 
@@ -64,15 +64,15 @@ def test_events_name_their_tunnel(tmp_path: Path) -> None:
     assert len(got) == 4
     a, plain, other_vlan, untagged = got
     assert a["proxy"]["wire"]["src_ip"] == "192.0.2.1"
-    assert a["tunnel"]["type"] == "geneve" and a["tunnel"]["vni"] == 9
-    assert a["tunnel"]["flow_cookie"] == "cafef00d"
-    assert plain["tunnel"]["eni_id"] == "0a1b2c3d4e5f6071" and "proxy" not in plain
-    assert plain["tunnel"]["outer"]["src_ip"] == OUTER[0]
-    assert {k: v for k, v in plain.items() if k != "tunnel"} == events[1]
+    assert a["encapsulation"]["type"] == "geneve" and a["encapsulation"]["vni"] == 9
+    assert a["encapsulation"]["flow_cookie"] == "cafef00d"
+    assert plain["encapsulation"]["eni_id"] == "0a1b2c3d4e5f6071" and "proxy" not in plain
+    assert plain["encapsulation"]["outer"]["src_ip"] == OUTER[0]
+    assert {k: v for k, v in plain.items() if k != "encapsulation"} == events[1]
     # untouched events are the input bytes
     lines = out.read_bytes().splitlines(keepends=True)
     assert lines[2] == line(events[2]) and lines[3] == line(events[3])
-    assert "tunnel" not in other_vlan and "tunnel" not in untagged
+    assert "encapsulation" not in other_vlan and "encapsulation" not in untagged
 
 
 def test_portless_events_name_their_tunnel(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_portless_events_name_their_tunnel(tmp_path: Path) -> None:
     eve.write_bytes(line(ping) + line(other))
     assert main(["enrich", str(eve), "--cache", str(db), "-o", str(out), "-q"]) == 0
     a, b = out.read_bytes().splitlines(keepends=True)
-    assert orjson.loads(a) == {**ping, "tunnel": tunnel}
+    assert orjson.loads(a) == {**ping, "encapsulation": tunnel}
     assert b == line(other)
 
 

@@ -197,6 +197,7 @@ def start_enricher(
     log = d / "enricher.log"
     argv = [*ENRICHER, "follow", str(eve), "--cache", str(cache), "-o", str(out)]
     argv += ["--poll", "0.2", "--checkpoint", str(d / "enricher.checkpoint")]
+    argv += ["--start-at", "beginning"]  # Suricata may have written before we start
     proc = lab.spawn(role, argv, log)
     _wait_for(log, "following", proc, 15)
     return proc

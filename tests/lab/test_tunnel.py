@@ -208,7 +208,7 @@ def enriched(eve: Path, cache: Path) -> list[Event]:
     flows = [e for e in events if "vlan" in e]
     assert any(e["event_type"] == "alert" for e in flows)
     for e in flows:
-        assert e.get("tunnel", {}).get("vni") == e["vlan"][0], e
+        assert e.get("encapsulation", {}).get("vni") == e["vlan"][0], e
     return events
 
 
@@ -270,7 +270,8 @@ def test_vxlan_alerts_map_back_to_their_tunnel(caps: TunnelCaptures, suricata: S
         db.close()
     for e in enriched(eve_of(out), cache):
         if "vlan" in e:
-            assert e["tunnel"]["type"] == "vxlan" and e["tunnel"]["outer"]["dest_port"] == 4789
+            enc = e["encapsulation"]
+            assert enc["type"] == "vxlan" and enc["outer"]["dest_port"] == 4789
 
 
 def test_vxlan_over_ipv6_underlay(caps6: tuple[Path, dict[int, Path]], suricata: Suricata) -> None:
@@ -349,7 +350,7 @@ def test_icmp_events_name_their_tunnel(caps: TunnelCaptures, suricata: Suricata)
     out, _stats, cache = rewrite(caps.underlay)
     suricata(out)
     icmp = [e for e in enriched(eve_of(out), cache) if e.get("proto") == "ICMP"]
-    assert sorted(e["tunnel"]["vni"] for e in icmp) == sorted(tunnel_lab.VNIS)
+    assert sorted(e["encapsulation"]["vni"] for e in icmp) == sorted(tunnel_lab.VNIS)
 
 
 # -- 2. GENEVE with gateway-load-balancer options ------------------------------------------------
@@ -381,7 +382,7 @@ def test_geneve_decap_alerts_equal_the_reference_per_vni(
         db.close()
     for e in enriched(eve_of(out), cache):
         if e["event_type"] == "alert":
-            t = e["tunnel"]
+            t = e["encapsulation"]
             cookie = tunnel_lab.cookie_for(
                 6, e["src_ip"], e["src_port"], e["dest_ip"], e["dest_port"]
             )
@@ -431,7 +432,7 @@ def test_vxlan_mirrored_proxy_is_stripped_and_alerts_equal_the_baseline(
     alerts = [e for e in enriched(eve_of(out), cache) if e["event_type"] == "alert"]
     assert len(alerts) == expected_alerts(False).total()
     for e in alerts:
-        assert e["tunnel"]["type"] == "vxlan" and "proxy" in e, e
+        assert e["encapsulation"]["type"] == "vxlan" and "proxy" in e, e
 
 
 # -- 4. the live path: a mirror target's underlay port -> normalizer --decap -> tap -> Suricata --
@@ -474,5 +475,5 @@ def test_live_decap_on_the_underlay_port(lab_ready: None, lab_dir: Path) -> None
         events, inner, lambda ref: run_suricata(ref, outdir=ref.with_suffix(".suricata")), None
     )
     live_events = enriched(d / "suricata-snl0" / "eve.json", cache)
-    assert all(e["tunnel"]["type"] == "vxlan" for e in live_events if "vlan" in e)
+    assert all(e["encapsulation"]["type"] == "vxlan" for e in live_events if "vlan" in e)
     assert counters["cache_tunnel_rows"] >= len(tcp_tuples(events)) > 0

@@ -199,9 +199,14 @@ def test_untrusted_and_unproxied_traffic_is_byte_identical() -> None:
 
 
 @pytest.mark.parametrize(
-    "payload", [b"GET / HTTP/1.1\r\n\r\n", b"PROXY TCP4 1.2.3.4\r\n", b"PROXY TCP9 x\r\n"]
+    ("payload", "counter"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "header_none"),  # no header at all, not a malformed one
+        (b"PROXY TCP4 1.2.3.4\r\n", "header_malformed"),
+        (b"PROXY TCP9 x\r\n", "header_malformed"),
+    ],
 )
-def test_malformed_header_leaves_flow_untouched(payload: bytes) -> None:
+def test_malformed_header_leaves_flow_untouched(payload: bytes, counter: str) -> None:
     c = Conv()
     frames = c.handshake() + [
         c.seg(True, 0, 0, payload, "PA"),
@@ -209,7 +214,8 @@ def test_malformed_header_leaves_flow_untouched(payload: bytes) -> None:
     ]
     out, eng = run(frames)
     assert out == frames
-    assert eng.counters.header_malformed == 1
+    problems = ("header_none", "header_malformed", "header_excluded")
+    assert {k: getattr(eng.counters, k) for k in problems} == {k: k == counter for k in problems}
     assert eng.counters.passed_unparsed_flow == len(frames)
 
 
