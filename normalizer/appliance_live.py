@@ -45,7 +45,8 @@ from normalizer.appliance import Appliance, ApplianceCounters, healthy
 from normalizer.config import ConfigError
 from normalizer.conn_cache import ConnectionCache
 from normalizer.counters import Counters
-from normalizer.engine import Frame, HeaderEvent
+from normalizer.engine import Frame
+from normalizer.events import HeaderEvent
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.geneve import GENEVE_PORT
 from normalizer.options import Options

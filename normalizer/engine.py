@@ -8,19 +8,35 @@ which is what lets the tests replay any segmentation, loss and reordering determ
 A flow opened by a trusted proxy is held (PENDING) from its SYN until the header is complete,
 then released through the rewriting path (ACTIVE); if the header is malformed, missing, or the
 hold limits are hit, the held frames are released untouched and the flow is left alone (PASSING).
+flow_state.py has the whole table; each transition here is one method (``_resolve``,
+``_give_up``, ``_drop_flow``) that steps it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
 
 from normalizer.checksum import adjust32
 from normalizer.counters import MAX_BACKENDS, Counters
 from normalizer.diagnostics import SourceTally
-from normalizer.flow import ACK, ACTIVE, FIN, HALF, MASK, PENDING, RST, SYN, Flow
-from normalizer.flow_key import endpoint_text, endpoints_of, from_first, make_key, split_key
+from normalizer.events import HeaderEvent, Resumable
+from normalizer.flow import (
+    ACK,
+    BOTH_FINS,
+    CLIENT_FIN,
+    FIN,
+    HALF,
+    MASK,
+    RESET,
+    RST,
+    SERVER_FIN,
+    SYN,
+    Flow,
+    Held,
+)
+from normalizer.flow_key import endpoint_text, endpoints_of, make_key, split_key
+from normalizer.flow_state import ACTIVE, PENDING, Drop, Event, GiveUp, step
 from normalizer.flow_table import FlowTable
 from normalizer.frame import (
     LINKTYPE_ETHERNET,
@@ -48,20 +64,7 @@ _SWEEP_EVERY = _NS  # expiry sweeps run at most once per second of capture time
 Frame = bytes | bytearray
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderEvent:
-    """A proxied connection whose header was parsed: what the connection cache records."""
-
-    ts: int  # ns, when the flow began (its first packet, normally the SYN)
-    client: tuple[str, int]  # wire address of the proxy side
-    server: tuple[str, int]  # wire address of the backend side
-    vlan: bytes
-    header: ProxyHeader
-    isn: int = 0  # client initial sequence number: lets a restarted normalizer resume the flow
-
-
-# (wire client, wire server, vlan ids, client ISN, header) of a flow resolved by a previous run.
-Resumable = tuple[tuple[str, int], tuple[str, int], bytes, int, ProxyHeader]
+__all__ = ["Frame", "HeaderEvent", "Normalizer", "Resumable"]  # the events' old home
 
 
 class Normalizer:
@@ -137,15 +140,14 @@ class Normalizer:
         elif flags & (SYN | ACK | RST) == SYN and fwd == flow.client_first:
             seq = _U32.unpack_from(frame, t + 4)[0]
             if seq != flow.isn:  # a new connection reusing the ports
-                self._drop_flow(key, flow)
-                c.flows_restarted += 1
+                self._drop_flow(key, flow, Drop.PORT_REUSE)
                 flow = self._new_flow(key, fwd, seq, ts)
         from_client = fwd == flow.client_first
         flow.last_seen = ts
         if flags & (FIN | RST):
             self._note_close(flow, flags, from_client, ts)
         state = flow.state
-        if state == ACTIVE:
+        if state is ACTIVE:
             real = flow.real
             if real is not None and len(real[0]) != (12 if frame[ip] >> 4 == 4 else 36):
                 pass  # the IP header changes family: the general path rebuilds it
@@ -185,7 +187,7 @@ class Normalizer:
                 self.out.append((ts, out))
                 return
             self._rewrite(flow, frame, TcpFrame(ip, t, payload, end, vlan), from_client, flags, ts)
-        elif state == PENDING:
+        elif state is PENDING:
             self._hold(
                 key, flow, frame, TcpFrame(ip, t, payload, end, vlan), from_client, flags, ts
             )
@@ -196,24 +198,22 @@ class Normalizer:
     def tick(self, now: int) -> None:
         """Expire idle and closed flows and give up on holds that waited too long."""
         self._next_sweep = now + _SWEEP_EVERY
-        c = self.counters
         for key, flow in self.table:
             hold = flow.hold
             if hold is not None and now - hold.started > self._pending:
-                c.hold_timeout += 1
-                self._give_up(flow)
-            if (flow.closed_at and now - flow.closed_at > self._closed) or (
-                now - flow.last_seen > self._idle
-            ):
-                self._drop_flow(key, flow)
-                c.flows_expired += 1
+                self._give_up(flow, GiveUp.HOLD_TIMEOUT)
+            if flow.closed_at and now - flow.closed_at > self._closed:
+                self._drop_flow(key, flow, Drop.CLOSED_TIMEOUT)
+            elif now - flow.last_seen > self._idle:
+                self._drop_flow(key, flow, Drop.IDLE_TIMEOUT)
 
     def flush(self) -> None:
         """End of input: release every frame still held, untouched."""
         for _key, flow in self.table:
-            if flow.state == PENDING:
-                self.counters.header_truncated += 1
-                self._give_up(flow)
+            if flow.state is PENDING:
+                self._give_up(flow, GiveUp.END_OF_INPUT)
+            else:
+                flow.state = step(flow.state, Event.END_OF_INPUT)
 
     def drain(self) -> list[tuple[int, Frame]]:
         out = self.out
@@ -244,12 +244,8 @@ class Normalizer:
         key = make_key(vlan, a, b)
         if key in self._flows or self.table.is_full():
             return False
-        flow = Flow(a < b, isn, now)
-        flow.release()
-        flow.state = ACTIVE
-        flow.hdr_len = header.length
-        if self.opts.restore_addresses:
-            flow.real = real_endpoints(header)
+        real = real_endpoints(header) if self.opts.restore_addresses else None
+        flow = Flow.resumed(a < b, isn, header.length, real, now)
         self.table.put(key, flow)
         self.counters.flows_resumed += 1
         return True
@@ -266,42 +262,52 @@ class Normalizer:
             if ts >= self._next_sweep:
                 self.tick(ts)
             if table.is_full():
-                old_key, old = table.pop_oldest()
-                self._drop_flow(old_key, old)
-                self.counters.flows_evicted += 1
+                old_key, old = table.oldest()
+                self._drop_flow(old_key, old, Drop.EVICTED)
         flow = Flow(client_first, isn, ts)
         table.put(key, flow)
         self.counters.flows_created += 1
         return flow
 
-    def _drop_flow(self, key: bytes, flow: Flow) -> None:
-        if flow.state == PENDING:
-            self._give_up(flow)
+    def _drop_flow(self, key: bytes, flow: Flow, why: Drop) -> None:
+        """Any state -> EXPIRED: the flow leaves the table (a PENDING one forwards its hold)."""
+        if flow.state is PENDING:
+            self._forward_held(flow)
+        flow.state = step(flow.state, why.event)
         self.table.pop(key)
+        c = self.counters
+        setattr(c, why.counter, getattr(c, why.counter) + 1)
 
     def _note_close(self, flow: Flow, flags: int, from_client: bool, ts: int) -> None:
+        """FIN / RST: remembered; they choose the timeout, the state does not change."""
         if flags & RST:
-            flow.fins |= 4
+            flow.closing |= RESET
         elif flags & FIN:
-            flow.fins |= 1 if from_client else 2
+            flow.closing |= CLIENT_FIN if from_client else SERVER_FIN
         else:
             return
-        if not flow.closed_at and (flow.fins & 4 or flow.fins & 3 == 3):
+        if not flow.closed_at and (flow.closing & RESET or flow.closing & BOTH_FINS == BOTH_FINS):
             flow.closed_at = ts
 
-    def _release(self, flow: Flow) -> list[tuple[int, bytes]]:
+    def _release(self, flow: Flow) -> list[Held]:
         """The flow's held frames, no longer counted against the total hold bound."""
         if flow.hold is not None:
             self._held_total -= flow.hold.nbytes
         return flow.release()
 
-    def _give_up(self, flow: Flow) -> None:
-        """Leave the flow as captured: forward what was held, untouched, in arrival order."""
-        flow.state = 2  # PASSING
+    def _give_up(self, flow: Flow, why: GiveUp) -> None:
+        """PENDING -> PASSING: leave the flow as captured, counting ``why`` once, here."""
+        flow.state = step(flow.state, why.event)
+        c = self.counters
+        setattr(c, why.counter, getattr(c, why.counter) + 1)
+        self._forward_held(flow)
+
+    def _forward_held(self, flow: Flow) -> None:
+        """Forward what was held, untouched, in arrival order."""
         held = self._release(flow)
         self.counters.passed_unparsed_flow += len(held)
-        for ts, frame in held:
-            self._emit(ts, frame)
+        for h in held:
+            self._emit(h.ts, h.frame)
 
     # -- PENDING: collect the header ------------------------------------------------------------
 
@@ -317,8 +323,7 @@ class Normalizer:
     ) -> None:
         hold = flow.hold
         assert hold is not None
-        c = self.counters
-        hold.frames.append((ts, frame))
+        hold.frames.append(Held(ts, frame, f, from_client))
         hold.nbytes += len(frame)
         self._held_total += len(frame)
         if from_client and f.end > f.payload and self._assemble(flow, frame, f, flags):
@@ -327,18 +332,13 @@ class Normalizer:
                     bytes(hold.buf), self.opts.header_kinds, self.opts.custom_magic
                 )
             except HeaderError:
-                c.header_malformed += 1
-                self._give_up(flow)
+                self._give_up(flow, GiveUp.HEADER_MALFORMED)
                 return
             if isinstance(result, ProxyHeader):
                 self._resolve(key, flow, result, ts)
                 return
         if flags & (FIN | RST):
-            if hold.buf:
-                c.header_truncated += 1
-            else:
-                c.header_missing += 1
-            self._give_up(flow)
+            self._give_up(flow, GiveUp.CLOSED_IN_HEADER if hold.buf else GiveUp.CLOSED_NO_HEADER)
             return
         o = self.opts
         if (
@@ -346,8 +346,7 @@ class Normalizer:
             or hold.nbytes > o.max_hold_bytes
             or self._held_total > o.max_total_hold_bytes
         ):
-            c.hold_overflow += 1
-            self._give_up(flow)
+            self._give_up(flow, GiveUp.HOLD_OVERFLOW)
 
     def _assemble(self, flow: Flow, frame: bytes, f: TcpFrame, flags: int) -> bool:
         """Extend the contiguous header prefix with this segment and any held ones it connects."""
@@ -357,13 +356,11 @@ class Normalizer:
         progress = grew
         while progress and len(hold.frames) > 1:
             progress = False
-            for _ts, other in hold.frames:
-                g = locate_tcp(other, self.linktype)
-                if g is None or g.end == g.payload:
+            for h in hold.frames:
+                g = h.located
+                if not h.from_client or g.end == g.payload:
                     continue
-                if from_first(other, g) != flow.client_first:
-                    continue
-                if self._extend(flow, other, g, other[g.tcp + 13]):
+                if self._extend(flow, h.frame, g, h.frame[g.tcp + 13]):
                     progress = grew = True
         return grew
 
@@ -383,8 +380,9 @@ class Normalizer:
         return True
 
     def _resolve(self, key: bytes, flow: Flow, header: ProxyHeader, ts: int) -> None:
+        """PENDING -> ACTIVE: record the header, then release the hold through the rewriter."""
         c = self.counters
-        flow.state = ACTIVE
+        flow.state = step(flow.state, Event.HEADER_COMPLETE)
         flow.hdr_len = header.length
         # The record's time is when the flow began (its SYN), as Suricata's flow.start says, not
         # when the header completed: the enricher tells connections sharing a tuple apart by it.
@@ -409,11 +407,9 @@ class Normalizer:
             )
         else:
             c.events_dropped += 1
-        for hts, hframe in self._release(flow):
-            g = locate_tcp(hframe, self.linktype)
-            assert g is not None  # it was located when held
-            from_client = from_first(hframe, g) == flow.client_first
-            self._rewrite(flow, hframe, g, from_client, hframe[g.tcp + 13], hts)
+        for h in self._release(flow):
+            g = h.located
+            self._rewrite(flow, h.frame, g, h.from_client, h.frame[g.tcp + 13], h.ts)
 
     # -- ACTIVE: shift the stream -----------------------------------------------------------
 

@@ -26,20 +26,17 @@ class FlowTable:
     def __iter__(self) -> Iterator[tuple[bytes, Flow]]:
         return iter(list(self.flows.items()))
 
-    def get(self, key: bytes) -> Flow | None:
-        return self.flows.get(key)
-
     def is_full(self) -> bool:
         return len(self.flows) >= self.max_flows
 
     def put(self, key: bytes, flow: Flow) -> None:
-        """Insert or replace; the caller makes room first (``is_full`` / ``pop_oldest``)."""
+        """Insert or replace; the caller makes room first (``is_full`` / ``oldest``)."""
         self.flows.pop(key, None)  # a replaced flow moves to the young end
         self.flows[key] = flow
 
     def pop(self, key: bytes) -> Flow | None:
         return self.flows.pop(key, None)
 
-    def pop_oldest(self) -> tuple[bytes, Flow]:
-        key = next(iter(self.flows))
-        return key, self.flows.pop(key)
+    def oldest(self) -> tuple[bytes, Flow]:
+        """The oldest-created flow (the caller drops it): the first in dict order."""
+        return next(iter(self.flows.items()))

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 from normalizer.counters import Counters
 from normalizer.decap import Decapsulator, Out
-from normalizer.engine import Frame, HeaderEvent, Normalizer, Resumable
+from normalizer.engine import Frame, Normalizer
+from normalizer.events import HeaderEvent, Resumable
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.offload import ChecksumPolicy
 from normalizer.options import Options

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from eve_enricher.enrich import Connection
 from normalizer.cli import main
 from normalizer.conn_cache import CacheError, ConnectionCache
-from normalizer.engine import HeaderEvent
+from normalizer.events import HeaderEvent
 from normalizer.headers import proxy_v2
 from normalizer.headers.base import HeaderError, ProxyHeader, Tlv
 from normalizer.pcap_io import CaptureReader, PcapWriter
