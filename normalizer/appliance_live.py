@@ -190,7 +190,7 @@ class ApplianceLive:
             cache_errors=self.cache_errors,
             cache_expired=self.cache_expired,
             reloads=self.reloads,
-            flows_active=len(self.pipe.engine.table),
+            flows_active=self.pipe.flows_active,
             tunnel_flows_active=len(self.pipe.tunnels) if self.pipe.tunnels is not None else 0,
         )
         return total

@@ -81,6 +81,10 @@ class Normalizer:
         self.events: list[HeaderEvent] = []
         self._held_total = 0
         self._next_sweep = 0
+        # Lower bound of the earliest time ``tick`` has work (None: no flow): exact after each
+        # sweep, lowered when a flow opens or closes. Packets only push deadlines later, so the
+        # hot path never touches it; a stale bound only costs one early, idle sweep.
+        self._deadline: int | None = None
         self._idle = int(options.idle_timeout * _NS)
         self._closed = int(options.closed_timeout * _NS)
         self._pending = int(options.pending_timeout * _NS)
@@ -198,14 +202,40 @@ class Normalizer:
     def tick(self, now: int) -> None:
         """Expire idle and closed flows and give up on holds that waited too long."""
         self._next_sweep = now + _SWEEP_EVERY
+        pending, closed, idle = self._pending, self._closed, self._idle
+        soonest: int | None = None
         for key, flow in self.table:
             hold = flow.hold
-            if hold is not None and now - hold.started > self._pending:
+            if hold is not None and now - hold.started > pending:
                 self._give_up(flow, GiveUp.HOLD_TIMEOUT)
-            if flow.closed_at and now - flow.closed_at > self._closed:
+                hold = None
+            if flow.closed_at and now - flow.closed_at > closed:
                 self._drop_flow(key, flow, Drop.CLOSED_TIMEOUT)
-            elif now - flow.last_seen > self._idle:
+                continue
+            if now - flow.last_seen > idle:
                 self._drop_flow(key, flow, Drop.IDLE_TIMEOUT)
+                continue
+            due = flow.last_seen + idle
+            if flow.closed_at and flow.closed_at + closed < due:
+                due = flow.closed_at + closed
+            if hold is not None and hold.started + pending < due:
+                due = hold.started + pending
+            if soonest is None or due < soonest:
+                soonest = due
+        self._deadline = None if soonest is None else soonest + 1  # timeouts are strict (>)
+
+    def next_deadline(self) -> int | None:
+        """When ``tick`` next has work (ns, on the clock of the timestamps), or None.
+
+        Like aioquic's ``get_timer``: a live loop sleeps until then instead of polling. The
+        time is never later than the first hold timeout, closed or idle expiry, but may be
+        earlier (then that tick finds nothing and computes the exact time).
+        """
+        return self._deadline
+
+    def _soonest(self, due: int) -> None:
+        if self._deadline is None or due < self._deadline:
+            self._deadline = due
 
     def flush(self) -> None:
         """End of input: release every frame still held, untouched."""
@@ -247,6 +277,7 @@ class Normalizer:
         real = real_endpoints(header) if self.opts.restore_addresses else None
         flow = Flow.resumed(a < b, isn, header.length, real, now)
         self.table.put(key, flow)
+        self._soonest(now + self._idle + 1)
         self.counters.flows_resumed += 1
         return True
 
@@ -266,6 +297,7 @@ class Normalizer:
                 self._drop_flow(old_key, old, Drop.EVICTED)
         flow = Flow(client_first, isn, ts)
         table.put(key, flow)
+        self._soonest(ts + min(self._pending, self._idle) + 1)
         self.counters.flows_created += 1
         return flow
 
@@ -288,6 +320,7 @@ class Normalizer:
             return
         if not flow.closed_at and (flow.closing & RESET or flow.closing & BOTH_FINS == BOTH_FINS):
             flow.closed_at = ts
+            self._soonest(ts + self._closed + 1)
 
     def _release(self, flow: Flow) -> list[Held]:
         """The flow's held frames, no longer counted against the total hold bound."""

@@ -3,9 +3,12 @@
 Why one single-threaded loop: the core is not thread-safe and a packet's path (ring block ->
 engine -> tap write) is short; the only other thread is prometheus_client's HTTP server, which
 reads counters. Time comes from two clocks: the ring's per-packet timestamps (wall clock, ns)
-drive the engine as in ``rewrite``; a monotonic timer schedules ``tick`` every ``tick_interval``
-seconds even when no packet arrives, passing the wall clock, so idle flows and held headers
-expire on a quiet bridge too (a wall-clock step only shifts those timeouts once).
+drive the engine as in ``rewrite``; the loop sleeps until the engine's ``next_deadline`` (the
+first held header, closed or idle flow due, like aioquic's ``get_timer``) and ticks it then,
+passing the wall clock, so held headers and idle flows expire on time on a quiet bridge too (a
+wall-clock step only shifts those timeouts once). Housekeeping (tap check, ring stats, cache
+expiry, the silence warning, tunnel fragments) runs every ``tick_interval`` seconds, which also
+bounds every sleep.
 
 Signals: SIGTERM/SIGINT stop the loop, release held frames untouched (flush), write them, and
 close the cache; SIGHUP re-reads the config file. A reload rebuilds the engine with the new
@@ -190,8 +193,8 @@ class LiveNormalizer:
             cache_write_seconds=self.cache_seconds,
             cache_write_seconds_max=self.cache_seconds_max,
             reloads=self.reloads,
-            flows_active=len(self.pipe.engine.table),
-            held_packets=self.pipe.engine.held_packets,
+            flows_active=self.pipe.flows_active,
+            held_packets=self.pipe.held_packets,
         )
         return total
 
@@ -222,7 +225,7 @@ class LiveNormalizer:
     def silence(self, counters: dict[str, Any] | None = None) -> str:
         return silence_report(
             self.counters() if counters is None else counters,
-            self.pipe.engine.untrusted_syns.top(),
+            self.pipe.untrusted_syns.top(),
             self.options.proxies,
             self.settings.iface,
             self.is_bridge,
@@ -243,6 +246,13 @@ class LiveNormalizer:
             except sqlite3.Error as exc:
                 self.cache_errors += 1
                 print(f"suricata-normalizer: cache expiry failed: {exc}", file=sys.stderr)
+
+    def _core_due(self, now: float) -> float:
+        """The monotonic time the pipeline next needs a tick (its deadline is on the wall clock)."""
+        due = self.pipe.next_deadline()
+        if due is None:
+            return float("inf")
+        return now + max(0, due - time.time_ns()) / 1e9
 
     def _do_reload(self) -> None:
         self._reload = False
@@ -296,6 +306,7 @@ class LiveNormalizer:
         gc.freeze()  # objects from start-up are never scanned again
         mono = time.monotonic
         next_tick = mono() + settings.tick_interval
+        next_core = self._core_due(mono())
         next_wd = mono() if wd_every else float("inf")
         next_gc = mono() + _GC_EVERY
         capture = self.capture
@@ -303,7 +314,7 @@ class LiveNormalizer:
             while not self._stop:
                 now = mono()
                 if not capture.ready():
-                    wait = min(next_tick, next_wd) - now
+                    wait = min(next_tick, next_wd, next_core) - now
                     for fd, _ev in poller.poll(max(0, int(wait * 1000)) + 1):
                         if fd == rfd:
                             while True:
@@ -323,6 +334,10 @@ class LiveNormalizer:
                 if now >= next_tick:
                     next_tick = now + settings.tick_interval
                     self._tick()
+                elif now >= next_core:
+                    self.pipe.tick(time.time_ns())
+                    self._forward(self.pipe.take())
+                next_core = self._core_due(now)
                 if now >= next_wd:
                     assert wd_every is not None
                     next_wd = now + wd_every
