@@ -54,10 +54,10 @@ from normalizer.tcp_edit import (
     trim_payload,
 )
 from normalizer.trust import TrustedProxies
+from normalizer.wire import TCPOPT_SACK
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_SACK_KIND = 5
 _NS = 1_000_000_000
 _SWEEP_EVERY = _NS  # expiry sweeps run at most once per second of capture time
 
@@ -172,7 +172,7 @@ class Normalizer:
                         c.packets_out += 1
                         self.out.append((ts, out))
                         return
-            elif flags & ACK and not (payload - t > 20 and _SACK_KIND in frame[t + 20 : payload]):
+            elif flags & ACK and not (payload - t > 20 and TCPOPT_SACK in frame[t + 20 : payload]):
                 ack = _U32.unpack_from(frame, t + 8)[0]
                 isn = flow.isn
                 off = (ack - isn - 1) & MASK

@@ -12,15 +12,14 @@ from typing import NamedTuple
 
 from normalizer.flow_state import ACTIVE, PENDING, State
 from normalizer.frame import TcpFrame
+from normalizer.wire import ACK, FIN, RST, SYN
+
+__all__ = ["ACK", "FIN", "RST", "SYN"]  # re-exported: their home is wire.py
 
 MOD = 1 << 32
 MASK = MOD - 1
 HALF = 1 << 31
 
-FIN = 0x01
-SYN = 0x02
-RST = 0x04
-ACK = 0x10
 
 # What ``Flow.closing`` remembers (flag bits): which FINs were seen, and whether an RST was.
 CLIENT_FIN = 0x01
