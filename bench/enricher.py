@@ -34,7 +34,7 @@ from eve_enricher.lookup import CacheLookup, Matcher, TunnelMatcher
 from eve_enricher.runner import enrich_stream
 from eve_enricher.stream import LineEnricher
 from normalizer.conn_cache import ConnectionCache
-from normalizer.engine import HeaderEvent
+from normalizer.events import HeaderEvent
 from normalizer.headers import proxy_v2
 from normalizer.headers.base import NeedMore, Tlv
 from normalizer.options import Options

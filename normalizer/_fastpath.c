@@ -1378,6 +1378,13 @@ static PyObject *Engine_held_packets(Engine *e, PyObject *Py_UNUSED(ignored)) {
     return PyLong_FromSsize_t(n);
 }
 
+/* When the engine next needs a tick: its next sweep while it tracks flows (a sweep runs at most
+ * once a second of capture time, so a timeout is acted on at most a second late), else None. */
+static PyObject *Engine_next_deadline(Engine *e, PyObject *Py_UNUSED(ignored)) {
+    if (!e->count) Py_RETURN_NONE;
+    return PyLong_FromLongLong((long long)e->next_sweep);
+}
+
 static Py_ssize_t Engine_len(Engine *e) { return e->count; }
 
 static void free_table(Engine *e) {
@@ -1493,6 +1500,7 @@ static PyMethodDef Engine_methods[] = {
     {"resume", (PyCFunction)Engine_resume, METH_VARARGS, "adopt a resolved flow"},
     {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "the counters this engine owns"},
     {"held_packets", (PyCFunction)Engine_held_packets, METH_NOARGS, "frames held"},
+    {"next_deadline", (PyCFunction)Engine_next_deadline, METH_NOARGS, "next tick due (ns)"},
     {NULL, NULL, 0, NULL},
 };
 

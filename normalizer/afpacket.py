@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import select
 import socket
 import struct
 import subprocess
@@ -46,6 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from normalizer.offload import complete
+from normalizer.wire import ETH_8021Q
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
@@ -131,7 +131,7 @@ def parse_block(
             big += 1
             biggest = max(biggest, length)
         if status & TP_STATUS_VLAN_VALID:
-            proto = tpid if status & TP_STATUS_VLAN_TPID_VALID and tpid else 0x8100
+            proto = tpid if status & TP_STATUS_VLAN_TPID_VALID and tpid else ETH_8021Q
             frame = frame[:12] + _VLAN.pack(proto, tci) + frame[12:]
         if status & TP_STATUS_CSUMNOTREADY:
             partial += 1
@@ -280,8 +280,6 @@ class RingCapture:
             if isinstance(exc, CaptureError):
                 raise
             raise CaptureError(f"AF_PACKET on {iface}: {exc.strerror or exc}") from None
-        self._poll = select.poll()
-        self._poll.register(self.sock.fileno(), select.POLLIN | select.POLLERR)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -289,12 +287,6 @@ class RingCapture:
     def ready(self) -> bool:
         """Whether the next block in ring order belongs to user space (no system call)."""
         return bool(self.ring[self._next * self._block_size + BLOCK_STATUS_OFF] & TP_STATUS_USER)
-
-    def read(self, timeout_ms: int) -> list[Captured]:
-        """Frames of all blocks ready now (waiting up to ``timeout_ms`` if none is)."""
-        if not self.ready():
-            self._poll.poll(timeout_ms)
-        return self.drain()
 
     def drain(self) -> list[Captured]:
         """Frames of all blocks ready now, without waiting."""

@@ -37,10 +37,10 @@ from normalizer import geneve, vxlan
 from normalizer.frame import SYNTH_MACS
 from normalizer.trust import TrustedProxies
 from normalizer.tunnel import TunnelRef, VlanMap
+from normalizer.wire import IPPROTO_UDP as _UDP
 
 IDLE_TIMEOUT = 350.0  # the balancer's flow idle timeout: default lifetime of flow rows
 TTL = 64
-_UDP = 17
 _VXLAN_KEY = 1 << 24  # VlanMap key bit: ENI + VXLAN VNI, distinct from the ENI alone
 _REQUIRED = {1: 8, 2: 8, 3: 4}  # class 0x0108 option type -> data size
 # IPv4 header (checksum 0) + UDP header without its checksum: the return packet's outer part.

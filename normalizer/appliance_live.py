@@ -45,7 +45,8 @@ from normalizer.appliance import Appliance, ApplianceCounters, healthy
 from normalizer.config import ConfigError
 from normalizer.conn_cache import ConnectionCache
 from normalizer.counters import Counters
-from normalizer.engine import Frame, HeaderEvent
+from normalizer.engine import Frame
+from normalizer.events import HeaderEvent
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.geneve import GENEVE_PORT
 from normalizer.options import Options
@@ -195,7 +196,7 @@ class ApplianceLive:
             reloads=self.reloads,
             frames_failed=self.frames_failed,
             internal_errors=self.internal_errors,
-            flows_active=len(self.pipe.engine.table),
+            flows_active=self.pipe.flows_active,
             tunnel_flows_active=len(self.pipe.tunnels) if self.pipe.tunnels is not None else 0,
         )
         return total

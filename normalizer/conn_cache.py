@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from normalizer import tunnel_cache
-from normalizer.engine import HeaderEvent, Resumable
+from normalizer.events import HeaderEvent, Resumable
 from normalizer.headers.base import ProxyHeader
 from normalizer.tunnel_flows import TunnelFlow
 
@@ -171,9 +171,7 @@ class ConnectionCache:
         cur = self._db.execute(_LOOKUPS[kinds], (*both * len(kinds), ts + 1.0, ts - window, ts, ts))
         return _first_row(cur)
 
-    def resumable(
-        self, since: float
-    ) -> list[tuple[tuple[str, int], tuple[str, int], bytes, int, ProxyHeader]]:
+    def resumable(self, since: float) -> list[Resumable]:
         """Connections first seen at or after ``since``: what a restarted normalizer adopts.
 
         Returned as (wire client, wire server, vlan, client ISN, header) for ``Normalizer.resume``;
@@ -199,7 +197,7 @@ class ConnectionCache:
                 dst_port=r[13],
                 fields=json.loads(r[14]),
             )
-            out.append(((r[0], r[1]), (r[2], r[3]), bytes.fromhex(r[4]), r[5], header))
+            out.append(Resumable((r[0], r[1]), (r[2], r[3]), bytes.fromhex(r[4]), r[5], header))
         return out
 
     def record_tunnels(self, flows: Iterable[TunnelFlow]) -> int:

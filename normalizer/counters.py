@@ -1,7 +1,7 @@
 """One counter for every outcome, so nothing the normalizer does to a packet goes unaccounted.
 
-packets_in == packets_out + packets_dropped + held (see ``Counters.unaccounted``) is the
-invariant the tests check: a packet is forwarded, deliberately dropped (a segment that carried
+packets_in == packets_out + packets_dropped + held (``Counters.unaccounted(held)`` == 0) is
+the invariant the tests check: a packet is forwarded, deliberately dropped (a segment that carried
 only header bytes, or midstream policy "drop"), or still held waiting for a header.
 """
 
@@ -68,6 +68,13 @@ class Counters:
     @property
     def packets_dropped(self) -> int:
         return self.header_only_dropped + self.midstream_dropped
+
+    def unaccounted(self, held: int) -> int:
+        """Packets neither forwarded, dropped nor among the ``held`` ones: 0 unless a bug.
+
+        ``held`` is the engine's ``held_packets``; the counters themselves do not track it.
+        """
+        return self.packets_in - self.packets_out - self.packets_dropped - held
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)

@@ -41,13 +41,17 @@ from normalizer.ipfrag import Held, Reassembler
 from normalizer.options import Options
 from normalizer.trust import TrustedProxies
 from normalizer.tunnel import TunnelRef, VlanMap
+from normalizer.wire import (
+    ETH_IPV4_BYTES,
+    ETH_IPV6_BYTES,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    V6_FRAGMENT,
+    skip_v6_extensions,
+)
 
 Out = tuple[int, bytes, TunnelRef | None]
 
-_IPV4 = b"\x08\x00"
-_IPV6 = b"\x86\xdd"
-_V6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options
-_UDP = 17
 _NS = 1_000_000_000
 
 
@@ -75,7 +79,7 @@ class Decapsulator:
         n = len(frame)
         # A version nibble contradicting the link layer's EtherType: not an IP header we read.
         if version == 4:
-            if n < ip + 20 or frame[ip + 9] != _UDP or frame[ip] >> 4 != 4:
+            if n < ip + 20 or frame[ip + 9] != IPPROTO_UDP or frame[ip] >> 4 != 4:
                 return out + self._passed([(ts, frame)])
             ihl = (frame[ip] & 0x0F) * 4
             total = (frame[ip + 2] << 8) | frame[ip + 3]
@@ -97,15 +101,19 @@ class Decapsulator:
             src, dst = frame[ip + 8 : ip + 24], frame[ip + 24 : ip + 40]
             end = ip + 40 + ((frame[ip + 4] << 8) | frame[ip + 5])
             nxt, udp = frame[ip + 6], ip + 40
-            while nxt != _UDP:
+            while True:
+                walked = skip_v6_extensions(frame, nxt, udp, ah=False)
+                if walked is None:
+                    return out + self._passed([(ts, frame)])
+                nxt, udp = walked
+                if nxt == IPPROTO_UDP:
+                    break
                 if n < udp + 8:
                     return out + self._passed([(ts, frame)])
-                if nxt in _V6_EXT:
-                    nxt, udp = frame[udp], udp + (frame[udp + 1] + 1) * 8
-                elif nxt == 44 and frame[udp] == _UDP:  # fragment header
+                if nxt == V6_FRAGMENT and frame[udp] == IPPROTO_UDP:
                     frag = (frame[udp + 2] << 8) | frame[udp + 3]
                     if frag & 0xFFF9 == 0:  # an atomic fragment: a whole datagram
-                        nxt, udp = _UDP, udp + 8
+                        nxt, udp = IPPROTO_UDP, udp + 8
                         continue
                     key = b"\x06" + src + dst + frame[udp + 4 : udp + 8]
                     more = bool(frag & 1)
@@ -202,8 +210,9 @@ class Decapsulator:
         or lengths contradict it (or each other) is not trimmed but handed on as it came, and
         counted: the core then passes it untouched, and Suricata flags it itself.
         """
-        if frame[16:18] == _IPV4 or frame[16:18] == _IPV6:  # our own tag, no inner VLAN
-            ip, version = 18, 4 if frame[16:18] == _IPV4 else 6
+        etype = frame[16:18]
+        if etype in (ETH_IPV4_BYTES, ETH_IPV6_BYTES):  # our own tag, no inner VLAN
+            ip, version = 18, 4 if etype == ETH_IPV4_BYTES else 6
         else:
             l3 = l3_offset(frame, LINKTYPE_ETHERNET)
             if l3 is None:
@@ -325,15 +334,15 @@ def trim(frame: bytes, ip: int) -> bytes:
         l4, proto = ip + 40, buf[ip + 6]
         src, dst = bytes(buf[ip + 8 : ip + 24]), bytes(buf[ip + 24 : ip + 40])
     size = len(buf) - l4
-    if proto == 6 and size >= 20 and (buf[l4 + 12] >> 4) * 4 <= size:
+    if proto == IPPROTO_TCP and size >= 20 and (buf[l4 + 12] >> 4) * 4 <= size:
         buf[l4 + 16 : l4 + 18] = b"\x00\x00"
-        csum = checksum(buf[l4:], pseudo_header_sum(src, dst, 6, size))
+        csum = checksum(buf[l4:], pseudo_header_sum(src, dst, IPPROTO_TCP, size))
         buf[l4 + 16 : l4 + 18] = csum.to_bytes(2, "big")
-    elif proto == _UDP and size >= 8:
+    elif proto == IPPROTO_UDP and size >= 8:
         buf[l4 + 4 : l4 + 6] = size.to_bytes(2, "big")
         was_zero = len(src) == 4 and buf[l4 + 6 : l4 + 8] == b"\x00\x00"
         buf[l4 + 6 : l4 + 8] = b"\x00\x00"
         if not was_zero:  # IPv4 UDP may go without a checksum; keep it that way
-            csum = checksum(buf[l4:], pseudo_header_sum(src, dst, _UDP, size)) or 0xFFFF
+            csum = checksum(buf[l4:], pseudo_header_sum(src, dst, IPPROTO_UDP, size)) or 0xFFFF
             buf[l4 + 6 : l4 + 8] = csum.to_bytes(2, "big")
     return bytes(buf)

@@ -8,19 +8,35 @@ which is what lets the tests replay any segmentation, loss and reordering determ
 A flow opened by a trusted proxy is held (PENDING) from its SYN until the header is complete,
 then released through the rewriting path (ACTIVE); if the header is malformed, missing, or the
 hold limits are hit, the held frames are released untouched and the flow is left alone (PASSING).
+flow_state.py has the whole table; each transition here is one method (``_resolve``,
+``_give_up``, ``_drop_flow``) that steps it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass
 
 from normalizer.checksum import adjust32
 from normalizer.counters import MAX_BACKENDS, Counters
 from normalizer.diagnostics import SourceTally
-from normalizer.flow import ACK, ACTIVE, FIN, HALF, MASK, PENDING, RST, SYN, Flow
-from normalizer.flow_key import endpoint_text, endpoints_of, from_first, make_key, split_key
+from normalizer.events import FlowOutcome, HeaderEvent, Resumable
+from normalizer.flow import (
+    ACK,
+    BOTH_FINS,
+    CLIENT_FIN,
+    FIN,
+    HALF,
+    MASK,
+    RESET,
+    RST,
+    SERVER_FIN,
+    SYN,
+    Flow,
+    Held,
+)
+from normalizer.flow_key import endpoint_text, endpoints_of, make_key, split_key
+from normalizer.flow_state import ACTIVE, PENDING, Drop, Event, GiveUp, step
 from normalizer.flow_table import FlowTable
 from normalizer.frame import (
     LINKTYPE_ETHERNET,
@@ -38,52 +54,17 @@ from normalizer.tcp_edit import (
     trim_payload,
 )
 from normalizer.trust import TrustedProxies
+from normalizer.wire import TCPOPT_SACK
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_SACK_KIND = 5
 _NS = 1_000_000_000
 _SWEEP_EVERY = _NS  # expiry sweeps run at most once per second of capture time
 
 Frame = bytes | bytearray
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderEvent:
-    """A proxied connection whose header was parsed: what the connection cache records."""
-
-    ts: int  # ns, when the flow began (its first packet, normally the SYN)
-    client: tuple[str, int]  # wire address of the proxy side
-    server: tuple[str, int]  # wire address of the backend side
-    vlan: bytes
-    header: ProxyHeader
-    isn: int = 0  # client initial sequence number: lets a restarted normalizer resume the flow
-
-
-@dataclass(frozen=True, slots=True)
-class FlowOutcome:
-    """How a tracked flow (SYN from a trusted proxy) left PENDING: what ``flows`` explains.
-
-    ``outcome``: "stripped" (``header`` set), or why the flow was released untouched:
-    "malformed" (``detail``: the codec's reason), "excluded" (a signature of a kind not enabled;
-    ``detail``: the kind), "no-header" (no signature of any kind), "missing" (ended before any
-    client byte), "truncated" (ended or the input ended inside the header), "hold-overflow",
-    "hold-timeout", "dropped" (evicted, or its ports reused, while waiting). ``header_bytes``:
-    the contiguous client bytes the engine had collected.
-    """
-
-    ts: int  # ns, when the flow began
-    client: tuple[str, int]  # wire address of the proxy side
-    server: tuple[str, int]  # wire address of the backend side
-    vlan: bytes
-    outcome: str
-    detail: str = ""
-    header: ProxyHeader | None = None
-    header_bytes: int = 0
-
-
-# (wire client, wire server, vlan ids, client ISN, header) of a flow resolved by a previous run.
-Resumable = tuple[tuple[str, int], tuple[str, int], bytes, int, ProxyHeader]
+__all__ = ["FlowOutcome", "Frame", "HeaderEvent", "Normalizer", "Resumable"]  # their old home
 
 
 class Normalizer:
@@ -106,9 +87,16 @@ class Normalizer:
         self._want_outcomes = outcomes
         self._held_total = 0
         self._next_sweep = 0
+        # Lower bound of the earliest time ``tick`` has work (None: no flow): exact after each
+        # sweep, lowered when a flow opens or closes. Packets only push deadlines later, so the
+        # hot path never touches it; a stale bound only costs one early, idle sweep.
+        self._deadline: int | None = None
         self._idle = int(options.idle_timeout * _NS)
         self._closed = int(options.closed_timeout * _NS)
         self._pending = int(options.pending_timeout * _NS)
+        # True: every ACTIVE segment goes through ``_rewrite``, never the inline shift in
+        # ``feed``. Only the differential test (test_engine_fastpath.py) sets it, to compare them.
+        self._general_only = False
 
     # -- input -----------------------------------------------------------------------------
 
@@ -117,7 +105,10 @@ class Normalizer:
 
         The common case -- Ethernet, IPv4 without options, a segment of an ACTIVE flow that
         needs only its seq or ack shifted -- is decoded and patched inline: at a few hundred
-        thousand packets per second every function call shows in the profile.
+        thousand packets per second every function call shows in the profile. The inline shift
+        repeats ``Flow.map_seq`` and the common branches of ``_rewrite`` on purpose (a call per
+        packet costs more than the shift); tests/normalizer/test_engine_fastpath.py checks that
+        both give the same bytes.
         """
         c = self.counters
         c.packets_in += 1
@@ -165,17 +156,18 @@ class Normalizer:
         elif flags & (SYN | ACK | RST) == SYN and fwd == flow.client_first:
             seq = _U32.unpack_from(frame, t + 4)[0]
             if seq != flow.isn:  # a new connection reusing the ports
-                self._drop_flow(key, flow)
-                c.flows_restarted += 1
+                self._drop_flow(key, flow, Drop.PORT_REUSE)
                 flow = self._new_flow(key, fwd, seq, ts)
         from_client = fwd == flow.client_first
         flow.last_seen = ts
         if flags & (FIN | RST):
             self._note_close(flow, flags, from_client, ts)
         state = flow.state
-        if state == ACTIVE:
+        if state is ACTIVE:
             real = flow.real
-            if real is not None and len(real[0]) != (12 if frame[ip] >> 4 == 4 else 36):
+            if self._general_only or (
+                real is not None and len(real[0]) != (12 if frame[ip] >> 4 == 4 else 36)
+            ):
                 pass  # the IP header changes family: the general path rebuilds it
             elif from_client:
                 if not flags & SYN:
@@ -194,7 +186,7 @@ class Normalizer:
                         c.packets_out += 1
                         self.out.append((ts, out))
                         return
-            elif flags & ACK and not (payload - t > 20 and _SACK_KIND in frame[t + 20 : payload]):
+            elif flags & ACK and not (payload - t > 20 and TCPOPT_SACK in frame[t + 20 : payload]):
                 ack = _U32.unpack_from(frame, t + 8)[0]
                 isn = flow.isn
                 off = (ack - isn - 1) & MASK
@@ -213,7 +205,7 @@ class Normalizer:
                 self.out.append((ts, out))
                 return
             self._rewrite(flow, frame, TcpFrame(ip, t, payload, end, vlan), from_client, flags, ts)
-        elif state == PENDING:
+        elif state is PENDING:
             self._hold(
                 key, flow, frame, TcpFrame(ip, t, payload, end, vlan), from_client, flags, ts
             )
@@ -224,24 +216,48 @@ class Normalizer:
     def tick(self, now: int) -> None:
         """Expire idle and closed flows and give up on holds that waited too long."""
         self._next_sweep = now + _SWEEP_EVERY
-        c = self.counters
+        pending, closed, idle = self._pending, self._closed, self._idle
+        soonest: int | None = None
         for key, flow in self.table:
             hold = flow.hold
-            if hold is not None and now - hold.started > self._pending:
-                c.hold_timeout += 1
-                self._give_up(flow, key, "hold-timeout")
-            if (flow.closed_at and now - flow.closed_at > self._closed) or (
-                now - flow.last_seen > self._idle
-            ):
-                self._drop_flow(key, flow)
-                c.flows_expired += 1
+            if hold is not None and now - hold.started > pending:
+                self._give_up(flow, key, GiveUp.HOLD_TIMEOUT)
+                hold = None
+            if flow.closed_at and now - flow.closed_at > closed:
+                self._drop_flow(key, flow, Drop.CLOSED_TIMEOUT)
+                continue
+            if now - flow.last_seen > idle:
+                self._drop_flow(key, flow, Drop.IDLE_TIMEOUT)
+                continue
+            due = flow.last_seen + idle
+            if flow.closed_at and flow.closed_at + closed < due:
+                due = flow.closed_at + closed
+            if hold is not None and hold.started + pending < due:
+                due = hold.started + pending
+            if soonest is None or due < soonest:
+                soonest = due
+        self._deadline = None if soonest is None else soonest + 1  # timeouts are strict (>)
+
+    def next_deadline(self) -> int | None:
+        """When ``tick`` next has work (ns, on the clock of the timestamps), or None.
+
+        Like aioquic's ``get_timer``: a live loop sleeps until then instead of polling. The
+        time is never later than the first hold timeout, closed or idle expiry, but may be
+        earlier (then that tick finds nothing and computes the exact time).
+        """
+        return self._deadline
+
+    def _soonest(self, due: int) -> None:
+        if self._deadline is None or due < self._deadline:
+            self._deadline = due
 
     def flush(self) -> None:
         """End of input: release every frame still held, untouched."""
         for key, flow in self.table:
-            if flow.state == PENDING:
-                self.counters.header_truncated += 1
-                self._give_up(flow, key, "truncated", "the input ended inside the header")
+            if flow.state is PENDING:
+                self._give_up(flow, key, GiveUp.END_OF_INPUT, "the input ended inside the header")
+            else:
+                flow.state = step(flow.state, Event.END_OF_INPUT)
 
     def drain(self) -> list[tuple[int, Frame]]:
         out = self.out
@@ -272,13 +288,10 @@ class Normalizer:
         key = make_key(vlan, a, b)
         if key in self._flows or self.table.is_full():
             return False
-        flow = Flow(a < b, isn, now)
-        flow.release()
-        flow.state = ACTIVE
-        flow.hdr_len = header.length
-        if self.opts.restore_addresses:
-            flow.real = real_endpoints(header)
+        real = real_endpoints(header) if self.opts.restore_addresses else None
+        flow = Flow.resumed(a < b, isn, header.length, real, now)
         self.table.put(key, flow)
+        self._soonest(now + self._idle + 1)
         self.counters.flows_resumed += 1
         return True
 
@@ -294,44 +307,59 @@ class Normalizer:
             if ts >= self._next_sweep:
                 self.tick(ts)
             if table.is_full():
-                old_key, old = table.pop_oldest()
-                self._drop_flow(old_key, old)
-                self.counters.flows_evicted += 1
+                old_key, old = table.oldest()
+                self._drop_flow(old_key, old, Drop.EVICTED)
         flow = Flow(client_first, isn, ts)
         table.put(key, flow)
+        self._soonest(ts + min(self._pending, self._idle) + 1)
         self.counters.flows_created += 1
         return flow
 
-    def _drop_flow(self, key: bytes, flow: Flow) -> None:
-        if flow.state == PENDING:
-            self._give_up(flow, key, "dropped", "evicted or its ports reused while waiting")
+    def _drop_flow(self, key: bytes, flow: Flow, why: Drop) -> None:
+        """Any state -> EXPIRED: the flow leaves the table (a PENDING one forwards its hold)."""
+        if flow.state is PENDING:
+            if self._want_outcomes:
+                self._outcome(key, flow, "dropped", "evicted or its ports reused while waiting")
+            self._forward_held(flow)
+        flow.state = step(flow.state, why.event)
         self.table.pop(key)
+        c = self.counters
+        setattr(c, why.counter, getattr(c, why.counter) + 1)
 
     def _note_close(self, flow: Flow, flags: int, from_client: bool, ts: int) -> None:
+        """FIN / RST: remembered; they choose the timeout, the state does not change."""
         if flags & RST:
-            flow.fins |= 4
+            flow.closing |= RESET
         elif flags & FIN:
-            flow.fins |= 1 if from_client else 2
+            flow.closing |= CLIENT_FIN if from_client else SERVER_FIN
         else:
             return
-        if not flow.closed_at and (flow.fins & 4 or flow.fins & 3 == 3):
+        if not flow.closed_at and (flow.closing & RESET or flow.closing & BOTH_FINS == BOTH_FINS):
             flow.closed_at = ts
+            self._soonest(ts + self._closed + 1)
 
-    def _release(self, flow: Flow) -> list[tuple[int, bytes]]:
+    def _release(self, flow: Flow) -> list[Held]:
         """The flow's held frames, no longer counted against the total hold bound."""
         if flow.hold is not None:
             self._held_total -= flow.hold.nbytes
         return flow.release()
 
-    def _give_up(self, flow: Flow, key: bytes, outcome: str, detail: str = "") -> None:
-        """Leave the flow as captured: forward what was held, untouched, in arrival order."""
-        flow.state = 2  # PASSING
+    def _give_up(self, flow: Flow, key: bytes, why: GiveUp, detail: str = "") -> None:
+        """PENDING -> PASSING: leave the flow as captured, counting ``why`` once, here (and
+        telling a ``flows`` report, when one asked for outcomes)."""
         if self._want_outcomes:
-            self._outcome(key, flow, outcome, detail)
+            self._outcome(key, flow, why.outcome, detail)
+        flow.state = step(flow.state, why.event)
+        c = self.counters
+        setattr(c, why.counter, getattr(c, why.counter) + 1)
+        self._forward_held(flow)
+
+    def _forward_held(self, flow: Flow) -> None:
+        """Forward what was held, untouched, in arrival order."""
         held = self._release(flow)
         self.counters.passed_unparsed_flow += len(held)
-        for ts, frame in held:
-            self._emit(ts, frame)
+        for h in held:
+            self._emit(h.ts, h.frame)
 
     # -- PENDING: collect the header ------------------------------------------------------------
 
@@ -347,8 +375,7 @@ class Normalizer:
     ) -> None:
         hold = flow.hold
         assert hold is not None
-        c = self.counters
-        hold.frames.append((ts, frame))
+        hold.frames.append(Held(ts, frame, f, from_client))
         hold.nbytes += len(frame)
         self._held_total += len(frame)
         if from_client and f.end > f.payload and self._assemble(flow, frame, f, flags):
@@ -359,25 +386,22 @@ class Normalizer:
             except HeaderError as exc:
                 kind = signature_kind(hold.buf, self.opts.custom_magic)
                 if kind is None:
-                    c.header_none += 1
-                    self._give_up(flow, key, "no-header")
+                    self._give_up(flow, key, GiveUp.HEADER_NONE)
                 elif kind not in self.opts.header_kinds:
-                    c.header_excluded += 1
-                    self._give_up(flow, key, "excluded", kind.value)
+                    self._give_up(flow, key, GiveUp.HEADER_EXCLUDED, kind.value)
                 else:
-                    c.header_malformed += 1
-                    self._give_up(flow, key, "malformed", str(exc))
+                    self._give_up(flow, key, GiveUp.HEADER_MALFORMED, str(exc))
                 return
             if isinstance(result, ProxyHeader):
                 self._resolve(key, flow, result, ts)
                 return
         if flags & (FIN | RST):
             if hold.buf:
-                c.header_truncated += 1
-                self._give_up(flow, key, "truncated", "the connection ended inside the header")
+                self._give_up(
+                    flow, key, GiveUp.CLOSED_IN_HEADER, "the connection ended inside the header"
+                )
             else:
-                c.header_missing += 1
-                self._give_up(flow, key, "missing")
+                self._give_up(flow, key, GiveUp.CLOSED_NO_HEADER)
             return
         o = self.opts
         if (
@@ -385,8 +409,7 @@ class Normalizer:
             or hold.nbytes > o.max_hold_bytes
             or self._held_total > o.max_total_hold_bytes
         ):
-            c.hold_overflow += 1
-            self._give_up(flow, key, "hold-overflow")
+            self._give_up(flow, key, GiveUp.HOLD_OVERFLOW)
 
     def _assemble(self, flow: Flow, frame: bytes, f: TcpFrame, flags: int) -> bool:
         """Extend the contiguous header prefix with this segment and any held ones it connects."""
@@ -396,13 +419,11 @@ class Normalizer:
         progress = grew
         while progress and len(hold.frames) > 1:
             progress = False
-            for _ts, other in hold.frames:
-                g = locate_tcp(other, self.linktype)
-                if g is None or g.end == g.payload:
+            for h in hold.frames:
+                g = h.located
+                if not h.from_client or g.end == g.payload:
                     continue
-                if from_first(other, g) != flow.client_first:
-                    continue
-                if self._extend(flow, other, g, other[g.tcp + 13]):
+                if self._extend(flow, h.frame, g, h.frame[g.tcp + 13]):
                     progress = grew = True
         return grew
 
@@ -422,8 +443,9 @@ class Normalizer:
         return True
 
     def _resolve(self, key: bytes, flow: Flow, header: ProxyHeader, ts: int) -> None:
+        """PENDING -> ACTIVE: record the header, then release the hold through the rewriter."""
         c = self.counters
-        flow.state = ACTIVE
+        flow.state = step(flow.state, Event.HEADER_COMPLETE)
         flow.hdr_len = header.length
         # The record's time is when the flow began (its SYN), as Suricata's flow.start says, not
         # when the header completed: the enricher tells connections sharing a tuple apart by it.
@@ -450,11 +472,9 @@ class Normalizer:
             c.events_dropped += 1
         if self._want_outcomes:
             self._outcome(key, flow, "stripped", header=header)
-        for hts, hframe in self._release(flow):
-            g = locate_tcp(hframe, self.linktype)
-            assert g is not None  # it was located when held
-            from_client = from_first(hframe, g) == flow.client_first
-            self._rewrite(flow, hframe, g, from_client, hframe[g.tcp + 13], hts)
+        for h in self._release(flow):
+            g = h.located
+            self._rewrite(flow, h.frame, g, h.from_client, h.frame[g.tcp + 13], h.ts)
 
     def _outcome(
         self,

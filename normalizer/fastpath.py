@@ -175,6 +175,12 @@ class CompiledNormalizer:
     def held_packets(self) -> int:
         return int(self._core.held_packets())
 
+    def next_deadline(self) -> int | None:
+        """As ``Normalizer.next_deadline``, at sweep granularity: the core's next sweep while it
+        tracks flows (timeouts act at most a second late, as on the core's own sweeps)."""
+        due = self._core.next_deadline()
+        return None if due is None else int(due)
+
     def drain_events(self) -> list[HeaderEvent]:
         events = self.events
         self.events = []

@@ -8,18 +8,33 @@ All arithmetic is modulo 2**32 relative to the client's initial sequence number.
 
 from __future__ import annotations
 
-PENDING = 0  # waiting for the complete header; packets are held
-ACTIVE = 1  # header length known; client seq / server ack are shifted
-PASSING = 2  # no usable header: the flow is forwarded exactly as captured
+from typing import NamedTuple
+
+from normalizer.flow_state import ACTIVE, PENDING, State
+from normalizer.frame import TcpFrame
+from normalizer.wire import ACK, FIN, RST, SYN
+
+__all__ = ["ACK", "FIN", "RST", "SYN"]  # re-exported: their home is wire.py
 
 MOD = 1 << 32
 MASK = MOD - 1
 HALF = 1 << 31
 
-FIN = 0x01
-SYN = 0x02
-RST = 0x04
-ACK = 0x10
+
+# What ``Flow.closing`` remembers (flag bits): which FINs were seen, and whether an RST was.
+CLIENT_FIN = 0x01
+SERVER_FIN = 0x02
+BOTH_FINS = CLIENT_FIN | SERVER_FIN
+RESET = 0x04
+
+
+class Held(NamedTuple):
+    """A frame held while its flow waits for the header, with what was found when it arrived."""
+
+    ts: int
+    frame: bytes
+    located: TcpFrame  # its offsets: releasing it does not parse it again
+    from_client: bool
 
 
 class Hold:
@@ -33,7 +48,7 @@ class Hold:
 
     def __init__(self, now: int) -> None:
         self.buf = bytearray()  # contiguous header prefix
-        self.frames: list[tuple[int, bytes]] = []  # (ts, frame) held, in arrival order
+        self.frames: list[Held] = []  # in arrival order
         self.nbytes = 0  # bytes of the held frames
         self.started = now  # when the flow began: the hold's deadline counts from here
 
@@ -44,7 +59,7 @@ class Flow:
     __slots__ = (
         "client_first",
         "closed_at",
-        "fins",
+        "closing",
         "hdr_len",
         "hold",
         "isn",
@@ -55,24 +70,37 @@ class Flow:
     )
 
     def __init__(self, client_first: bool, isn: int, now: int) -> None:
+        """A new flow opened by a trusted proxy's SYN: PENDING, holding its packets."""
         # Whether the proxy (client) side is the first endpoint of the flow key; storing this
         # bit instead of the endpoint keeps the per-flow footprint small.
         self.client_first = client_first
         self.isn = isn
-        self.state = PENDING
+        self.state: State = PENDING
         self.hdr_len = 0
         self.hold: Hold | None = Hold(now)  # None once the flow is ACTIVE or PASSING
         self.last_seen = now
-        self.fins = 0  # bit 0: client FIN, bit 1: server FIN, bit 2: RST
+        self.closing = 0  # CLIENT_FIN | SERVER_FIN | RESET, as seen
         # (real client, real target) as address bytes + 2-byte port, when addresses are restored
         self.real: tuple[bytes, bytes] | None = None
         self.closed_at = 0
         self.key = b""  # its key in the flow table, set by ``FlowTable.put``
 
-    def offset(self, seq: int) -> int:
-        """Client stream offset of ``seq`` (negative for numbers before ISN + 1)."""
-        off = (seq - self.isn - 1) & MASK
-        return off - MOD if off >= HALF else off
+    @classmethod
+    def resumed(
+        cls, client_first: bool, isn: int, hdr_len: int, real: tuple[bytes, bytes] | None, now: int
+    ) -> Flow:
+        """A flow a previous run resolved: ACTIVE from the start, nothing held."""
+        flow = cls.__new__(cls)
+        flow.client_first = client_first
+        flow.isn = isn
+        flow.state = ACTIVE
+        flow.hdr_len = hdr_len
+        flow.hold = None
+        flow.last_seen = now
+        flow.closing = 0
+        flow.real = real
+        flow.closed_at = 0
+        return flow
 
     def map_seq(self, seq: int) -> int:
         """Client sequence number (or server ack / SACK edge) after the header is removed."""
@@ -82,7 +110,7 @@ class Flow:
         n = self.hdr_len
         return (self.isn + 1 + (off - n if off >= n else 0)) & MASK
 
-    def release(self) -> list[tuple[int, bytes]]:
+    def release(self) -> list[Held]:
         """Hand back held packets in arrival order and stop holding."""
         hold = self.hold
         self.hold = None

@@ -36,11 +36,5 @@ def endpoints_of(frame: bytes, f: TcpFrame) -> tuple[bytes, bytes]:
     ]
 
 
-def from_first(frame: bytes, f: TcpFrame) -> bool:
-    """Whether the frame travels from the flow key's first endpoint to its second."""
-    a, b = endpoints_of(frame, f)
-    return a < b
-
-
 def endpoint_text(ep: bytes) -> tuple[str, int]:
     return str(ipaddress.ip_address(ep[:-2])), int.from_bytes(ep[-2:], "big")

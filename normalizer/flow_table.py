@@ -47,14 +47,11 @@ class FlowTable(Generic[V]):
     def __iter__(self) -> Iterator[tuple[bytes, V]]:
         return iter(list(self.flows.items()))
 
-    def get(self, key: bytes) -> V | None:
-        return self.flows.get(key)
-
     def is_full(self) -> bool:
         return len(self.flows) >= self.max_flows
 
     def put(self, key: bytes, flow: V) -> None:
-        """Insert or replace; the caller makes room first (``is_full`` / ``pop_oldest``)."""
+        """Insert or replace; the caller makes room first (``is_full`` / ``oldest``)."""
         flows = self.flows
         if flows.pop(key, None) is not None:  # a replaced flow moves to the young end
             self._removed()
@@ -65,18 +62,32 @@ class FlowTable(Generic[V]):
     def pop(self, key: bytes) -> V | None:
         flow = self.flows.pop(key, None)
         if flow is not None:
-            self._removed()
+            order = self._order
+            if order and order[0] is flow:  # the oldest (an eviction): no stale entry left
+                order.popleft()
+            else:
+                self._removed()
         return flow
+
+    def oldest(self) -> tuple[bytes, V]:
+        """The oldest-created flow (the caller drops it; the table must not be empty).
+
+        Queue entries whose flow already left the dict are discarded on the way: O(1)
+        amortized, however many flows a flood removed from the front.
+        """
+        flows, order = self.flows, self._order
+        while True:
+            flow = order[0]
+            key = flow.key
+            if flows.get(key) is flow:
+                return key, flow
+            order.popleft()
 
     def pop_oldest(self) -> tuple[bytes, V]:
         """Remove and return the oldest flow (the table must not be empty)."""
-        flows, order = self.flows, self._order
-        while True:
-            flow = order.popleft()
-            key = flow.key
-            if flows.get(key) is flow:
-                del flows[key]
-                return key, flow
+        key, flow = self.oldest()
+        self.pop(key)
+        return key, flow
 
     def _removed(self) -> None:
         """A flow left the dict; its queue entry is stale now. Rebuild when they pile up."""

@@ -9,6 +9,17 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from normalizer.wire import (
+    ETH_IPV4,
+    ETH_IPV4_BYTES,
+    ETH_IPV6,
+    ETH_IPV6_BYTES,
+    IPPROTO_TCP,
+    V6_FRAGMENT,
+    VLAN_TPIDS,
+    skip_v6_extensions,
+)
+
 # pcap LINKTYPE_* values the reader may hand over.
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
@@ -31,15 +42,7 @@ SUPPORTED_LINKTYPES = frozenset(
     }
 )
 
-_VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
-_ETH_IPV4 = 0x0800
-_ETH_IPV6 = 0x86DD
 _MAX_VLAN_TAGS = 4
-# IPv6 extension headers that may precede TCP and can be skipped by their length field.
-_V6_EXT_8 = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options: (len+1)*8
-_V6_AH = 51  # authentication header: (len+2)*4
-_V6_FRAGMENT = 44  # a fragment: not rewritable, its transport header may be elsewhere
-_TCP = 6
 
 
 class TcpFrame(NamedTuple):
@@ -66,16 +69,16 @@ def l3_offset(frame: bytes | bytearray, linktype: int) -> tuple[int, int, bytes]
         off = 14
         vlan = b""
         tags = 0
-        while etype in _VLAN_TPIDS:
+        while etype in VLAN_TPIDS:
             if tags == _MAX_VLAN_TAGS or len(frame) < off + 4:
                 return None
             vlan += bytes(((frame[off] & 0x0F), frame[off + 1]))
             etype = (frame[off + 2] << 8) | frame[off + 3]
             off += 4
             tags += 1
-        if etype == _ETH_IPV4:
+        if etype == ETH_IPV4:
             return off, 4, vlan
-        if etype == _ETH_IPV6:
+        if etype == ETH_IPV6:
             return off, 6, vlan
         return None
     if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
@@ -86,14 +89,14 @@ def l3_offset(frame: bytes | bytearray, linktype: int) -> tuple[int, int, bytes]
         if len(frame) < 16:
             return None
         etype = (frame[14] << 8) | frame[15]
-        if etype not in (_ETH_IPV4, _ETH_IPV6):
+        if etype not in (ETH_IPV4, ETH_IPV6):
             return None
         off = 16
     elif linktype == LINKTYPE_LINUX_SLL2:
         if len(frame) < 20:
             return None
         etype = (frame[0] << 8) | frame[1]
-        if etype not in (_ETH_IPV4, _ETH_IPV6):
+        if etype not in (ETH_IPV4, ETH_IPV6):
             return None
         off = 20
     else:
@@ -140,15 +143,11 @@ def locate_l4(frame: bytes | bytearray, linktype: int = LINKTYPE_ETHERNET) -> L4
     if n < ip + 40 or frame[ip] >> 4 != 6:
         return None
     plen = (frame[ip + 4] << 8) | frame[ip + 5]
-    nxt = frame[ip + 6]
-    l4 = ip + 40
-    while nxt in _V6_EXT_8 or nxt == _V6_AH:
-        if n < l4 + 8:
-            return None
-        hlen = (frame[l4 + 1] + 1) * 8 if nxt != _V6_AH else (frame[l4 + 1] + 2) * 4
-        nxt = frame[l4]
-        l4 += hlen
-    if nxt == _V6_FRAGMENT:
+    walked = skip_v6_extensions(frame, frame[ip + 6], ip + 40)
+    if walked is None:
+        return None
+    nxt, l4 = walked
+    if nxt == V6_FRAGMENT:  # not rewritable: its transport header may be in another fragment
         return None
     return L4Frame(ip, l4, ip + 40 + plen, nxt, vlan)
 
@@ -156,7 +155,7 @@ def locate_l4(frame: bytes | bytearray, linktype: int = LINKTYPE_ETHERNET) -> L4
 def locate_tcp(frame: bytes, linktype: int = LINKTYPE_ETHERNET) -> TcpFrame | None:
     """Find the TCP header and payload of an unfragmented, fully captured TCP/IP frame."""
     f = locate_l4(frame, linktype)
-    if f is None or f.proto != _TCP:
+    if f is None or f.proto != IPPROTO_TCP:
         return None
     tcp, end = f.l4, f.end
     if end > len(frame) or tcp + 20 > end:
@@ -200,8 +199,8 @@ def original_length(frame: bytes | bytearray) -> int:
 
 
 SYNTH_MACS = bytes.fromhex("020000000002020000000001")  # locally administered dst, src
-_IPV4 = b"\x08\x00"
-_IPV6 = b"\x86\xdd"
+_IPV4 = ETH_IPV4_BYTES
+_IPV6 = ETH_IPV6_BYTES
 _UNKNOWN = b"\x88\xb5"  # IEEE local experimental ethertype: bytes kept, decoded by nobody
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from normalizer.wire import ETH_IPV4, ETH_IPV6
+
 GENEVE_PORT = 6081
 BASE_LEN = 8
 PROTO_ETHERNET = 0x6558
-PROTO_IPV4 = 0x0800
-PROTO_IPV6 = 0x86DD
+PROTO_IPV4 = ETH_IPV4
+PROTO_IPV6 = ETH_IPV6
 PROTOCOLS = frozenset({PROTO_ETHERNET, PROTO_IPV4, PROTO_IPV6})
 CRITICAL = 0x80  # high bit of an option's type
 

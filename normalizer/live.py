@@ -3,9 +3,12 @@
 Why one single-threaded loop: the core is not thread-safe and a packet's path (ring block ->
 engine -> tap write) is short; the only other thread is prometheus_client's HTTP server, which
 reads counters. Time comes from two clocks: the ring's per-packet timestamps (wall clock, ns)
-drive the engine as in ``rewrite``; a monotonic timer schedules ``tick`` every ``tick_interval``
-seconds even when no packet arrives, passing the wall clock, so idle flows and held headers
-expire on a quiet bridge too (a wall-clock step only shifts those timeouts once).
+drive the engine as in ``rewrite``; the loop sleeps until the engine's ``next_deadline`` (the
+first held header, closed or idle flow due, like aioquic's ``get_timer``) and ticks it then,
+passing the wall clock, so held headers and idle flows expire on time on a quiet bridge too (a
+wall-clock step only shifts those timeouts once). Housekeeping (tap check, ring stats, cache
+expiry, the silence warning, tunnel fragments) runs every ``tick_interval`` seconds, which also
+bounds every sleep.
 
 Signals: SIGTERM/SIGINT stop the loop, release held frames untouched (flush), write them, and
 close the cache; SIGHUP re-reads the config file. A reload rebuilds the engine with the new
@@ -250,8 +253,8 @@ class LiveNormalizer:
             frames_failed=self.frames_failed,
             internal_errors=self.internal_errors,
             reloads=self.reloads,
-            flows_active=len(self.pipe.engine.table),
-            held_packets=self.pipe.engine.held_packets,
+            flows_active=self.pipe.flows_active,
+            held_packets=self.pipe.held_packets,
         )
         return total
 
@@ -282,7 +285,7 @@ class LiveNormalizer:
     def silence(self, counters: dict[str, Any] | None = None) -> str:
         return silence_report(
             self.counters() if counters is None else counters,
-            self.pipe.engine.untrusted_syns.top(),
+            self.pipe.untrusted_syns.top(),
             self.options.proxies,
             self.settings.iface,
             self.is_bridge,
@@ -307,6 +310,13 @@ class LiveNormalizer:
         if self.sink is not None and now >= self._next_expiry:
             self._next_expiry = now + _EXPIRE_EVERY
             self.sink.expire(now - self.options.cache_retention)
+
+    def _core_due(self, now: float) -> float:
+        """The monotonic time the pipeline next needs a tick (its deadline is on the wall clock)."""
+        due = self.pipe.next_deadline()
+        if due is None:
+            return float("inf")
+        return now + max(0, due - time.time_ns()) / 1e9
 
     def _do_reload(self) -> None:
         self._reload = False
@@ -358,6 +368,7 @@ class LiveNormalizer:
         gc.freeze()  # objects from start-up are never scanned again
         mono = time.monotonic
         next_tick = mono() + settings.tick_interval
+        next_core = self._core_due(mono())
         next_wd = mono() if wd_every else float("inf")
         next_gc = mono() + _GC_EVERY
         capture = self.capture
@@ -365,7 +376,7 @@ class LiveNormalizer:
             while not self._stop:
                 now = mono()
                 if not capture.ready():
-                    wait = min(next_tick, next_wd) - now
+                    wait = min(next_tick, next_wd, next_core) - now
                     for fd, _ev in poller.poll(max(0, int(wait * 1000)) + 1):
                         if fd == rfd:
                             while True:
@@ -381,6 +392,10 @@ class LiveNormalizer:
                 if now >= next_tick:
                     next_tick = now + settings.tick_interval
                     self._tick()
+                elif now >= next_core:
+                    self.pipe.tick(time.time_ns())
+                    self._forward(self.pipe.take())
+                next_core = self._core_due(now)
                 if now >= next_wd:
                     assert wd_every is not None
                     next_wd = now + wd_every

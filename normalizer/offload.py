@@ -32,10 +32,10 @@ from __future__ import annotations
 from enum import Enum
 
 from normalizer.frame import LINKTYPE_ETHERNET, locate_l4, replaced
+from normalizer.wire import IPPROTO_TCP as _TCP
+from normalizer.wire import IPPROTO_UDP as _UDP
 
 CHECKSUM_MODES = ("keep", "auto", "fix")
-_TCP = 6
-_UDP = 17
 _CSUM_AT = {_TCP: 16, _UDP: 6}  # checksum field offset within the transport header
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable
+from dataclasses import fields
 
 from normalizer.afpacket import RingStats, first_timestamp, parse_block
 from normalizer.counters import Counters
 from normalizer.decap import Decapsulator, Out
-from normalizer.engine import Frame, HeaderEvent, Resumable
+from normalizer.diagnostics import SourceTally
+from normalizer.engine import Frame
+from normalizer.events import HeaderEvent, Resumable
 from normalizer.fastpath import CompiledNormalizer, make_engine
 from normalizer.frame import LINKTYPE_ETHERNET
 from normalizer.offload import ChecksumPolicy
@@ -27,6 +30,8 @@ RingBuffer = bytes | bytearray | memoryview | mmap.mmap  # an AF_PACKET ring, or
 OnFailure = Callable[[int, bytes, Exception], None]  # (ts, frame, what it raised)
 # Given the first packet's time (epoch seconds), the flows to adopt from a previous run.
 ResumeSource = Callable[[float], list[Resumable]]
+# The counters the decapsulator owns.
+_TUNNEL_FIELDS = tuple(f.name for f in fields(Counters) if f.name.startswith("tunnel_"))
 # Rows of the cache's ``tunnels`` table (options.decapsulate): new inner flows, final last_seen.
 TunnelSink = Callable[[list[TunnelFlow]], object]
 
@@ -56,7 +61,9 @@ class Pipeline:
         self.engine = make_engine(options, LINKTYPE_ETHERNET if inner else linktype)
         # Of the frames ``take`` returns: raw IP may change family when addresses are restored.
         self.linktype = output_linktype(self.engine.linktype, options.restore_addresses)
-        self.decap = Decapsulator(options, linktype, self.engine.counters) if decap else None
+        # The decapsulator counts into its own Counters (only tunnel_* fields); ``counters``
+        # merges them, so neither stage writes into the other's record.
+        self.decap = Decapsulator(options, linktype) if decap else None
         # Which tunnel each inner flow came through, only kept when someone records it.
         self.tunnels = (
             TunnelFlows(options.max_flows, options.idle_timeout) if inner and on_tunnels else None
@@ -78,7 +85,36 @@ class Pipeline:
             st = self._checksums.stats
             c.checksum_completed, c.checksum_kept = st.completed, st.kept
             c.checksum_unchecked = st.unchecked
+        if self.decap is not None:
+            d = self.decap.counters
+            for name in _TUNNEL_FIELDS:
+                setattr(c, name, getattr(d, name))
         return c
+
+    def stats(self) -> dict[str, int]:
+        """Gauges of the moment, for adapters' status and metrics."""
+        return {"flows_active": self.flows_active, "held_packets": self.held_packets}
+
+    @property
+    def flows_active(self) -> int:
+        return len(self.engine.table)
+
+    @property
+    def held_packets(self) -> int:
+        return self.engine.held_packets
+
+    @property
+    def untrusted_syns(self) -> SourceTally:
+        """Sources of SYNs the trust check ignored (what the silence warning names)."""
+        return self.engine.untrusted_syns
+
+    def next_deadline(self) -> int | None:
+        """When the core next needs ``tick`` (ns, on the frames' clock), or None.
+
+        The engine's timeouts only; tunnel fragments and tunnel rows expire at the caller's
+        regular housekeeping tick, which bounds every sleep anyway.
+        """
+        return self.engine.next_deadline()
 
     def push(self, frame: bytes, ts: int) -> None:
         if self._resume is not None:

@@ -11,10 +11,10 @@ import struct
 
 from normalizer.checksum import adjust16, adjust32, checksum, pseudo_header_sum
 from normalizer.frame import TcpFrame
+from normalizer.wire import TCPOPT_EOL, TCPOPT_NOP, TCPOPT_SACK
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
-_SACK = 5
 
 
 def _addresses(buf: bytes | bytearray, f: TcpFrame) -> tuple[bytes, bytes]:
@@ -63,9 +63,9 @@ def sack_edges(buf: bytes | bytearray, f: TcpFrame) -> list[int]:
     end = f.payload
     while i < end:
         kind = buf[i]
-        if kind == 0:
+        if kind == TCPOPT_EOL:
             break
-        if kind == 1:
+        if kind == TCPOPT_NOP:
             i += 1
             continue
         if i + 1 >= end:
@@ -73,7 +73,7 @@ def sack_edges(buf: bytes | bytearray, f: TcpFrame) -> list[int]:
         length = buf[i + 1]
         if length < 2 or i + length > end:
             break
-        if kind == _SACK:
+        if kind == TCPOPT_SACK:
             j = i + 2
             while j + 8 <= i + length:
                 edges.append(j - f.tcp)

@@ -22,7 +22,7 @@ import ipaddress
 import struct
 from collections.abc import Sequence
 
-from normalizer.headers.base import HeaderError, NeedMore, ProxyHeader, Tlv
+from normalizer.headers.base import HeaderError, NeedMore, ProxyHeader, Tlv, split_tlvs
 
 DEFAULT_MAGIC = b"\x8aGW1\r\n\x1a\n"
 MAGIC_LEN = 8
@@ -76,16 +76,8 @@ def parse(buf: bytes, magic: bytes = DEFAULT_MAGIC) -> ProxyHeader | NeedMore:
 
 def _extensions(hdr: bytes, off: int) -> tuple[Tlv, ...]:
     """The extension TLVs, which must tile the area after the addresses exactly."""
-    out = []
-    while off < len(hdr):
-        if len(hdr) - off < 3:
-            raise HeaderError(f"custom header: truncated extension at offset {off}")
-        t, n = hdr[off], struct.unpack_from("!H", hdr, off + 1)[0]
-        if off + 3 + n > len(hdr):
-            raise HeaderError(f"custom header: extension 0x{t:02x} at offset {off} runs past end")
-        out.append(Tlv(t, hdr[off + 3 : off + 3 + n]))
-        off += 3 + n
-    return tuple(out)
+    walk = split_tlvs(hdr, off, "custom header", "extension", past="end")
+    return tuple(Tlv(t, hdr[at : at + n]) for t, at, n in walk)
 
 
 def build(

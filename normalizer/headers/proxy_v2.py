@@ -30,7 +30,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from normalizer.headers.base import HeaderError, NeedMore, ProxyHeader, Tlv
+from normalizer.headers.base import HeaderError, NeedMore, ProxyHeader, Tlv, split_tlvs
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 FIXED_LEN = 16
@@ -152,21 +152,6 @@ def _addresses(hdr: bytes, family: str) -> tuple[str, str, int | None, int | Non
     return str(ip(hdr[o : o + size])), str(ip(hdr[o + size : o + 2 * size])), sport, dport
 
 
-def _split_tlvs(data: bytes, start: int, what: str) -> list[tuple[int, int, int]]:
-    """(type, value offset, value length) of TLVs tiling ``data[start:]`` exactly."""
-    out = []
-    off = start
-    while off < len(data):
-        if len(data) - off < 3:
-            raise HeaderError(f"PROXY v2: truncated {what} at offset {off}")
-        t, n = data[off], struct.unpack_from("!H", data, off + 1)[0]
-        if off + 3 + n > len(data):
-            raise HeaderError(f"PROXY v2: {what} 0x{t:02x} at offset {off} runs past the end")
-        out.append((t, off + 3, n))
-        off += 3 + n
-    return out
-
-
 def _text(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
 
@@ -174,7 +159,7 @@ def _text(value: bytes) -> str:
 def _decode_tlvs(hdr: bytes, start: int) -> tuple[tuple[Tlv, ...], dict[str, Any]]:
     fields: dict[str, Any] = {}
     tlvs = []
-    for t, off, n in _split_tlvs(hdr, start, "TLV"):
+    for t, off, n in split_tlvs(hdr, start, "PROXY v2", "TLV"):
         value = hdr[off : off + n]
         tlvs.append(Tlv(t, value))
         if t in _STRING_TLVS:
@@ -204,7 +189,7 @@ def _decode_ssl(value: bytes) -> dict[str, Any]:
         raise HeaderError(f"PROXY v2: SSL TLV of {len(value)} bytes, need at least 5")
     client, verify = struct.unpack_from("!BI", value)
     ssl: dict[str, Any] = {"client": client, "verify": verify}
-    for t, off, n in _split_tlvs(value, 5, "SSL sub-TLV"):
+    for t, off, n in split_tlvs(value, 5, "PROXY v2", "SSL sub-TLV"):
         if t in _SSL_SUBTYPES:
             ssl.setdefault(_SSL_SUBTYPES[t], _text(value[off : off + n]))
     return ssl

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from normalizer.conn_cache import ConnectionCache
-from normalizer.engine import HeaderEvent
+from normalizer.events import HeaderEvent
 from normalizer.headers import proxy_v1, proxy_v2
 from normalizer.headers.base import NeedMore, ProxyHeader, Tlv
 

@@ -17,7 +17,7 @@ from eve_enricher.enrich import Connection
 from normalizer.checksum import adjust16
 from normalizer.cli import main
 from normalizer.conn_cache import CacheError, CacheSink, ConnectionCache
-from normalizer.engine import HeaderEvent
+from normalizer.events import HeaderEvent
 from normalizer.headers import proxy_v2
 from normalizer.headers.base import HeaderError, ProxyHeader, Tlv
 from normalizer.options import Options

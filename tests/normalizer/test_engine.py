@@ -12,6 +12,8 @@ from scapy.layers.l2 import Ether
 from normalizer.engine import Normalizer
 from normalizer.frame import locate_tcp
 from normalizer.headers import custom, proxy_v1, proxy_v2
+from normalizer.headers.base import ProxyHeader
+from normalizer.headers.detect import parse_header
 from normalizer.options import Options
 from tests.normalizer.packets import NS, PROXY4, Conv, assert_valid, client_stream
 
@@ -235,6 +237,8 @@ def test_hold_timeout_releases_untouched() -> None:
         eng.feed(fr, 0)
     assert eng.drain() == []
     assert eng.held_packets == 4
+    assert eng.counters.unaccounted(eng.held_packets) == 0
+    assert eng.counters.unaccounted(0) == 4  # held packets are neither out nor dropped
     eng.tick(2 * NS)
     assert [bytes(f) for _t, f in eng.drain()] == frames
     assert eng.counters.hold_timeout == 1
@@ -255,7 +259,7 @@ def test_midstream_policy(policy: str, forwarded: int) -> None:
     frames = [c.seg(True, 0, 0, V1 + REQ, "PA"), c.seg(False, 0, 10, RESP, "PA")]
     out, eng = run(frames, midstream=policy)
     assert len(out) == forwarded
-    assert eng.counters.packets_in == eng.counters.packets_out + eng.counters.packets_dropped
+    assert eng.counters.unaccounted(eng.held_packets) == 0
 
 
 def test_flows_expire_when_idle() -> None:
@@ -357,3 +361,55 @@ def test_header_in_a_tcp_fast_open_syn() -> None:
     restored, _eng = run(frames, restore_addresses=True)
     syn = Ether(restored[0])
     assert (syn[IP].src, syn[TCP].flags, len(syn[TCP].payload)) == ("203.0.113.7", "S", 0)
+
+
+def test_next_deadline_is_none_without_flows_and_follows_the_hold() -> None:
+    c = Conv()
+    eng = Normalizer(Options(proxies=(f"{PROXY4}/32",), pending_timeout=1.0, idle_timeout=10))
+    assert eng.next_deadline() is None
+    t0 = 5 * NS
+    for fr in c.handshake() + [c.seg(True, 0, 0, V2[:10], "PA")]:
+        eng.feed(fr, t0)
+    due = eng.next_deadline()
+    assert due is not None and due <= t0 + NS + 1
+    eng.tick(t0 + NS)  # not yet: the hold timeout is strict
+    assert eng.held_packets == 4 and eng.counters.hold_timeout == 0
+    assert eng.next_deadline() == t0 + NS + 1  # exact after a sweep
+    eng.tick(t0 + NS + 1)
+    assert eng.held_packets == 0 and eng.counters.hold_timeout == 1
+    assert eng.next_deadline() == t0 + 10 * NS + 1  # now only the idle expiry is due
+    eng.tick(t0 + 10 * NS + 1)
+    assert len(eng.table) == 0 and eng.counters.flows_expired == 1
+    assert eng.next_deadline() is None
+
+
+def test_next_deadline_of_a_closed_flow_is_the_closed_timeout() -> None:
+    c = Conv()
+    eng = Normalizer(Options(proxies=(f"{PROXY4}/32",), closed_timeout=2.0, idle_timeout=60))
+    frames = conversation(c, V1, coalesce=True)
+    for i, fr in enumerate(frames):
+        eng.feed(fr, i)
+    closed_at = len(frames) - 2  # the second FIN
+    due = eng.next_deadline()
+    assert due is not None and due <= closed_at + 2 * NS + 1
+    eng.tick(closed_at + 2 * NS)
+    assert len(eng.table) == 1
+    assert eng.next_deadline() == closed_at + 2 * NS + 1
+    eng.tick(closed_at + 2 * NS + 1)
+    assert len(eng.table) == 0 and eng.counters.flows_expired == 1
+
+
+def test_next_deadline_never_later_than_a_due_expiry() -> None:
+    """Between sweeps the bound may be early but never late: ticking at it finds every flow
+    that is due, for flows opened, closed and resumed after the last sweep."""
+    eng = Normalizer(Options(proxies=(f"{PROXY4}/32",), pending_timeout=3.0, idle_timeout=4))
+    eng.tick(0)
+    eng.feed(Conv(cport=1000).handshake()[0], 100)
+    header = parse_header(V1, Options().header_kinds, Options().custom_magic)
+    assert isinstance(header, ProxyHeader)
+    assert eng.resume(("192.0.2.1", 2000), ("192.0.2.2", 80), b"", 7, header, 50)
+    due = eng.next_deadline()
+    assert due is not None and due <= 100 + 3 * NS + 1
+    eng.tick(100 + 3 * NS + 1)
+    assert eng.counters.hold_timeout == 1
+    assert eng.next_deadline() == 50 + 4 * NS + 1
