@@ -245,7 +245,7 @@ def test_protected_traffic_flows_through_the_appliance(run: Run) -> None:
 
 
 def _alerts(run: Run, eni: str) -> list[Event]:
-    return [e for e in run.enriched if e["event_type"] == "alert" and e["tunnel"]["eni_id"] == eni]
+    return [e for e in run.enriched if e["event_type"] == "alert" and e["encapsulation"]["eni_id"] == eni]
 
 
 def test_suricata_on_the_tap_alerts_like_the_unencapsulated_traffic(run: Run) -> None:
@@ -261,7 +261,7 @@ def test_every_enriched_alert_names_its_endpoint(run: Run) -> None:
     alerts = [e for e in run.enriched if e["event_type"] == "alert"]
     assert len(alerts) == 2 * expected_alerts(False).total()
     for e in alerts:
-        t = e["tunnel"]
+        t = e["encapsulation"]
         assert (t["type"], t["attachment_id"]) == ("geneve", ATTACHMENT_ID.hex()), e
         assert t["eni_id"] in (ENI_A, ENI_C) and t["vlan"] == e["vlan"][0]
         assert t["outer"]["src_ip"] == BALANCER and t["outer"]["dest_ip"] == APPLIANCE
@@ -276,7 +276,7 @@ def test_mirrored_vxlan_inside_geneve_is_inspected_through_both_layers(run: Run)
     assert alerts_by_sid(alerts) == expected_alerts(False)
     assert len({e["vlan"][0] for e in alerts} | {e["vlan"][0] for e in _alerts(run, ENI_A)}) == 2
     for e in alerts:
-        m = e["tunnel"]["mirror"]
+        m = e["encapsulation"]["mirror"]
         assert (m["type"], m["vni"]) == ("vxlan", MIRROR_VNI), e
         assert (m["outer"]["src_ip"], m["outer"]["dest_ip"]) == (MIRROR_SOURCE, MIRROR_TARGET)
     assert run.counters["mirrored"] > 0
@@ -291,7 +291,7 @@ def test_equal_tuples_behind_two_endpoints_stay_two_flows(run: Run) -> None:
     ]
     assert len(flows) == 2, flows
     assert len({tuple(e["vlan"]) for e in flows}) == 2
-    assert {e["tunnel"]["eni_id"] for e in flows} == {ENI_A, ENI_B}
+    assert {e["encapsulation"]["eni_id"] for e in flows} == {ENI_A, ENI_B}
     for e in flows:
         assert e["flow"]["bytes_toclient"] > 32 * 1024 and e["flow"]["state"] == "closed", e
 
