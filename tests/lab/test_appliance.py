@@ -245,7 +245,11 @@ def test_protected_traffic_flows_through_the_appliance(run: Run) -> None:
 
 
 def _alerts(run: Run, eni: str) -> list[Event]:
-    return [e for e in run.enriched if e["event_type"] == "alert" and e["encapsulation"]["eni_id"] == eni]
+    return [
+        e
+        for e in run.enriched
+        if e["event_type"] == "alert" and e["encapsulation"]["eni_id"] == eni
+    ]
 
 
 def test_suricata_on_the_tap_alerts_like_the_unencapsulated_traffic(run: Run) -> None:
