@@ -1,7 +1,7 @@
-"""Builds the optional compiled packet path (normalizer/_fastpath.c); metadata is in pyproject.
+"""Builds the optional compiled packet path (normalizer/core/_fastpath.c); metadata is in pyproject.
 
 Why a custom build_ext: without a C compiler or Python's headers the package must still install
-and run on the pure-Python engine (normalizer/fastpath.py falls back and says so), so a failed
+and run on the pure-Python engine (normalizer/core/fastpath.py falls back and says so), so a failed
 compile is a warning, not an installation error.
 """
 
@@ -29,7 +29,7 @@ class OptionalBuildExt(build_ext):
     @staticmethod
     def _warn(exc: Exception) -> None:
         print(
-            f"WARNING: the compiled engine (normalizer._fastpath) was not built ({exc}); "
+            f"WARNING: the compiled engine (normalizer.core._fastpath) was not built ({exc}); "
             "suricata-normalizer will run on the pure-Python engine. Install gcc and "
             "python3-dev (scripts/setup.sh does) and reinstall to get it.",
             file=sys.stderr,
@@ -39,8 +39,8 @@ class OptionalBuildExt(build_ext):
 setup(
     ext_modules=[
         Extension(
-            "normalizer._fastpath",
-            sources=["normalizer/_fastpath.c"],
+            "normalizer.core._fastpath",
+            sources=["normalizer/core/_fastpath.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

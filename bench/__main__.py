@@ -22,9 +22,9 @@ from pathlib import Path
 from bench.scapy_baseline import scapy_normalize
 from bench.synth import write_pair
 from bench.timing import timed_child
-from normalizer.fastpath import compiled_available
-from normalizer.options import Options
-from normalizer.pcap_job import rewrite_file
+from normalizer.commands.rewrite import rewrite_file
+from normalizer.core.fastpath import compiled_available
+from normalizer.core.options import Options
 
 PROXY_CIDR = "192.0.2.1/32"
 
@@ -35,8 +35,8 @@ def bytes_per_flow(flows: int, engine: str = "python") -> float:
     import random
 
     from bench.synth import _connection
-    from normalizer.fastpath import make_engine
-    from normalizer.headers import proxy_v2
+    from normalizer.core.fastpath import make_engine
+    from normalizer.proxy_headers import proxy_v2
 
     rng = random.Random(7)
     hdr = proxy_v2.build(

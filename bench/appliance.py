@@ -91,8 +91,8 @@ def _send(batch: int, rounds: int) -> None:
 
 def _appliance(batch: int, rounds: int) -> None:
     """Appliance side: the real adapter's pieces, each stage timed on this thread's CPU clock."""
-    from normalizer.appliance_live import ApplianceLive, ApplianceSettings
-    from normalizer.options import Options
+    from normalizer.commands.appliance import ApplianceLive, ApplianceSettings
+    from normalizer.core.options import Options
 
     opts = Options(tunnel_peers=(f"{BALANCER}/32",), idle_timeout=350.0)
     app = ApplianceLive(ApplianceSettings(listen=APPLIANCE, tap=TAP), lambda: opts)
@@ -184,7 +184,7 @@ def measure(batch: int, rounds: int, cpu: int | None) -> dict[str, float]:
 def core_only(n: int = 20_000) -> float:
     """Microseconds per datagram of ``Appliance.receive`` alone (validate, build the return
     and the frame; no syscalls): what of the return path is Python rather than the kernel."""
-    from normalizer.appliance import Appliance
+    from normalizer.tunnels.appliance import Appliance
 
     pkts = datagrams(n)
     src = socket.inet_aton(BALANCER)

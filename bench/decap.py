@@ -21,10 +21,10 @@ from pathlib import Path
 
 from bench.synth import write_pair
 from bench.timing import timed_child
-from normalizer.encap import vxlan_frame
-from normalizer.options import Options
-from normalizer.pcap_io import CaptureReader, PcapWriter
-from normalizer.pcap_job import rewrite_file
+from normalizer.adapters.pcap_io import CaptureReader, PcapWriter
+from normalizer.commands.rewrite import rewrite_file
+from normalizer.core.options import Options
+from tests.encap import vxlan_frame
 
 PROXY_CIDR = "192.0.2.1/32"
 VNIS = (1001, 1002, 1003, 1004)

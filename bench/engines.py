@@ -31,9 +31,9 @@ from functools import partial
 from pathlib import Path
 
 from bench.synth import write_pair
-from normalizer.fastpath import compiled_available
-from normalizer.options import Options
-from normalizer.pcap_job import rewrite_file
+from normalizer.commands.rewrite import rewrite_file
+from normalizer.core.fastpath import compiled_available
+from normalizer.core.options import Options
 
 PROXY_CIDR = "192.0.2.1/32"
 PROFILES = {"short": (4, 24), "long": (150, 300)}

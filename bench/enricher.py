@@ -33,12 +33,12 @@ from bench.timing import timed_child
 from eve_enricher.lookup import CacheLookup, Matcher, TunnelMatcher
 from eve_enricher.runner import enrich_stream
 from eve_enricher.stream import LineEnricher
-from normalizer.conn_cache import ConnectionCache
-from normalizer.events import HeaderEvent
-from normalizer.headers import proxy_v2
-from normalizer.headers.base import NeedMore, Tlv
-from normalizer.options import Options
-from normalizer.pcap_job import rewrite_file
+from normalizer.cache.connections import ConnectionCache
+from normalizer.commands.rewrite import rewrite_file
+from normalizer.core.events import HeaderEvent
+from normalizer.core.options import Options
+from normalizer.proxy_headers import proxy_v2
+from normalizer.proxy_headers.base import NeedMore, Tlv
 
 T0 = 1_790_000_000.0
 PROXY, BACKEND = "192.0.2.1", ("192.0.2.2", 80)

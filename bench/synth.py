@@ -15,9 +15,9 @@ import random
 import struct
 from pathlib import Path
 
-from normalizer.checksum import checksum, pseudo_header_sum
-from normalizer.headers import proxy_v2
-from normalizer.pcap_io import PcapWriter
+from normalizer.adapters.pcap_io import PcapWriter
+from normalizer.core.checksum import checksum, pseudo_header_sum
+from normalizer.proxy_headers import proxy_v2
 
 PROXY = bytes([192, 0, 2, 1])
 BACKEND = bytes([192, 0, 2, 2])

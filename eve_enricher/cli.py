@@ -27,8 +27,8 @@ from eve_enricher.enrich import MODES
 from eve_enricher.follower import MAX_LINE, ChangeWaiter, FileFollower
 from eve_enricher.lookup import CacheLookup, Matcher, TunnelMatcher
 from eve_enricher.stream import LineEnricher, RejectSink
-from normalizer.conn_cache import CacheError, ConnectionCache
-from normalizer.journal import LOG_FORMATS, Log
+from normalizer.adapters.journal import LOG_FORMATS, Log
+from normalizer.cache.connections import CacheError, ConnectionCache
 
 PROG = "eve-enricher"
 STDIO = Path("-")

@@ -28,7 +28,7 @@ from eve_enricher.enrich import (
     event_time,
     reference_time,
 )
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 
 _MISSING = object()
 

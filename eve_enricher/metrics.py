@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from eve_enricher.enrich import eve_time
 from eve_enricher.follower import FileFollower
 from eve_enricher.stream import LineEnricher
-from normalizer.metrics import with_process_metrics
+from normalizer.adapters.metrics import with_process_metrics
 
 PREFIX = "eve_enricher"
 

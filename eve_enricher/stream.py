@@ -34,7 +34,7 @@ import orjson
 
 from eve_enricher.enrich import Event, Mode, Tuple4, apply, event_tuple, is_addr
 from eve_enricher.lookup import Matcher, TunnelMatcher
-from normalizer.conn_cache import CacheError
+from normalizer.cache.connections import CacheError
 
 # a reject record (one line, newline included) -> None
 RejectSink = Callable[[bytes], None]

@@ -28,7 +28,7 @@ from fuzz.findings import Findings, crash_class, stderr_class, traceback_head
 from fuzz.packets import config_toml
 from fuzz.scenarios import pick
 from fuzz.sources import Capture
-from normalizer.counters import Counters
+from normalizer.core.counters import Counters
 
 # (config lines, the key the error must name); each must exit 2
 BAD_CONFIGS: tuple[tuple[str, str], ...] = (

@@ -32,9 +32,9 @@ from eve_enricher.lookup import CacheLookup, Matcher, TunnelMatcher
 from eve_enricher.stream import LineEnricher
 from fuzz.findings import Findings, crash_class, traceback_head
 from fuzz.mutate import mutate
-from normalizer.conn_cache import ConnectionCache
-from normalizer.options import Options
-from normalizer.pcap_job import rewrite_file
+from normalizer.cache.connections import ConnectionCache
+from normalizer.commands.rewrite import rewrite_file
+from normalizer.core.options import Options
 
 VERSION = 2  # of the cached material; bump when what is cached changes
 

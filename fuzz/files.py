@@ -44,9 +44,9 @@ from fuzz.wire import (
     pcapng_shb,
     read_pcap,
 )
-from normalizer.conn_cache import ConnectionCache
-from normalizer.pcap_io import PcapError
-from normalizer.pcap_job import rewrite_file
+from normalizer.adapters.pcap_io import PcapError
+from normalizer.cache.connections import ConnectionCache
+from normalizer.commands.rewrite import rewrite_file
 
 OK, ERROR = "ok", "error"
 
@@ -411,7 +411,7 @@ def _first_difference(got: bytes | None, want: bytes) -> str:
 
 
 def _accepted(h: Hostile, run: Run, dst: Path, counters: object) -> list[tuple[str, str]]:
-    from normalizer.counters import Counters
+    from normalizer.core.counters import Counters
 
     assert isinstance(counters, Counters)
     problems = []

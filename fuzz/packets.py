@@ -4,7 +4,7 @@ Why in process: a run of a thousand frames costs milliseconds here and half a se
 start-up, and the million-packet default must fit in a few minutes on two shared cores. The
 adapters are exercised too, but fewer times (``fuzz.files``, ``fuzz.cli``).
 
-Counter accounting (normalizer/counters.py), checked after ``flush``:
+Counter accounting (normalizer/core/counters.py), checked after ``flush``:
 
 * nothing is still held: ``Normalizer.held_packets == 0`` (and no outer fragment is held);
 * ``packets_in == packets_out + packets_dropped`` (dropped: header-only segments, midstream);
@@ -28,11 +28,11 @@ from fuzz.findings import crash_class, traceback_head
 from fuzz.oracle import Nets, Oracle, subsequence_gap, without_checksums
 from fuzz.sources import ALT_MAGIC
 from fuzz.wire import GENEVE_PORT, VXLAN_PORT, Record, decode, pcap_bytes
-from normalizer.conn_cache import ConnectionCache
-from normalizer.counters import Counters
-from normalizer.headers.custom import DEFAULT_MAGIC
-from normalizer.options import Options
-from normalizer.pipeline import Pipeline
+from normalizer.cache.connections import ConnectionCache
+from normalizer.core.counters import Counters
+from normalizer.core.options import Options
+from normalizer.core.pipeline import Pipeline
+from normalizer.proxy_headers.custom import DEFAULT_MAGIC
 
 _IP_FAMILIES = ("TCP4", "TCP6", "UDP4", "UDP6")
 HAS_PEERS = "tunnel_peers" in {f.name for f in fields(Options)}
@@ -73,7 +73,7 @@ class Run:
 def make_options(
     rng: random.Random, proxies: tuple[str, ...], peers: tuple[str, ...], decap: bool
 ) -> Options:
-    from normalizer.headers.detect import ALL_KINDS, HeaderKind
+    from normalizer.proxy_headers.detect import ALL_KINDS, HeaderKind
 
     kinds = ALL_KINDS
     if rng.random() < 0.2:

@@ -15,8 +15,8 @@ from fuzz.files import Hostile, check_file
 from fuzz.findings import crash_class
 from fuzz.packets import Run, execute
 from fuzz.wire import read_pcap
-from normalizer.config import build_options, load_file
-from normalizer.conn_cache import ConnectionCache
+from normalizer.adapters.config import build_options, load_file
+from normalizer.cache.connections import ConnectionCache
 
 
 def replay(d: Path, work: Path, eve_db: Path | None) -> list[str]:

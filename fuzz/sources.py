@@ -34,9 +34,9 @@ from fuzz.wire import (
     tcp_frame,
     udp_frame,
 )
-from normalizer.encap import fragment
-from normalizer.headers import custom, proxy_v1, proxy_v2
-from normalizer.headers.base import Tlv
+from normalizer.proxy_headers import custom, proxy_v1, proxy_v2
+from normalizer.proxy_headers.base import Tlv
+from tests.encap import fragment
 
 PROXIES = ("192.0.2.1/32", "2001:db8:b::1/128")
 ALT_MAGIC = b"\x8aFZ1\r\n\x1a\n"  # a deployment's own gateway-header magic (custom_magic)

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from normalizer.checksum import checksum, pseudo_header_sum
+from normalizer.core.checksum import checksum, pseudo_header_sum
 
 MACS = bytes.fromhex("020000000002020000000001")
 ETH_IPV4 = b"\x08\x00"

@@ -15,17 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from normalizer import reference_gateway
-from normalizer import suricata_config_command as suricata_config
-from normalizer.appliance import IDLE_TIMEOUT
-from normalizer.config import ConfigError, build_options, load_file
-from normalizer.conn_cache import CacheError, CacheSink, ConnectionCache
-from normalizer.counters import Counters
-from normalizer.fastpath import ENGINES, compiled_available, resolve_engine
-from normalizer.journal import LOG_FORMATS, Log
-from normalizer.pcap_io import FORMATS, PcapError, format_for
-from normalizer.pcap_job import STDIO, print_progress, rewrite_file, summary, write_text
-from normalizer.rulecheck import command as rulecheck_command
+from normalizer.adapters.config import ConfigError, build_options, load_file
+from normalizer.adapters.journal import LOG_FORMATS, Log
+from normalizer.adapters.pcap_io import FORMATS, PcapError, format_for
+from normalizer.cache.connections import CacheError, CacheSink, ConnectionCache
+from normalizer.commands.reference_gateway import options as reference_gateway
+from normalizer.commands.rewrite import STDIO, print_progress, rewrite_file, summary, write_text
+from normalizer.commands.rulecheck import command as rulecheck_command
+from normalizer.commands.suricata_config import command as suricata_config
+from normalizer.core.counters import Counters
+from normalizer.core.fastpath import ENGINES, compiled_available, resolve_engine
+from normalizer.tunnels.appliance import IDLE_TIMEOUT
 
 _TAP_MAX_MTU = 65521  # tap.MAX_MTU, without importing the live adapters for ``rewrite``
 
@@ -362,7 +362,7 @@ def _rewrite(args: argparse.Namespace) -> int:
     if args.flows_json is not None or (
         not args.quiet and not sum(counters.headers_stripped.values()) and args.input != STDIO
     ):
-        from normalizer import flows_report
+        from normalizer.commands import flows as flows_report
 
         report = flows_report.explain(args.input, options, on_error=lambda exc: None)
         if not args.quiet:
@@ -383,7 +383,7 @@ def _rewrite(args: argparse.Namespace) -> int:
 
 
 def _flows(args: argparse.Namespace) -> int:
-    from normalizer import flows_report
+    from normalizer.commands import flows as flows_report
 
     options = _options(args)
     errors: list[PcapError] = []
@@ -423,7 +423,7 @@ def cache_summary(sink: CacheSink) -> str:
 
 
 def _live(args: argparse.Namespace) -> int:
-    from normalizer.live import LiveNormalizer, LiveSettings, live_summary
+    from normalizer.commands.live import LiveNormalizer, LiveSettings, live_summary
 
     _options(args)  # config errors surface before any device is touched
     settings = LiveSettings(
@@ -456,7 +456,7 @@ def _live(args: argparse.Namespace) -> int:
 
 
 def _appliance(args: argparse.Namespace) -> int:
-    from normalizer.appliance_live import (
+    from normalizer.commands.appliance import (
         ApplianceLive,
         ApplianceSettings,
         appliance_summary,

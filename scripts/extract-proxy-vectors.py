@@ -5,8 +5,8 @@ Why: our v1/v2 codecs decide which bytes are cut from a stream Suricata inspects
 implementations' tests encode years of bug reports; running their vectors through our codecs,
 next to an independent reading of the spec, shows where we agree, where the spec lets a
 receiver choose, and where we would be wrong. The tests cannot reach the network, so this
-script writes the vectors as data (tests/normalizer/headers/conformance/vectors.json); the test
-reads only that file.
+script writes the vectors as data
+(tests/normalizer/proxy_headers/conformance/vectors.json); the test reads only that file.
 
 Sources (each a git mirror as the search tool's ``fetch`` leaves it, read with ``git show``, no
 work tree needed)::
@@ -52,11 +52,11 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from normalizer.headers.base import HeaderError, NeedMore, ProxyHeader  # noqa: E402
-from normalizer.headers.detect import HeaderKind, parse_header  # noqa: E402
-from tests.normalizer.headers.conformance.spec import spec_verdict  # noqa: E402
+from normalizer.proxy_headers.base import HeaderError, NeedMore, ProxyHeader  # noqa: E402
+from normalizer.proxy_headers.detect import HeaderKind, parse_header  # noqa: E402
+from tests.normalizer.proxy_headers.conformance.spec import spec_verdict  # noqa: E402
 
-OUT = REPO_ROOT / "tests/normalizer/headers/conformance/vectors.json"
+OUT = REPO_ROOT / "tests/normalizer/proxy_headers/conformance/vectors.json"
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 TXREQ = b"GET / HTTP/1.1\r\n\r\n"  # what a vtc ``txreq`` sends first (the rest does not matter)
 

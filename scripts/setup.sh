@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BPO=/etc/apt/sources.list.d/bookworm-backports.sources
-# gcc + python3-dev: the compiled engine (normalizer/_fastpath.c), built by pip install.
+# gcc + python3-dev: the compiled engine (normalizer/core/_fastpath.c), built by pip install.
 APT_PKGS=(suricata tcpdump haproxy nginx-light libnginx-mod-stream curl iproute2 nftables tcpreplay procps kmod ethtool openssl
   gcc python3-dev
   debootstrap systemd-container)  # the last two: the real-systemd test (tests/lab/systemd_lab.py)

@@ -11,8 +11,8 @@ import random
 import struct
 
 from bench.synth import _connection
-from normalizer.frame import locate_tcp
-from normalizer.headers import proxy_v2
+from normalizer.core.frame import locate_tcp
+from normalizer.proxy_headers import proxy_v2
 
 
 def _timestamps(frame: bytes) -> tuple[int, int, bool, int]:

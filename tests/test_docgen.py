@@ -1,5 +1,5 @@
 """The committed man pages and completions are what the argparse parsers generate now
-(regenerate with ``python -m normalizer.docgen``), and they name every subcommand."""
+(regenerate with ``python -m normalizer.commands.docgen``), and they name every subcommand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("shtab", reason="docgen needs shtab (dev extra)")
 pytest.importorskip("build_manpages", reason="docgen needs argparse-manpage (dev extra)")
 
-from normalizer import docgen
+from normalizer.commands import docgen
 
 
 def test_generated_files_are_current() -> None:
@@ -17,7 +17,7 @@ def test_generated_files_are_current() -> None:
         for p, text in docgen.generate().items()
         if not p.is_file() or p.read_text() != text
     ]
-    assert not stale, f"stale, run python -m normalizer.docgen: {stale}"
+    assert not stale, f"stale, run python -m normalizer.commands.docgen: {stale}"
 
 
 def test_every_subcommand_is_documented() -> None:

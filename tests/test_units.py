@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from normalizer.config import build_options, load_file
+from normalizer.adapters.config import build_options, load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "suricata" / "systemd"

@@ -1,6 +1,6 @@
 """The built wheel, installed into a fresh venv outside the repository, runs every command from
 /tmp: what they default to (rules, the capture corpus, units, schema, man pages, completions)
-comes with it and is found through the data directory (normalizer/datadir.py).
+comes with it and is found through the data directory (normalizer/adapters/datadir.py).
 
 Needs pip and the package index (dependencies are installed from it): marked ``network``.
 """

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.eve_enricher.schema import schema_errors
 from tests.lab.suricata_run import run_suricata
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 
-from normalizer.conn_cache import ConnectionCache
-from normalizer.events import HeaderEvent
-from normalizer.headers import proxy_v1, proxy_v2
-from normalizer.headers.base import NeedMore, ProxyHeader, Tlv
+from normalizer.cache.connections import ConnectionCache
+from normalizer.core.events import HeaderEvent
+from normalizer.proxy_headers import proxy_v1, proxy_v2
+from normalizer.proxy_headers.base import NeedMore, ProxyHeader, Tlv
 
 T0 = 1_700_000_000.0  # 2023-11-14: old enough that nothing ever waits for a row
 PROXY = ("192.0.2.1", 40000)  # wire: proxy side (first port)

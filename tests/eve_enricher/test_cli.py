@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from eve_enricher.cli import main
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.eve_enricher.helpers import (
     BACKEND,
     CLIENT,

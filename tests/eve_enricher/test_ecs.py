@@ -27,7 +27,7 @@ import yaml
 from eve_enricher.enrich import Mode
 from eve_enricher.lookup import CacheLookup, Matcher
 from eve_enricher.stream import LineEnricher
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.eve_enricher.helpers import BACKEND, CLIENT, PROXY, TARGET, alert, event, line
 
 ROOT = Path(__file__).resolve().parents[2]

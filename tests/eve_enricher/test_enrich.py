@@ -13,8 +13,8 @@ from eve_enricher.community_id import community_id
 from eve_enricher.enrich import Connection, apply, enrich, eve_addr
 from eve_enricher.lookup import CacheLookup, Matcher
 from eve_enricher.stream import LineEnricher
-from normalizer.conn_cache import ConnectionCache
-from normalizer.headers.base import Tlv
+from normalizer.cache.connections import ConnectionCache
+from normalizer.proxy_headers.base import Tlv
 from tests.eve_enricher.helpers import (
     BACKEND,
     CLIENT,

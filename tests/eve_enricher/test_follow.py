@@ -19,7 +19,7 @@ from eve_enricher.checkpoint import DurableAppender
 from eve_enricher.follower import FileFollower, Line, Position
 from eve_enricher.lookup import CacheLookup, Matcher
 from eve_enricher.stream import LineEnricher, RejectSink
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.eve_enricher.writer import eve_line
 
 ROOT = Path(__file__).resolve().parents[2]

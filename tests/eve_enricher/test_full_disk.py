@@ -21,7 +21,7 @@ from eve_enricher import runner
 from eve_enricher.cli import main
 from eve_enricher.lookup import CacheLookup, Matcher
 from eve_enricher.stream import LineEnricher, RejectSink
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.eve_enricher.helpers import BACKEND, PROXY, event, line
 
 pytestmark = pytest.mark.root

@@ -19,7 +19,7 @@ from eve_enricher import runner
 from eve_enricher.cli import main
 from eve_enricher.lookup import CacheLookup, Matcher, TunnelMatcher
 from eve_enricher.stream import LineEnricher
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.eve_enricher.helpers import BACKEND, CLIENT, PROXY, alert, event, line
 
 

@@ -18,7 +18,7 @@ from eve_enricher.community_id import community_id
 from eve_enricher.enrich import Mode
 from eve_enricher.lookup import CacheLookup, Matcher
 from eve_enricher.stream import LineEnricher, splice
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.eve_enricher.helpers import BACKEND, CLIENT, PROXY, TARGET, alert, event, line
 from tests.eve_enricher.schema import extension, schema_errors, suricata_properties
 

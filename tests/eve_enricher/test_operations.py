@@ -19,7 +19,7 @@ from eve_enricher.cli import version
 from eve_enricher.follower import ChangeWaiter, FileFollower
 from eve_enricher.lookup import CacheLookup, Matcher
 from eve_enricher.stream import LineEnricher, RejectSink
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.eve_enricher.helpers import BACKEND, CLIENT, PROXY, T0, event, line, record, v2_header
 
 ROOT = Path(__file__).resolve().parents[2]

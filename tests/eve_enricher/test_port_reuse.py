@@ -11,7 +11,7 @@ from pathlib import Path
 
 from eve_enricher.enrich import enrich
 from eve_enricher.lookup import CacheLookup
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.eve_enricher.helpers import (
     BACKEND,
     CLIENT,

@@ -9,15 +9,16 @@ from pathlib import Path
 import orjson
 
 from eve_enricher.cli import main
-from normalizer import encap, geneve
-from normalizer.conn_cache import ConnectionCache
-from normalizer.options import Options
-from normalizer.pcap_job import rewrite_file
-from normalizer.tunnel_flows import TunnelFlow
+from normalizer.cache.connections import ConnectionCache
+from normalizer.commands.rewrite import rewrite_file
+from normalizer.core.options import Options
+from normalizer.tunnels import geneve
+from normalizer.tunnels.flows import TunnelFlow
+from tests import encap
 from tests.eve_enricher.helpers import T0, alert, eve_ts, event, line
+from tests.normalizer.core.test_engine import V2, conversation
+from tests.normalizer.core.test_pipeline_tunnels import _write
 from tests.normalizer.packets import PROXY4, Conv
-from tests.normalizer.test_engine import V2, conversation
-from tests.normalizer.test_tunnel_pipeline import _write
 
 OUTER = ("10.9.0.1", "10.9.0.2")
 AWS = geneve.aws_options(bytes.fromhex("0a1b2c3d4e5f6071"), bytes(8), b"\xca\xfe\xf0\x0d")

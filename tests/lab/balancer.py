@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from normalizer import geneve
+from normalizer.tunnels import geneve
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from normalizer import encap
-from normalizer.headers import proxy_v2
-from normalizer.pcap_io import PcapWriter
+from normalizer.adapters.pcap_io import PcapWriter
+from normalizer.proxy_headers import proxy_v2
+from tests import encap
 from tests.lab.live_demo import NORMALIZER, TAP, start_live, stop_live
 from tests.lab.netlab import DECOY, GATEWAY_BACK, Lab
+from tests.normalizer.core.test_engine import V2, conversation
 from tests.normalizer.packets import Conv
-from tests.normalizer.test_engine import V2, conversation
 
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from normalizer.conn_cache import ConnectionCache
+from normalizer.cache.connections import ConnectionCache
 from tests.lab import tunnel_lab
 from tests.lab.netlab import LabError
 from tests.lab.suricata_run import (

@@ -14,7 +14,7 @@ unencapsulated reference, each ``vx<vni>`` on the decoy side.
 ``record_proxied`` puts HAProxy (``send-proxy-v2``) in front of the decoy inside ``client<vni>``:
 a proxy bridge mirrored through VXLAN. ``geneve_wrap`` is the userspace GENEVE encapsulator
 (this kernel has no geneve module); it is written from RFC 8926 here rather than with the
-package's own ``normalizer.encap`` so a misreading of the layout cannot hide in both.
+package's own ``tests.encap`` so a misreading of the layout cannot hide in both.
 """
 
 from __future__ import annotations

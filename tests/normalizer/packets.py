@@ -13,8 +13,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet
 
-from normalizer.frame import locate_tcp
-from normalizer.tcp_edit import ipv4_checksum_valid, tcp_checksum_valid
+from normalizer.core.frame import locate_tcp
+from normalizer.core.tcp_edit import ipv4_checksum_valid, tcp_checksum_valid
 
 PROXY4 = "192.0.2.1"
 BACKEND4 = "192.0.2.2"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from normalizer.adapters.pcap_io import CaptureReader, PcapWriter
 from normalizer.cli import main
-from normalizer.headers import proxy_v1
-from normalizer.pcap_io import CaptureReader, PcapWriter
+from normalizer.proxy_headers import proxy_v1
 from tests.normalizer.packets import Conv
 
 REQ = b"GET / HTTP/1.1\r\n\r\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from normalizer.rulecheck import DEFAULT_CORPUS
+from normalizer.commands.rulecheck import DEFAULT_CORPUS
 
 needs_suricata = pytest.mark.skipif(
     shutil.which("suricata") is None, reason="suricata not installed (run scripts/setup.sh)"

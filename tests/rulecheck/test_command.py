@@ -10,7 +10,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from normalizer.rulecheck import DEFAULT_RULES
+from normalizer.commands.rulecheck import DEFAULT_RULES
 from tests.rulecheck.conftest import SAMPLE, needs_suricata
 
 NIKTO = 'http.user_agent; content:"Nikto";'

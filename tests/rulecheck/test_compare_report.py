@@ -5,13 +5,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from normalizer.rulecheck import DEFAULT_RULES, junit
-from normalizer.rulecheck.compare import compare, fired_alerts
-from normalizer.rulecheck.discover import Target, discover
-from normalizer.rulecheck.harness import CaseResult
-from normalizer.rulecheck.manifest import AlertKey
-from normalizer.rulecheck.report import render
-from normalizer.rulecheck.rules import parse_rules
+from normalizer.commands.rulecheck import DEFAULT_RULES, junit
+from normalizer.commands.rulecheck.compare import compare, fired_alerts
+from normalizer.commands.rulecheck.discover import Target, discover
+from normalizer.commands.rulecheck.harness import CaseResult
+from normalizer.commands.rulecheck.manifest import AlertKey
+from normalizer.commands.rulecheck.report import render
+from normalizer.commands.rulecheck.rules import parse_rules
 
 A = AlertKey(9100001, "198.51.100.10", "198.51.100.1")
 B = AlertKey(9100002, "198.51.100.10", "198.51.100.1")

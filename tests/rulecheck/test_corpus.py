@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from normalizer.rulecheck import DEFAULT_CORPUS, DEFAULT_RULES
-from normalizer.rulecheck.discover import Target, discover
-from normalizer.rulecheck.harness import run_case
-from normalizer.rulecheck.report import details
-from normalizer.rulecheck.rules import parse_rules
-from normalizer.rulecheck.suricata import bundle_rules
+from normalizer.commands.rulecheck import DEFAULT_CORPUS, DEFAULT_RULES
+from normalizer.commands.rulecheck.discover import Target, discover
+from normalizer.commands.rulecheck.harness import run_case
+from normalizer.commands.rulecheck.report import details
+from normalizer.commands.rulecheck.rules import parse_rules
+from normalizer.commands.rulecheck.suricata import bundle_rules
 from tests.rulecheck.conftest import needs_suricata
 
 TARGETS = discover([DEFAULT_CORPUS])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from normalizer.rulecheck.manifest import AlertKey, ManifestError, load_manifest
+from normalizer.commands.rulecheck.manifest import AlertKey, ManifestError, load_manifest
 
 GOOD = """
 proxies: [192.0.2.1/32]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from normalizer.rulecheck import DEFAULT_RULES
-from normalizer.rulecheck.rules import RuleError, logical_lines, parse_rules
-from normalizer.rulecheck.suricata import bundle_rules, log_rule_errors
+from normalizer.commands.rulecheck import DEFAULT_RULES
+from normalizer.commands.rulecheck.rules import RuleError, logical_lines, parse_rules
+from normalizer.commands.rulecheck.suricata import bundle_rules, log_rule_errors
 
 OK = 'alert http any any -> any any (msg:"ok"; content:"a"; sid:1; rev:1;)'
 

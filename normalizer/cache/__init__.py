@@ -1,0 +1,1 @@
+"""The SQLite connection cache shared with the eve enricher."""

@@ -1,0 +1,1 @@
+"""The commands: rewrite, live, appliance, test-rules, suricata-config, ..."""

@@ -1,0 +1,1 @@
+"""suricata_config."""

@@ -1,0 +1,1 @@
+"""Decapsulation in front of the core: VXLAN, GENEVE, fragments, tunnel references."""
