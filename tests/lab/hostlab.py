@@ -18,17 +18,13 @@ The capture point is the bridge device itself, one capture for every decoy.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import os
-import signal
-import subprocess
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.lab.netlab import LabError, run, stop
+from tests.lab.netlab import Lab, LabError, run
 
 ATTACKER = "198.51.100.10"
 FRONT = "198.51.100.1"  # the host's address the attacker connects to
@@ -43,24 +39,14 @@ def decoy_addr(i: int) -> str:
 
 
 @dataclass
-class HostLab:
-    """attacker -- host [gateways, br1] -- decoy0..decoyN-1 (and optionally a port gateway)."""
+class HostLab(Lab):
+    """attacker -- host [gateways, br1] -- decoy0..decoyN-1 (and optionally a port gateway).
+
+    Namespaces, processes, commands and clean-up are netlab.Lab's; only the topology differs.
+    """
 
     decoys: int = 2
     gateway_on_port: bool = False
-    ns: dict[str, str] = field(default_factory=dict)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def __enter__(self) -> HostLab:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def gateway_role(self) -> str:
@@ -118,50 +104,11 @@ class HostLab:
             time.sleep(0.1)
         raise LabError(f"links not up after {timeout}s: {self.ip('host', '-d', 'link')}")
 
-    # -- the same helpers as netlab.Lab ------------------------------------------------------
-
-    def cmd(self, role: str, *argv: str) -> list[str]:
-        return ["ip", "netns", "exec", self.ns[role], *argv]
-
-    def sh(self, role: str, *argv: str, check: bool = True, timeout: float = 60) -> str:
-        return run(self.cmd(role, *argv), check=check, timeout=timeout)
-
-    def ip(self, role: str, *argv: str) -> str:
-        return run(["ip", "-n", self.ns[role], *argv])
-
-    def spawn(self, role: str, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            p = subprocess.Popen(self.cmd(role, *argv), stdout=out, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
-
-    def wait_listen(self, role: str, port: int, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.sh(role, "ss", "-Hltn", f"sport = :{port}").strip():
-                return
-            time.sleep(0.05)
-        raise LabError(f"nothing listens on port {port} in {role} after {timeout}s")
-
     def offloads(self, role: str, dev: str) -> dict[str, str]:
         """``ethtool -k`` of a device: the test shows they really are on."""
         out = self.sh(role, "ethtool", "-k", dev)
         pairs = (ln.split(":", 1) for ln in out.splitlines() if ":" in ln)
         return {k.strip(): v.split()[0] for k, v in pairs if v.split()}
-
-    def stop_all(self) -> None:
-        for p in self.procs:
-            stop(p)
-        self.procs.clear()
-
-    def close(self) -> None:
-        self.stop_all()
-        for name in list(self.ns.values()):
-            for pid in run(["ip", "netns", "pids", name], check=False).split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            run(["ip", "netns", "del", name], check=False)
-        self.ns.clear()
 
 
 # -- the gateways and decoys of the host ------------------------------------------------------
@@ -210,23 +157,6 @@ def start_host_services(lab: HostLab, d: Path, headers: bool) -> dict[int, str]:
 OFFLOAD_SCENARIO = "host-offload"
 
 
-def _tcpdump(lab: HostLab, path: Path) -> subprocess.Popen[bytes]:
-    """tcpdump on the bridge device, as an operator on such a host would record."""
-    import selectors
-
-    argv = lab.cmd("host", "tcpdump", "-i", BRIDGE, "-nn", "-U", "--immediate-mode")
-    p = subprocess.Popen(
-        [*argv, "-w", str(path)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
-    )
-    assert p.stderr is not None
-    sel = selectors.DefaultSelector()
-    sel.register(p.stderr, selectors.EVENT_READ)
-    if not sel.select(timeout=10) or b"listening on" not in p.stderr.readline():
-        stop(p)
-        raise LabError("tcpdump did not start on the bridge")
-    return p
-
-
 def record_offload(outdir: Path) -> tuple[Path, Path]:
     """Raw and baseline captures of both gateways, recorded on the bridge with offloads on.
 
@@ -244,11 +174,9 @@ def record_offload(outdir: Path) -> tuple[Path, Path]:
         with HostLab(decoys=2) as lab:
             start_host_services(lab, work, headers)
             pcap = outdir / f"{name}.pcap"
-            dump = _tcpdump(lab, pcap)
-            for port in (HAPROXY_PORT, NGINX_PORT):
-                run_traffic(lab, work, url=f"http://{FRONT}:{port}")  # type: ignore[arg-type]
-            time.sleep(0.5)
-            dump.send_signal(signal.SIGINT)
-            dump.communicate(timeout=10)
+            with lab.capture(pcap, port=BRIDGE, role="host"):
+                for port in (HAPROXY_PORT, NGINX_PORT):
+                    run_traffic(lab, work, url=f"http://{FRONT}:{port}")
+                time.sleep(0.5)
         paths.append(pcap)
     return paths[0], paths[1]
