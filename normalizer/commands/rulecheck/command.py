@@ -37,14 +37,17 @@ def add_parser(sub: Any) -> None:
         nargs="*",
         type=Path,
         metavar="PCAP_OR_DIR",
-        help=f"captures (NAME.pcap beside NAME.yaml) or directories (default {DEFAULT_CORPUS})",
+        # No absolute path in help texts: man pages and completions are generated from them and
+        # must not depend on where the package was checked out or installed.
+        help="captures (NAME.pcap beside NAME.yaml) or directories (default: the shipped pcaps/"
+        " corpus)",
     )
     p.add_argument(
         "--rules",
         action="append",
         type=Path,
         metavar="FILE",
-        help=f"rule file (repeatable; default {DEFAULT_RULES})",
+        help="rule file (repeatable; default: the shipped suricata/rules/decoy.rules)",
     )
     p.add_argument(
         "--suricata-config", type=Path, metavar="FILE", help="suricata.yaml (default: Suricata's)"
