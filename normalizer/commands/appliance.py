@@ -44,7 +44,8 @@ from normalizer.adapters import sdnotify
 from normalizer.adapters.config import ConfigError
 from normalizer.adapters.tap import MAX_MTU, Tap
 from normalizer.cache.connections import ConnectionCache
-from normalizer.core.counters import Counters
+from normalizer.commands.live import report_once
+from normalizer.core.counters import sum_counters
 from normalizer.core.engine import Frame
 from normalizer.core.events import HeaderEvent
 from normalizer.core.frame import LINKTYPE_ETHERNET
@@ -173,15 +174,7 @@ class ApplianceLive:
             write(frame)
 
     def counters(self) -> dict[str, Any]:
-        total: dict[str, Any] = Counters().as_dict()
-        for part in [*self._retired, self.pipe.counters.as_dict()]:
-            for k, v in part.items():
-                if isinstance(v, dict):
-                    kinds = total[k]
-                    for kind, n in v.items():
-                        kinds[kind] = kinds.get(kind, 0) + n
-                else:
-                    total[k] = int(total.get(k, 0)) + int(str(v))
+        total: dict[str, Any] = sum_counters([*self._retired, self.pipe.counters.as_dict()])
         tap = self.tap.stats
         total.update(self.acounters.as_dict())
         total.update(
@@ -255,13 +248,7 @@ class ApplianceLive:
         self._forward(self.pipe.take())
 
     def _report(self, where: str, exc: Exception) -> None:
-        """Log each (place, exception type) once: a hostile flood must not flood the journal."""
-        kind = (where, type(exc).__name__)
-        if kind not in self._reported:
-            self._reported.add(kind)
-            print(
-                f"suricata-normalizer: {where} raised {kind[1]}: {exc} (counted)", file=sys.stderr
-            )
+        report_once(self._reported, where, exc)
 
     def _tick(self) -> None:
         self.pipe.tick(time.time_ns())

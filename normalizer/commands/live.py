@@ -59,7 +59,7 @@ from normalizer.adapters.journal import stderr_is_journal
 from normalizer.adapters.tap import MAX_MTU, Tap
 from normalizer.cache.connections import CacheSink, CacheStats, ConnectionCache
 from normalizer.commands.rewrite import write_text
-from normalizer.core.counters import Counters
+from normalizer.core.counters import sum_counters
 from normalizer.core.engine import Frame
 from normalizer.core.frame import LINKTYPE_ETHERNET
 from normalizer.core.options import Options
@@ -207,30 +207,11 @@ class LiveNormalizer:
             return self.pipe.engine.drain()
 
     def _report(self, where: str, exc: Exception) -> None:
-        """Log each (place, exception type) once, with where it was raised."""
-        kind = (where, type(exc).__name__)
-        if kind in self._kinds or len(self._kinds) >= 256:
-            return
-        self._kinds.add(kind)
-        tb = traceback.extract_tb(exc.__traceback__)
-        at = f" at {tb[-1].filename}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
-        _log(
-            f"suricata-normalizer: {where} raised {type(exc).__name__}: {exc}{at}; counted, "
-            "the traffic goes on (further ones of this kind are only counted)"
-        )
+        report_once(self._kinds, where, exc)
 
     def counters(self) -> dict[str, Any]:
         """Engine counters summed over reloads, plus capture, tap and cache counters."""
-        total = Counters().as_dict()
-        for part in [*self._retired, self.pipe.counters.as_dict()]:
-            for k, v in part.items():
-                if isinstance(v, dict):
-                    kinds = total[k]
-                    assert isinstance(kinds, dict)
-                    for kind, n in v.items():
-                        kinds[kind] = kinds.get(kind, 0) + n
-                else:
-                    total[k] = int(str(total.get(k, 0))) + int(v)
+        total: dict[str, Any] = sum_counters([*self._retired, self.pipe.counters.as_dict()])
         ring = self.capture.stats_acc
         tap = self.tap.stats
         total.update((self.sink.stats if self.sink else CacheStats()).as_dict())
@@ -446,6 +427,21 @@ class LiveNormalizer:
         self.tap.close()
         if self.cache is not None:
             self.cache.close()
+
+
+def report_once(kinds: set[tuple[str, str]], where: str, exc: Exception) -> None:
+    """Log each (place, exception type) once, with where it was raised: a hostile flood must not
+    flood the journal. ``kinds`` (at most 256) remembers what was logged."""
+    kind = (where, type(exc).__name__)
+    if kind in kinds or len(kinds) >= 256:
+        return
+    kinds.add(kind)
+    tb = traceback.extract_tb(exc.__traceback__)
+    at = f" at {tb[-1].filename}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
+    _log(
+        f"suricata-normalizer: {where} raised {type(exc).__name__}: {exc}{at}; counted, "
+        "the traffic goes on (further ones of this kind are only counted)"
+    )
 
 
 def _log(text: str) -> None:

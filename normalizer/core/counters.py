@@ -80,3 +80,19 @@ class Counters:
         d = asdict(self)
         d["packets_dropped"] = self.packets_dropped
         return d
+
+
+def sum_counters(parts: list[dict[str, object]]) -> dict[str, object]:
+    """Counter snapshots (``as_dict``) added up field by field, per-kind dicts by kind: what a
+    long-running adapter reports over engines replaced by reloads."""
+    total = Counters().as_dict()
+    for part in parts:
+        for k, v in part.items():
+            if isinstance(v, dict):
+                kinds = total[k]
+                assert isinstance(kinds, dict)
+                for kind, n in v.items():
+                    kinds[kind] = kinds.get(kind, 0) + n
+            else:
+                total[k] = int(str(total.get(k, 0))) + int(str(v))
+    return total
