@@ -12,9 +12,10 @@ test_fastpath.py compares them): same records, same original lengths of cut fram
 semantics: untouched or checksum-completed frames keep theirs), same errors after the same
 records (a record cut short, a length past 64 MiB, a timestamp past 2106: the checks of
 ``pcap_io.CaptureReader._iter_pcap``, which this must follow when they change). It applies to
-classic pcap files, without decapsulation and with checksums "keep" or "auto" (the core
-completes partial checksums as ``offload.ChecksumPolicy`` does); everything else takes the
-per-packet loop.
+classic pcap files with checksums "keep" or "auto" (the core completes partial checksums as
+``offload.ChecksumPolicy`` does), decapsulating too when the capture is Ethernet (the core
+opens tunnels itself and hands the rest to the Decapsulator: tunnels/compiled.py);
+everything else takes the per-packet loop.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from typing import Protocol
 from normalizer.adapters.pcap_io import PcapError
 from normalizer.core.counters import Counters
 from normalizer.core.fastpath import CompiledNormalizer, resolve_engine
-from normalizer.core.frame import SUPPORTED_LINKTYPES
+from normalizer.core.frame import LINKTYPE_ETHERNET, SUPPORTED_LINKTYPES
 from normalizer.core.options import Options
-from normalizer.core.pipeline import EventSink, ResumeSource
+from normalizer.core.pipeline import EventSink, ResumeSource, TunnelSink
 from normalizer.core.restore import output_linktype
+from normalizer.tunnels.compiled import CompiledDecap
+from normalizer.tunnels.decap import Decapsulator
+from normalizer.tunnels.flows import TunnelFlows
 
 _CHUNK = 1 << 20
 _BATCH = 4096  # records between hand-overs (events, then output), as pcap_job's loop
@@ -47,7 +51,7 @@ _MAGICS = {
 
 def applies(src: Path, options: Options) -> bool:
     """Whether ``rewrite_file`` can take this path for ``src``."""
-    if resolve_engine(options.engine) != "compiled" or options.decapsulate:
+    if resolve_engine(options.engine) != "compiled":
         return False
     if options.checksums not in ("keep", "auto"):
         return False
@@ -60,6 +64,8 @@ def applies(src: Path, options: Options) -> bool:
         return False
     big, _ = _MAGICS[head[:4]]
     linktype = struct.unpack((">" if big else "<") + "I", head[20:24])[0] & 0x0FFFFFFF
+    if options.decapsulate:
+        return bool(linktype == LINKTYPE_ETHERNET)
     return linktype in SUPPORTED_LINKTYPES
 
 
@@ -82,6 +88,7 @@ def run(
     size: int,
     on_events: EventSink | None,
     resume: ResumeSource | None,
+    on_tunnels: TunnelSink | None = None,
 ) -> tuple[Counters, PcapError | None]:
     """Read the pcap from ``fin`` (at its start), write the rebuilt one to ``out``; returns the
     counters and the PcapError that ended the input early, if one did (the records before it
@@ -97,10 +104,20 @@ def run(
     eng = CompiledNormalizer(options, linktype)
     auto = options.checksums == "auto"  # offload.ChecksumPolicy's "auto", done by the core
     eng.set_sink(pcap=True, nanosecond=nano)
+    # Decapsulation (Ethernet only, see applies): as Pipeline sets it up for the compiled core.
+    tunnels = None
+    cdecap = None
+    if options.decapsulate:
+        if on_tunnels is not None:
+            tunnels = TunnelFlows(options.max_flows, options.idle_timeout)
+        cdecap = CompiledDecap(eng, Decapsulator(options, linktype), tunnels, options)
     kept = completed = 0
     last_report = time.monotonic()
 
     def write_out() -> None:
+        if tunnels is not None and tunnels.pending:  # as Pipeline.take: rows, events, frames
+            assert on_tunnels is not None
+            on_tunnels(tunnels.drain())
         if eng.events:
             events = eng.drain_events()
             if on_events is not None:
@@ -155,9 +172,17 @@ def run(
         if progress is not None and time.monotonic() - last_report > 2:
             last_report = time.monotonic()
             progress(fin.tell(), size)
+    if cdecap is not None:  # Pipeline.flush: the decapsulator's held fragments first
+        k, done = cdecap.flush(auto)
+        kept += k
+        completed += done
+    if tunnels is not None:
+        tunnels.flush()
     eng.flush()
     write_out()
     c = eng.counters
+    if cdecap is not None:
+        cdecap.merge(c)
     if auto:
         c.checksum_completed, c.checksum_kept = completed, kept
     return c, error

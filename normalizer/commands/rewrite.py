@@ -185,7 +185,7 @@ def rewrite_file(
         if fmt == "pcap" and src != STDIO and pcap_batch.applies(src, options):
             # the compiled engine, whole chunks of pcap records per call
             counters, failure = pcap_batch.run(
-                fin, out, str(src), options, progress, size, on_events, resume
+                fin, out, str(src), options, progress, size, on_events, resume, on_tunnels
             )
             out.commit()
             if failure is not None:

@@ -101,6 +101,7 @@ typedef struct {
     int pcap_sink, sink_nano;
     uint8_t *sink;          /* pcap mode: the records written so far */
     Py_ssize_t sink_len, sink_cap, rec_at;
+    struct decap_state *decap; /* _decap.c: tunnels opened in C (set_decap), or NULL */
 } Engine;
 
 /* ---- small helpers ----------------------------------------------------------------------- */
@@ -1072,6 +1073,8 @@ static int feed_one(Engine *e, pkt *frame, int64_t ts) {
     return emit_pkt(e, ts, frame);
 }
 
+#include "_decap.c"
+
 /* ---- Python methods ---------------------------------------------------------------------- */
 
 static PyObject *Engine_feed(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
@@ -1136,6 +1139,14 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
             break;
         }
         pkt k = {NULL, buf + start, caplen, (int64_t)v[3]};
+        if (e->decap) { /* _decap.c: checksums then apply to the frames it hands on */
+            int r = decap_feed(e, &k, ts, autocs, &kept, &completed);
+            Py_XDECREF(k.obj);
+            pos = start + caplen;
+            count++;
+            if (r < 0) { err = 1; break; }
+            continue;
+        }
         if (autocs && looks_partial(k.p, k.n, e->linktype) &&
             verdict_partial(k.p, k.n, e->linktype)) {
             /* ChecksumPolicy "auto": a partial checksum, completed in full (frame.replaced: a
@@ -1247,7 +1258,7 @@ static PyObject *Engine_feed_block(Engine *e, PyObject *args) {
             }
         }
         int64_t ts = (int64_t)sec * NS + nsec;
-        int r = feed_one(e, &k, ts);
+        int r = e->decap ? decap_feed(e, &k, ts, 0, NULL, NULL) : feed_one(e, &k, ts);
         frames++;
         if (r < 0) {
             /* hand the exception and the frame to the caller, which forwards it untouched */
@@ -1404,7 +1415,7 @@ static int Engine_traverse(Engine *e, visitproc visit, void *arg) {
     Py_VISIT(e->header_cb);
     Py_VISIT(e->family_cb);
     Py_VISIT(e->untrusted_cb);
-    return 0;
+    return decap_traverse(e->decap, visit, arg);
 }
 
 static int Engine_clear(Engine *e) {
@@ -1413,6 +1424,7 @@ static int Engine_clear(Engine *e) {
     Py_CLEAR(e->family_cb);
     Py_CLEAR(e->untrusted_cb);
     Py_CLEAR(e->cur);
+    decap_clear(e->decap);
     return 0;
 }
 
@@ -1424,6 +1436,7 @@ static void Engine_dealloc(Engine *e) {
     PyMem_Free(e->trust4);
     PyMem_Free(e->trust6);
     PyMem_Free(e->sink);
+    decap_free(e->decap);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -1501,6 +1514,7 @@ static PyMethodDef Engine_methods[] = {
     {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "the counters this engine owns"},
     {"held_packets", (PyCFunction)Engine_held_packets, METH_NOARGS, "frames held"},
     {"next_deadline", (PyCFunction)Engine_next_deadline, METH_NOARGS, "next tick due (ns)"},
+    DECAP_METHODS
     {NULL, NULL, 0, NULL},
 };
 

@@ -113,6 +113,14 @@ class CompiledNormalizer:
         [Any, int, bool, int],
         tuple[int, int, int, int, int, int, tuple[int, int, bytes, Exception] | None],
     ]
+    # Decapsulation in C (_decap.c; normalizer/tunnels/compiled.py attaches and drives it).
+    set_decap: Callable[
+        [bytes, bytes, bytes, bytes, Callable[..., Any], Callable[[int], Any], Any, bool], None
+    ]
+    feed_outer: Callable[[bytes, int], None]
+    feed_released: Callable[[list[tuple[int, bytes, int]], bool], tuple[int, int]]
+    decap_sweep: Callable[[int], None]
+    decap_counters: Callable[[], dict[str, int]]
 
     def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:
         if _fastpath is None:
@@ -157,6 +165,11 @@ class CompiledNormalizer:
         self.feed_pcap = self._core.feed_pcap
         self.take_records = self._core.take_records
         self.feed_block = self._core.feed_block
+        self.set_decap = self._core.set_decap
+        self.feed_outer = self._core.feed_outer
+        self.feed_released = self._core.feed_released
+        self.decap_sweep = self._core.decap_sweep
+        self.decap_counters = self._core.decap_counters
 
     def set_sink(self, pcap: bool, nanosecond: bool = False) -> None:
         """pcap=True: every frame forwarded from now on is appended to ``take_records()`` as a

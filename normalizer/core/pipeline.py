@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Callable
-from dataclasses import fields
 
 from normalizer.adapters.afpacket import RingStats, first_timestamp, parse_block
 from normalizer.core.counters import Counters
@@ -21,6 +20,7 @@ from normalizer.core.frame import LINKTYPE_ETHERNET
 from normalizer.core.offload import ChecksumPolicy
 from normalizer.core.options import Options
 from normalizer.core.restore import output_linktype
+from normalizer.tunnels.compiled import TUNNEL_FIELDS, CompiledDecap
 from normalizer.tunnels.decap import Decapsulator, Out
 from normalizer.tunnels.flows import TunnelFlow, TunnelFlows
 from normalizer.tunnels.ref import TunnelRef
@@ -30,8 +30,6 @@ RingBuffer = bytes | bytearray | memoryview | mmap.mmap  # an AF_PACKET ring, or
 OnFailure = Callable[[int, bytes, Exception], None]  # (ts, frame, what it raised)
 # Given the first packet's time (epoch seconds), the flows to adopt from a previous run.
 ResumeSource = Callable[[float], list[Resumable]]
-# The counters the decapsulator owns.
-_TUNNEL_FIELDS = tuple(f.name for f in fields(Counters) if f.name.startswith("tunnel_"))
 # Rows of the cache's ``tunnels`` table (options.decapsulate): new inner flows, final last_seen.
 TunnelSink = Callable[[list[TunnelFlow]], object]
 
@@ -77,6 +75,17 @@ class Pipeline:
         # from then on its incremental updates are exact.
         self._checksums = ChecksumPolicy(mode, self.linktype) if mode != "keep" else None
         self._check = self._checksums.apply if self._checksums is not None else None
+        # The compiled engine opens the common tunnel packet itself (tunnels/compiled.py):
+        # outer Ethernet only, and no checksum policy but the core's own.
+        self._cdecap = None
+        eng = self.engine
+        if (
+            self.decap is not None
+            and isinstance(eng, CompiledNormalizer)
+            and linktype == LINKTYPE_ETHERNET
+            and self._check is None
+        ):
+            self._cdecap = CompiledDecap(eng, self.decap, self.tunnels, options)
 
     @property
     def counters(self) -> Counters:
@@ -85,9 +94,11 @@ class Pipeline:
             st = self._checksums.stats
             c.checksum_completed, c.checksum_kept = st.completed, st.kept
             c.checksum_unchecked = st.unchecked
-        if self.decap is not None:
+        if self._cdecap is not None:
+            self._cdecap.merge(c)
+        elif self.decap is not None:
             d = self.decap.counters
-            for name in _TUNNEL_FIELDS:
+            for name in TUNNEL_FIELDS:
                 setattr(c, name, getattr(d, name))
         return c
 
@@ -123,6 +134,8 @@ class Pipeline:
             if self._check is not None:
                 frame = self._check(frame)
             self.engine.feed(frame, ts)
+        elif self._cdecap is not None:
+            self._cdecap.engine.feed_outer(frame, ts)
         else:
             self._inner(self.decap.feed(frame, ts))
 
@@ -135,12 +148,14 @@ class Pipeline:
         on_failure: OnFailure | None = None,
     ) -> int:
         """Every frame of the AF_PACKET ring block at ``base``: ``afpacket.parse_block`` and
-        ``push`` for each, or -- on the compiled engine, without decapsulation or a checksum
-        policy -- one call into the core for the whole block. A frame whose processing raises
-        goes to ``on_failure(ts, frame, exc)`` (live's guard) and the rest of the block still
-        goes in; without ``on_failure`` the exception propagates. Returns the frame count."""
+        ``push`` for each, or -- on the compiled engine, without a checksum policy, and
+        decapsulating only as _decap.c does -- one call into the core for the whole block. A
+        frame whose processing raises goes to ``on_failure(ts, frame, exc)`` (live's guard)
+        and the rest of the block still goes in; without ``on_failure`` the exception
+        propagates. Returns the frame count."""
         eng = self.engine
-        if self.decap is None and self._check is None and isinstance(eng, CompiledNormalizer):
+        compiled = self.decap is None or self._cdecap is not None
+        if compiled and self._check is None and isinstance(eng, CompiledNormalizer):
             if self._resume is not None:
                 first = first_timestamp(ring, base)
                 if first is not None:
@@ -197,14 +212,18 @@ class Pipeline:
             self.engine.resume(client, server, vlan, isn, header, ts)
 
     def tick(self, now: int) -> None:
-        if self.decap is not None:
+        if self._cdecap is not None:
+            self._cdecap.tick(now)
+        elif self.decap is not None:
             self._inner(self.decap.tick(now))
         if self.tunnels is not None:
             self.tunnels.tick(now)
         self.engine.tick(now)
 
     def flush(self) -> None:
-        if self.decap is not None:
+        if self._cdecap is not None:
+            self._cdecap.flush()
+        elif self.decap is not None:
             self._inner(self.decap.flush())
         if self.tunnels is not None:
             self.tunnels.flush()

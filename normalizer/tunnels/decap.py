@@ -141,6 +141,19 @@ class Decapsulator:
     def held_frames(self) -> int:
         return self._frag.held_frames
 
+    @property
+    def next_sweep(self) -> int:
+        """``feed`` runs ``tick`` first for a frame at or past this time (ns)."""
+        return self._next_sweep
+
+    def tag_for(self, vni: int) -> tuple[int, bool]:
+        """The VLAN id of ``vni`` as ``_udp`` gets it, and whether it is now cached (then a
+        later lookup of the same VNI has no side effect: the compiled path may cache it too)."""
+        tag = self._tags.get(vni)
+        if tag is None:
+            tag = self._tag(vni)
+        return tag[0], vni in self._tags
+
     # -- tunnels ------------------------------------------------------------------------------
 
     def _udp(

@@ -1,0 +1,128 @@
+"""The Decapsulator behind the compiled engine: what ``_decap.c`` does not open itself.
+
+Why split: the compiled core opens the common tunnel packet in C (see the comment at the top of
+normalizer/core/_decap.c) and would lose most of that speed if Python saw every packet, but
+fragments, odd headers and trimmed inner packets need the reassembler and the rules of
+``decap.Decapsulator``, which stays the one specification. So the C path calls back here for
+exactly those frames (and for the first packet of each VNI, whose VLAN id the decapsulator's
+``VlanMap`` assigns), feeds what the decapsulator hands on in order, and counts the frames it
+decided itself; ``merge`` adds those counts to the decapsulator's, so the totals are what the
+Python path counts. With tunnel rows recorded (``TunnelFlows``), C hands each inner frame it
+opened to ``_note`` with its tunnel's metadata.
+
+Only for Ethernet captures (the C path reads outer Ethernet); other link types, and a
+checksum policy other than the core's own, keep Pipeline's Python path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import fields
+
+from normalizer.core.counters import Counters
+from normalizer.core.fastpath import CompiledNormalizer
+from normalizer.core.frame import CutFrame
+from normalizer.core.options import Options
+from normalizer.tunnels import geneve
+from normalizer.tunnels.decap import Decapsulator, Out
+from normalizer.tunnels.flows import TunnelFlows
+from normalizer.tunnels.ref import TunnelRef
+
+# The counters the decapsulator owns.
+TUNNEL_FIELDS = tuple(f.name for f in fields(Counters) if f.name.startswith("tunnel_"))
+Released = list[tuple[int, bytes, int]]  # (ts, frame, original length or -1), for the core
+_KINDS = ("vxlan", "geneve")
+
+
+def _ports(ports: tuple[int, ...]) -> bytes:
+    return b"".join(p.to_bytes(2, "big") for p in ports if 0 <= p < 65536)
+
+
+class CompiledDecap:
+    """Attaches decapsulation to ``engine`` (its feed_pcap, feed_block and feed_outer)."""
+
+    def __init__(
+        self,
+        engine: CompiledNormalizer,
+        decap: Decapsulator,
+        tunnels: TunnelFlows | None,
+        options: Options,
+        fast: bool = True,
+    ) -> None:
+        """``fast=False``: every frame goes to the decapsulator (the tests' reference run of
+        the callback path)."""
+        self.engine = engine
+        self.decap = decap
+        self.tunnels = tunnels
+        p4 = bytearray()
+        p6 = bytearray()
+        for text in options.tunnel_peers:
+            net = ipaddress.ip_network(text, strict=False)
+            block = net.network_address.packed + net.netmask.packed
+            (p4 if net.version == 4 else p6).extend(block)
+        engine.set_decap(
+            _ports(options.vxlan_ports),
+            _ports(options.geneve_ports),
+            bytes(p4),
+            bytes(p6),
+            self._fallback,
+            decap.tag_for,
+            self._note if tunnels is not None else None,
+            fast,
+        )
+
+    def _fallback(self, frame: bytes, origlen: int, ts: int) -> tuple[int, Released]:
+        if origlen > len(frame) and type(frame) is not CutFrame:
+            frame = CutFrame(frame, origlen)
+        out = self.decap.feed(frame, ts)
+        return self.decap.next_sweep, self._released(out)
+
+    def _released(self, out: list[Out]) -> Released:
+        tunnels = self.tunnels
+        frames: Released = []
+        for ts, frame, ref in out:
+            if ref is not None and tunnels is not None:
+                tunnels.note(frame, ref, ts)
+            frames.append((ts, frame, frame.origlen if type(frame) is CutFrame else -1))
+        return frames
+
+    def _note(
+        self,
+        inner: bytes,
+        ts: int,
+        kind: int,
+        vni: int,
+        vlan: int,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        outer_vlan: bytes,
+        options: bytes,
+    ) -> None:
+        """An inner frame C opened, for the tunnel rows (as Pipeline._inner notes it)."""
+        assert self.tunnels is not None
+        opts: tuple[geneve.GeneveOption, ...] = ()
+        if options:  # the raw GENEVE options C validated: decoded as geneve.parse does
+            head = bytes((len(options) // 4, 0)) + b"\x65\x58\x00\x00\x00\x00"
+            opts = geneve.parse(head + options).options
+        ref = TunnelRef(_KINDS[kind], vni, vlan, src, dst, sport, dport, outer_vlan, opts)
+        self.tunnels.note(inner, ref, ts)
+
+    def tick(self, now: int) -> None:
+        out = self.decap.tick(now)
+        self.engine.decap_sweep(self.decap.next_sweep)
+        self.engine.feed_released(self._released(out), False)
+
+    def flush(self, auto: bool = False) -> tuple[int, int]:
+        """End of input: the fragments still held, to the core; returns the checksum stats
+        (kept, completed) of those frames under ``auto``."""
+        kept, completed = self.engine.feed_released(self._released(self.decap.flush()), auto)
+        return kept, completed
+
+    def merge(self, c: Counters) -> None:
+        """The tunnel counters into ``c``: the decapsulator's plus the frames C decided."""
+        d = self.decap.counters
+        extra = self.engine.decap_counters()
+        for name in TUNNEL_FIELDS:
+            setattr(c, name, getattr(d, name) + extra.get(name, 0))
