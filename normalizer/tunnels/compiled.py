@@ -47,10 +47,7 @@ class CompiledDecap:
         decap: Decapsulator,
         tunnels: TunnelFlows | None,
         options: Options,
-        fast: bool = True,
     ) -> None:
-        """``fast=False``: every frame goes to the decapsulator (the tests' reference run of
-        the callback path)."""
         self.engine = engine
         self.decap = decap
         self.tunnels = tunnels
@@ -68,7 +65,7 @@ class CompiledDecap:
             self._fallback,
             decap.tag_for,
             self._note if tunnels is not None else None,
-            fast,
+            True,  # False would hand every frame to _fallback
         )
 
     def _fallback(self, frame: bytes, origlen: int, ts: int) -> tuple[int, Released]:
