@@ -43,6 +43,9 @@ typedef struct decap_state {
     /* during one feed call: checksums "auto", and where its stats go */
     int autocs;
     Py_ssize_t *kept, *completed;
+    /* Pipeline's checksum policy for feed_block and feed_outer: "auto" or "keep", its stats */
+    int pipe_auto;
+    Py_ssize_t pipe_kept, pipe_completed;
 } decap_state;
 
 enum { D_FALLBACK, D_PASS, D_UNTRUSTED, D_INNER };
@@ -311,14 +314,19 @@ static int decap_note(decap_state *d, pkt *in, int64_t ts, const uint8_t *f, con
     return 0;
 }
 
-/* One captured (outer) frame: decapsulated, passed or handed to Python. */
+/* One captured (outer) frame: decapsulated, passed or handed to Python. ``kept`` NULL: the
+ * checksum policy and its stats are Pipeline's (set_decap), else ``autocs`` (feed_pcap). */
 static int decap_feed(Engine *e, pkt *k, int64_t ts, int autocs, Py_ssize_t *kept,
                       Py_ssize_t *completed) {
     decap_state *d = e->decap;
-    Py_ssize_t dummy_kept = 0, dummy_completed = 0;
+    if (!kept) {
+        autocs = d->pipe_auto;
+        kept = &d->pipe_kept;
+        completed = &d->pipe_completed;
+    }
     d->autocs = autocs;
-    d->kept = kept ? kept : &dummy_kept;
-    d->completed = completed ? completed : &dummy_completed;
+    d->kept = kept;
+    d->completed = completed;
     tunnel_at t;
     int v = d->fast && ts < d->next_sweep ? classify(d, k->p, k->n, &t) : D_FALLBACK;
     int r;
@@ -400,14 +408,16 @@ static void decap_clear(decap_state *d) {
 
 /* ---- Python methods ---------------------------------------------------------------------- */
 
-/* set_decap(vxlan_ports, geneve_ports, peers4, peers6, fallback_cb, vlan_cb, note_cb, fast):
- * from now on feed_pcap, feed_block and feed_outer decapsulate (tunnels/compiled.py). Ports are
- * bytes of big-endian 16-bit values; peers as the engine's trust blocks. */
+/* set_decap(vxlan_ports, geneve_ports, peers4, peers6, fallback_cb, vlan_cb, note_cb, fast,
+ * auto): from now on feed_pcap, feed_block and feed_outer decapsulate (tunnels/compiled.py).
+ * Ports are bytes of big-endian 16-bit values; peers as the engine's trust blocks; ``auto``:
+ * feed_block and feed_outer apply checksums "auto" to the frames they hand on. */
 static PyObject *Engine_set_decap(Engine *e, PyObject *args) {
     Py_buffer vx, gn, p4, p6;
     PyObject *fcb, *vcb, *ncb;
-    int fast;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*OOOp", &vx, &gn, &p4, &p6, &fcb, &vcb, &ncb, &fast))
+    int fast, pipe_auto;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*OOOpp", &vx, &gn, &p4, &p6, &fcb, &vcb, &ncb, &fast,
+                          &pipe_auto))
         return NULL;
     decap_state *d = NULL;
     if (vx.len % 2 || gn.len % 2 || p4.len % 8 || p6.len % 32) {
@@ -438,6 +448,7 @@ static PyObject *Engine_set_decap(Engine *e, PyObject *args) {
     Py_INCREF(vcb); d->vlan_cb = vcb;
     Py_INCREF(ncb); d->note_cb = ncb;
     d->fast = fast;
+    d->pipe_auto = pipe_auto;
     decap_free(e->decap);
     e->decap = d;
 done:
@@ -449,7 +460,7 @@ done:
     Py_RETURN_NONE;
 }
 
-/* feed_outer(frame, ts): Pipeline.push of one captured frame (list mode, no checksum policy). */
+/* feed_outer(frame, ts): Pipeline.push of one captured frame. */
 static PyObject *Engine_feed_outer(Engine *e, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyBytes_Check(args[0])) {
         PyErr_SetString(PyExc_TypeError, "feed_outer(frame: bytes, ts)");
@@ -501,9 +512,11 @@ static PyObject *Engine_decap_sweep(Engine *e, PyObject *arg) {
 
 static PyObject *Engine_decap_counters(Engine *e, PyObject *Py_UNUSED(ignored)) {
     decap_state *d = e->decap;
-    return Py_BuildValue("{sLsLsL}", "tunnel_decapsulated", (long long)(d ? d->decapsulated : 0),
-                         "tunnel_passed", (long long)(d ? d->passed : 0), "tunnel_untrusted",
-                         (long long)(d ? d->untrusted : 0));
+    if (!d) return PyDict_New();
+    return Py_BuildValue("{sLsLsLsnsn}", "tunnel_decapsulated", (long long)d->decapsulated,
+                         "tunnel_passed", (long long)d->passed, "tunnel_untrusted",
+                         (long long)d->untrusted, "checksum_kept", d->pipe_kept,
+                         "checksum_completed", d->pipe_completed);
 }
 
 #define DECAP_METHODS                                                                          \
@@ -514,4 +527,4 @@ static PyObject *Engine_decap_counters(Engine *e, PyObject *Py_UNUSED(ignored)) 
      "feed the decapsulator's released frames"},                                               \
     {"decap_sweep", (PyCFunction)Engine_decap_sweep, METH_O, "the decapsulator's next sweep"}, \
     {"decap_counters", (PyCFunction)Engine_decap_counters, METH_NOARGS,                        \
-     "tunnel counters of frames decided in C"},
+     "tunnel counters of frames decided in C, Pipeline's checksum stats"},

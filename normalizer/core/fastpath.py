@@ -115,7 +115,8 @@ class CompiledNormalizer:
     ]
     # Decapsulation in C (_decap.c; normalizer/tunnels/compiled.py attaches and drives it).
     set_decap: Callable[
-        [bytes, bytes, bytes, bytes, Callable[..., Any], Callable[[int], Any], Any, bool], None
+        [bytes, bytes, bytes, bytes, Callable[..., Any], Callable[[int], Any], Any, bool, bool],
+        None,
     ]
     feed_outer: Callable[[bytes, int], None]
     feed_released: Callable[[list[tuple[int, bytes, int]], bool], tuple[int, int]]

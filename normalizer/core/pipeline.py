@@ -76,16 +76,16 @@ class Pipeline:
         self._checksums = ChecksumPolicy(mode, self.linktype) if mode != "keep" else None
         self._check = self._checksums.apply if self._checksums is not None else None
         # The compiled engine opens the common tunnel packet itself (tunnels/compiled.py):
-        # outer Ethernet only, and no checksum policy but the core's own.
+        # outer Ethernet only; checksums "keep" or "auto" (then done in C, not by _check).
         self._cdecap = None
         eng = self.engine
         if (
             self.decap is not None
             and isinstance(eng, CompiledNormalizer)
             and linktype == LINKTYPE_ETHERNET
-            and self._check is None
+            and mode in ("keep", "auto")
         ):
-            self._cdecap = CompiledDecap(eng, self.decap, self.tunnels, options)
+            self._cdecap = CompiledDecap(eng, self.decap, self.tunnels, options, mode == "auto")
 
     @property
     def counters(self) -> Counters:
@@ -148,14 +148,14 @@ class Pipeline:
         on_failure: OnFailure | None = None,
     ) -> int:
         """Every frame of the AF_PACKET ring block at ``base``: ``afpacket.parse_block`` and
-        ``push`` for each, or -- on the compiled engine, without a checksum policy, and
-        decapsulating only as _decap.c does -- one call into the core for the whole block. A
+        ``push`` for each, or -- on the compiled engine, without a checksum policy (with one
+        when _decap.c decapsulates: it applies "auto") -- one call into the core for the block. A
         frame whose processing raises goes to ``on_failure(ts, frame, exc)`` (live's guard)
         and the rest of the block still goes in; without ``on_failure`` the exception
         propagates. Returns the frame count."""
         eng = self.engine
-        compiled = self.decap is None or self._cdecap is not None
-        if compiled and self._check is None and isinstance(eng, CompiledNormalizer):
+        compiled = self._cdecap is not None or (self.decap is None and self._check is None)
+        if compiled and isinstance(eng, CompiledNormalizer):
             if self._resume is not None:
                 first = first_timestamp(ring, base)
                 if first is not None:

@@ -47,8 +47,13 @@ class CompiledDecap:
         decap: Decapsulator,
         tunnels: TunnelFlows | None,
         options: Options,
+        auto: bool = False,
     ) -> None:
+        """``auto``: checksums "auto" on the frames handed to the core (Pipeline's policy, done
+        in C); pcap_batch passes its own to feed_pcap instead."""
         self.engine = engine
+        self.auto = auto
+        self._kept = self._completed = 0  # of frames released by tick and flush, under auto
         self.decap = decap
         self.tunnels = tunnels
         p4 = bytearray()
@@ -66,6 +71,7 @@ class CompiledDecap:
             decap.tag_for,
             self._note if tunnels is not None else None,
             True,  # False would hand every frame to _fallback
+            auto,
         )
 
     def _fallback(self, frame: bytes, origlen: int, ts: int) -> tuple[int, Released]:
@@ -109,17 +115,27 @@ class CompiledDecap:
     def tick(self, now: int) -> None:
         out = self.decap.tick(now)
         self.engine.decap_sweep(self.decap.next_sweep)
-        self.engine.feed_released(self._released(out), False)
+        self._feed(out, self.auto)
 
-    def flush(self, auto: bool = False) -> tuple[int, int]:
+    def flush(self, auto: bool | None = None) -> tuple[int, int]:
         """End of input: the fragments still held, to the core; returns the checksum stats
-        (kept, completed) of those frames under ``auto``."""
-        kept, completed = self.engine.feed_released(self._released(self.decap.flush()), auto)
+        (kept, completed) of those frames under ``auto`` (default: the policy given)."""
+        return self._feed(self.decap.flush(), self.auto if auto is None else auto)
+
+    def _feed(self, out: list[Out], auto: bool) -> tuple[int, int]:
+        kept, completed = self.engine.feed_released(self._released(out), auto)
+        if auto and self.auto:
+            self._kept += kept
+            self._completed += completed
         return kept, completed
 
     def merge(self, c: Counters) -> None:
-        """The tunnel counters into ``c``: the decapsulator's plus the frames C decided."""
+        """The tunnel counters into ``c``: the decapsulator's plus the frames C decided; under
+        ``auto`` the checksum stats of the policy applied in C are added too."""
         d = self.decap.counters
         extra = self.engine.decap_counters()
         for name in TUNNEL_FIELDS:
             setattr(c, name, getattr(d, name) + extra.get(name, 0))
+        if self.auto:
+            c.checksum_kept += extra["checksum_kept"] + self._kept
+            c.checksum_completed += extra["checksum_completed"] + self._completed

@@ -35,6 +35,7 @@ from normalizer.tunnels.flows import TunnelFlow
 from tests import encap
 from tests.normalizer.adapters.test_afpacket import make_block
 from tests.normalizer.core.test_engine import conversation
+from tests.normalizer.core.test_fastpath import _as_partial
 from tests.normalizer.packets import NS, PROXY4, PROXY6, Conv
 
 pytestmark = pytest.mark.skipif(not compiled_available(), reason="the compiled engine is not built")
@@ -52,7 +53,7 @@ Output = tuple[list[tuple[int, bytes, int]], dict[str, Any], list[Any], list[Tun
 def _opts(engine: str, **kw: Any) -> Options:
     kw.setdefault("tunnel_peers", (f"{PEER4}/32", f"{PEER6}/128"))
     kw.setdefault("proxies", (f"{PROXY4}/32", f"{PROXY6}/128"))
-    kw.setdefault("checksums", "keep")  # as live runs it: a policy in Python keeps decap there
+    kw.setdefault("checksums", "keep")  # as live runs it
     return Options(decapsulate=True, engine=engine, **kw)
 
 
@@ -127,8 +128,11 @@ def scenarios(draw: st.DrawFn) -> list[tuple[int, bytes]]:
         src = (PEER6 if six else PEER4) if trusted else (STRANGER6 if six else STRANGER4)
         vlan = tuple(draw(st.lists(st.sampled_from([5, 300, 4094]), max_size=2)))
         vni = draw(st.sampled_from(VNIS))
+        partial = draw(st.integers(0, 3)) == 0  # a sender's tx offload left partial checksums
         out = []
         for inner in flows[which]:
+            if partial and inner[12:14] in (b"\x08\x00", b"\x86\xdd"):
+                inner = _as_partial(inner)
             if kind == "plain":
                 out.append(inner)
             else:
@@ -196,11 +200,24 @@ def _assert_same(got: Output, want: Output) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames=scenarios(), ticks=st.booleans())
+@given(frames=scenarios(), ticks=st.booleans(), checksums=st.sampled_from(["keep", "auto"]))
 def test_compiled_decap_matches_the_python_path(
-    frames: list[tuple[int, bytes]], ticks: bool
+    frames: list[tuple[int, bytes]], ticks: bool, checksums: str
 ) -> None:
-    _assert_same(_via_push(frames, "compiled", ticks), _via_push(frames, "python", ticks))
+    """Pipeline.push: the C path under "keep" and "auto" (the policy then applied in C)."""
+    got = _via_push(frames, "compiled", ticks, checksums=checksums)
+    _assert_same(got, _via_push(frames, "python", ticks, checksums=checksums))
+
+
+def test_checksums_fix_keeps_decapsulation_in_python() -> None:
+    """A policy the C path does not apply: the Decapsulator alone, same results."""
+    frames = [(T0 + i, _wrap(f, "vxlan", 9, PEER4, (), 1)) for i, f in enumerate(_inner_flows()[0])]
+    pipe = Pipeline(_opts("compiled", checksums="fix"), 1)
+    for ts, f in frames:
+        pipe.push(f, ts)
+    assert isinstance(pipe.engine, CompiledNormalizer) and pipe.engine.decap_counters() == {}
+    got = _via_push(frames, "compiled", checksums="fix")
+    _assert_same(got, _via_push(frames, "python", checksums="fix"))
 
 
 def test_the_common_case_is_decided_in_c_and_counted_as_python_counts_it() -> None:
@@ -224,6 +241,8 @@ def test_the_common_case_is_decided_in_c_and_counted_as_python_counts_it() -> No
         "tunnel_decapsulated": 2 * n - 1,
         "tunnel_passed": len(flows[4]),
         "tunnel_untrusted": n,
+        "checksum_kept": 0,  # "keep": no policy
+        "checksum_completed": 0,
     }
     c = pipe.counters
     assert (c.tunnel_decapsulated, c.tunnel_passed, c.tunnel_untrusted) == (2 * n, len(flows[4]), n)
@@ -231,14 +250,17 @@ def test_the_common_case_is_decided_in_c_and_counted_as_python_counts_it() -> No
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames=scenarios(), split=st.integers(0, 40))
-def test_ring_blocks_with_decap_match_push(frames: list[tuple[int, bytes]], split: int) -> None:
+@given(frames=scenarios(), split=st.integers(0, 40), checksums=st.sampled_from(["keep", "auto"]))
+def test_ring_blocks_with_decap_match_push(
+    frames: list[tuple[int, bytes]], split: int, checksums: str
+) -> None:
     """live's path: whole TPACKET_V3 blocks through feed_block with the C decap hook."""
     slots = [(ts // NS, ts % NS, f, len(f), 0, 0, 0) for ts, f in frames]
     blocks = [make_block(slots[:split]), make_block(slots[split:])]
     events: list[Any] = []
     rows: list[TunnelFlow] = []
-    pipe = Pipeline(_opts("compiled"), 1, on_events=events.extend, on_tunnels=rows.extend)
+    opts = _opts("compiled", checksums=checksums)
+    pipe = Pipeline(opts, 1, on_events=events.extend, on_tunnels=rows.extend)
     out: list[tuple[int, bytes, int]] = []
     for b in blocks:
         pipe.push_block(b, 0, False, RingStats())
@@ -249,7 +271,8 @@ def test_ring_blocks_with_decap_match_push(frames: list[tuple[int, bytes]], spli
     # the same frames pushed one at a time, taken at the same points
     py_events: list[Any] = []
     py_rows: list[TunnelFlow] = []
-    ref = Pipeline(_opts("python"), 1, on_events=py_events.extend, on_tunnels=py_rows.extend)
+    opts = _opts("python", checksums=checksums)
+    ref = Pipeline(opts, 1, on_events=py_events.extend, on_tunnels=py_rows.extend)
     want_out: list[tuple[int, bytes, int]] = []
     for part in (frames[:split], frames[split:]):
         for ts, f in part:
@@ -341,3 +364,19 @@ def test_rewrite_decap_on_the_tunnelled_corpus(tmp_path: Path) -> None:
             assert py[1]["tunnel_decapsulated"] > 0
         done += 1
     assert done > 0
+
+
+def test_partial_inner_checksums_are_completed_in_c_under_auto() -> None:
+    """Pipeline's "auto" on the inner frames, applied by the C path, counted as Python counts."""
+    inner = [_as_partial(f) for f in _inner_flows()[0]]
+    frames = [(T0 + i, _wrap(f, "vxlan", 9, PEER4, (), 1)) for i, f in enumerate(inner)]
+    pipe = Pipeline(_opts("compiled", checksums="auto"), 1)
+    for ts, f in frames:
+        pipe.push(f, ts)
+    assert isinstance(pipe.engine, CompiledNormalizer)
+    # every frame, also the first (decapsulated by Python, then checked and fed by C)
+    assert pipe.engine.decap_counters()["checksum_completed"] == len(frames)
+    got = _via_push(frames, "compiled", checksums="auto")
+    want = _via_push(frames, "python", checksums="auto")
+    _assert_same(got, want)
+    assert want[1]["checksum_completed"] == len(frames)
