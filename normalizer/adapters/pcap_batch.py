@@ -124,7 +124,8 @@ def run(
                 on_events(events)  # the cache hears of a connection before its frames
         out.write(eng.take_records())
 
-    # One buffer, refilled in place: a record cut by the chunk end moves to its start.
+    # One buffer, refilled in place: a record cut by the chunk end moves to its start. It is
+    # writable: decapsulating, the core builds inner frames over the records it consumed.
     buf = bytearray(2 * _CHUNK)
     blen = pos = 0
     error: PcapError | None = None

@@ -46,6 +46,9 @@ typedef struct decap_state {
     /* Pipeline's checksum policy for feed_block and feed_outer: "auto" or "keep", its stats */
     int pipe_auto;
     Py_ssize_t pipe_kept, pipe_completed;
+    /* feed_pcap on a writable chunk: an inner Ethernet frame is built in place, over the 4
+     * bytes in front of it (the end of the VXLAN / GENEVE header), instead of copied */
+    int inplace;
 } decap_state;
 
 enum { D_FALLBACK, D_PASS, D_UNTRUSTED, D_INNER };
@@ -344,26 +347,33 @@ static int decap_feed(Engine *e, pkt *k, int64_t ts, int autocs, Py_ssize_t *kep
         if (vlan < 0) { r = -1; break; }
         const uint8_t *f = k->p;
         Py_ssize_t body = t.end - t.start, n = t.proto ? 18 + body : 4 + body;
-        if (n > d->scap) {
-            uint8_t *s = PyMem_Realloc(d->scratch, n);
-            if (!s) { PyErr_NoMemory(); r = -1; break; }
-            d->scratch = s;
-            d->scap = n;
-        }
-        uint8_t *o = d->scratch;
-        if (t.proto) {
-            static const uint8_t macs[12] = {2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1}; /* SYNTH_MACS */
-            memcpy(o, macs, 12);
-            wr16(o + 12, 0x8100);
-            wr16(o + 14, (unsigned)vlan);
-            wr16(o + 16, t.proto);
-            memcpy(o + 18, f + t.start, body);
+        uint8_t *o;
+        if (d->inplace && !t.proto && (t.kind == 0 || d->note_cb == Py_None)) {
+            /* the MACs move 4 bytes left, over the end of the tunnel header: the record is
+             * consumed, and nothing reads those bytes again (decap_note reads GENEVE options:
+             * not with it) */
+            o = (uint8_t *)f + t.start - 4;
+            memmove(o, f + t.start, 12);
         } else {
-            memcpy(o, f + t.start, 12);
-            wr16(o + 12, 0x8100);
-            wr16(o + 14, (unsigned)vlan);
-            memcpy(o + 16, f + t.start + 12, body - 12);
+            if (n > d->scap) {
+                uint8_t *s = PyMem_Realloc(d->scratch, n);
+                if (!s) { PyErr_NoMemory(); r = -1; break; }
+                d->scratch = s;
+                d->scap = n;
+            }
+            o = d->scratch;
+            if (t.proto) {
+                static const uint8_t macs[12] = {2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1}; /* SYNTH_MACS */
+                memcpy(o, macs, 12);
+                wr16(o + 16, t.proto);
+                memcpy(o + 18, f + t.start, body);
+            } else {
+                memcpy(o, f + t.start, 12);
+                memcpy(o + 16, f + t.start + 12, body - 12);
+            }
         }
+        wr16(o + 12, 0x8100);
+        wr16(o + 14, (unsigned)vlan);
         d->decapsulated++;
         pkt in = {NULL, o, n, -1};
         r = d->note_cb != Py_None ? decap_note(d, &in, ts, f, &t) : 0;

@@ -1122,6 +1122,7 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
     int bad_ts = 0;
     int err = 0;
     if (pos < 0) pos = 0;
+    if (e->decap) e->decap->inplace = !b.readonly; /* _decap.c may reuse consumed records */
     while (pos + 16 <= blen && count < limit) {
         const uint8_t *h = buf + pos;
         uint32_t v[4];
@@ -1170,6 +1171,7 @@ static PyObject *Engine_feed_pcap(Engine *e, PyObject *args) {
         count++;
         if (r < 0) { err = 1; break; }
     }
+    if (e->decap) e->decap->inplace = 0;
     PyBuffer_Release(&b);
     if (err) return NULL;
     return Py_BuildValue("nnnni", pos, count, kept, completed, bad_ts);
