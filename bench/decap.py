@@ -13,6 +13,7 @@ section, reusing the capture it generated.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -64,6 +65,7 @@ def ratio(
     best = {"decap": [float("inf")] * 2, "plain": [float("inf")] * 2}
     for _ in range(rounds):
         for name, src, opts in (("decap", encap, decap_opts), ("plain", proxied, plain_opts)):
+            os.sync()  # the writeback of the last output (or the fresh capture) not in this run
             t0, c0 = time.perf_counter(), time.process_time()
             rewrite_file(src, work / f"ratio-{name}.pcap", opts)
             b = best[name]
