@@ -390,3 +390,27 @@ def test_partial_inner_checksums_are_completed_in_c_under_auto() -> None:
     want = _via_push(frames, "python", checksums="auto")
     _assert_same(got, want)
     assert want[1]["checksum_completed"] == len(frames)
+
+
+def test_more_vnis_than_vlan_ids_and_than_the_tag_cache_holds() -> None:
+    """Past 4094 VNIs every VLAN id is taken (each new VNI shares its default, a collision
+    each time it is looked up); past 65,536 the decapsulator stops caching tags. Here the
+    decapsulator's cache fills with VNIs whose packets it opened itself (inner lengths to trim:
+    handed back by C), so the later VNIs C opens are not cached by Python, nor then by C: the
+    collision count stays Python's."""
+    inner = encap.udp_frame(b"x" * 8, "198.51.100.1", "198.51.100.2", 1, 2)
+    head = encap.vxlan_frame(inner, 0, PEER4, DST4)
+    udp = 14 + 20
+    frames = []
+    later = [70_000, 70_001, 70_000, 5, 70_001, 70_000]
+    for i, vni in enumerate([*range(1, 66_000), *later]):
+        b = bytearray(head)
+        b[udp + 12 : udp + 15] = vni.to_bytes(3, "big")
+        b[udp + 6 : udp + 8] = b"\x00\x00"  # no UDP checksum (valid in IPv4): no refit needed
+        if vni < 66_000:  # the inner IP length one past the capture: trimmed, in Python
+            at = udp + 16 + 14 + 2
+            b[at : at + 2] = (int.from_bytes(b[at : at + 2], "big") + 1).to_bytes(2, "big")
+        frames.append((T0 + i, bytes(b)))
+    got, want = _via_push(frames, "compiled"), _via_push(frames, "python")
+    _assert_same(got, want)
+    assert want[1]["tunnel_vlan_collisions"] > 60_000 and want[1]["tunnel_truncated"] == 66_000
