@@ -186,6 +186,8 @@ def run(
         completed += done
     if tunnels is not None:
         tunnels.flush()
+        if cdecap is not None:
+            cdecap.rows_changed()
     eng.flush()
     write_out()
     c = eng.counters

@@ -31,7 +31,8 @@ typedef struct decap_state {
     PyObject *fallback_cb; /* (frame, origlen, ts) -> (next_sweep, [(ts, frame, origlen)]) */
     PyObject *vlan_cb;     /* (vni) -> (vlan id, cached by Python) */
     PyObject *note_cb;     /* (inner, ts, kind, vni, vlan, src, dst, sport, dport, outer vlan,
-                            * options) -> None: an inner frame for the tunnel rows, or None */
+                            * options) -> (flow | None, epoch, next sweep): an inner frame for
+                            * the tunnel rows (TunnelFlows.note), or None: no rows */
     int fast;              /* 0: every frame to fallback_cb */
     int64_t next_sweep;    /* the decapsulator's: frames at or past it go to Python */
     uint32_t *vkeys;       /* vni + 1, 0 = empty; open addressing */
@@ -49,7 +50,23 @@ typedef struct decap_state {
     /* feed_pcap on a writable chunk: an inner Ethernet frame is built in place, over the 4
      * bytes in front of it (the end of the VXLAN / GENEVE header), instead of copied */
     int inplace;
+    /* The tunnel rows' flows that C refreshes itself: TunnelFlows.note on a known flow only
+     * sets its last_seen. Valid while the table's epoch (sweeps, evictions, flush) is the one
+     * Python last reported and before its next sweep. */
+    struct note_slot *notes;
+    size_t ncap, ncount;
+    int64_t notes_epoch, notes_sweep;
+    PyObject *last_seen_name;
 } decap_state;
+
+typedef struct note_slot {
+    uint64_t hash;
+    PyObject *flow; /* NULL: empty */
+    uint8_t klen;
+    uint8_t key[47];
+} note_slot;
+
+#define NOTES_MAX (1 << 20)
 
 enum { D_FALLBACK, D_PASS, D_UNTRUSTED, D_INNER };
 
@@ -301,8 +318,148 @@ static int decap_fallback(Engine *e, pkt *k, int64_t ts) {
     return r;
 }
 
-/* The tunnel rows (normalizer/tunnels/flows.py): Python notes the inner frame. */
+/* flows.py's key of an inner Ethernet frame (inner_tuple, then vlan + proto + the two
+ * endpoints in order): its length, or 0 where inner_tuple gives None. */
+static int inner_key(const uint8_t *f, Py_ssize_t n, uint8_t *key) {
+    if (n < 14) return 0;
+    unsigned etype = rd16(f + 12);
+    Py_ssize_t ip = 14;
+    int tags = 0, vl = 0;
+    uint8_t vlan[8];
+    while (etype == 0x8100 || etype == 0x88A8 || etype == 0x9100) {
+        if (tags == 4 || n < ip + 4) return 0;
+        vlan[vl++] = f[ip] & 0x0F;
+        vlan[vl++] = f[ip + 1];
+        etype = rd16(f + ip + 2);
+        ip += 4;
+        tags++;
+    }
+    int version;
+    if (etype == 0x0800) version = 4;
+    else if (etype == 0x86DD) version = 6;
+    else return 0;
+    if (n <= ip || f[ip] >> 4 != version) return 0;
+    int proto, alen, first;
+    Py_ssize_t l4;
+    const uint8_t *src, *dst;
+    if (version == 4) {
+        if (n < ip + 20) return 0;
+        proto = f[ip + 9];
+        l4 = ip + (f[ip] & 0x0F) * 4;
+        src = f + ip + 12;
+        dst = f + ip + 16;
+        alen = 4;
+        first = !(rd16(f + ip + 6) & 0x1FFF);
+    } else {
+        if (n < ip + 40) return 0;
+        proto = f[ip + 6];
+        l4 = ip + 40;
+        src = f + ip + 8;
+        dst = f + ip + 24;
+        alen = 16;
+        first = 1;
+    }
+    unsigned sport = 0, dport = 0;
+    if (first && (proto == 6 || proto == 17 || proto == 132) && n >= l4 + 4) {
+        sport = rd16(f + l4);
+        dport = rd16(f + l4 + 2);
+    }
+    uint8_t a[18], b[18];
+    int el = alen + 2;
+    memcpy(a, src, alen);
+    wr16(a + alen, sport);
+    memcpy(b, dst, alen);
+    wr16(b + alen, dport);
+    int less = memcmp(a, b, el) < 0;
+    memcpy(key, vlan, vl);
+    key[vl] = (uint8_t)proto;
+    memcpy(key + vl + 1, less ? a : b, el);
+    memcpy(key + vl + 1 + el, less ? b : a, el);
+    return vl + 1 + 2 * el;
+}
+
+static uint64_t notes_hash(const uint8_t *k, int n) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (int i = 0; i < n; i++) h = (h ^ k[i]) * 1099511628211ULL;
+    return h;
+}
+
+static void notes_clear(decap_state *d) {
+    for (size_t i = 0; i < d->ncap; i++) Py_CLEAR(d->notes[i].flow);
+    d->ncount = 0;
+}
+
+static note_slot *notes_find(decap_state *d, const uint8_t *k, int n, uint64_t h) {
+    if (!d->ncap) return NULL;
+    size_t i = h & (d->ncap - 1);
+    while (d->notes[i].flow) {
+        note_slot *s = &d->notes[i];
+        if (s->hash == h && s->klen == n && !memcmp(s->key, k, n)) return s;
+        i = (i + 1) & (d->ncap - 1);
+    }
+    return NULL;
+}
+
+static int notes_put(decap_state *d, const uint8_t *k, int n, uint64_t h, PyObject *flow) {
+    note_slot *s = notes_find(d, k, n, h);
+    if (s) {
+        Py_INCREF(flow);
+        Py_SETREF(s->flow, flow);
+        return 0;
+    }
+    if (d->ncount >= NOTES_MAX) notes_clear(d);
+    if (2 * (d->ncount + 1) > d->ncap) {
+        size_t cap = d->ncap ? 2 * d->ncap : 1024;
+        note_slot *ns = PyMem_Calloc(cap, sizeof(note_slot));
+        if (!ns) { PyErr_NoMemory(); return -1; }
+        for (size_t j = 0; j < d->ncap; j++) {
+            if (!d->notes[j].flow) continue;
+            size_t i = d->notes[j].hash & (cap - 1);
+            while (ns[i].flow) i = (i + 1) & (cap - 1);
+            ns[i] = d->notes[j];
+        }
+        PyMem_Free(d->notes);
+        d->notes = ns;
+        d->ncap = cap;
+    }
+    size_t i = h & (d->ncap - 1);
+    while (d->notes[i].flow) i = (i + 1) & (d->ncap - 1);
+    note_slot *e = &d->notes[i];
+    e->hash = h;
+    e->klen = (uint8_t)n;
+    memcpy(e->key, k, n);
+    Py_INCREF(flow);
+    e->flow = flow;
+    d->ncount++;
+    return 0;
+}
+
+/* What Python's notes changed: a new epoch forgets every flow C knows. */
+static void notes_sync(decap_state *d, int64_t epoch, int64_t sweep) {
+    if (epoch != d->notes_epoch) {
+        notes_clear(d);
+        d->notes_epoch = epoch;
+    }
+    d->notes_sweep = sweep;
+}
+
+/* The tunnel rows (normalizer/tunnels/flows.py): a known flow's last_seen set here, anything
+ * else (a new flow, a sweep due) noted by Python, which hands back the flow to remember. */
 static int decap_note(decap_state *d, pkt *in, int64_t ts, const uint8_t *f, const tunnel_at *t) {
+    uint8_t key[48];
+    int kl = inner_key(in->p, in->n, key);
+    uint64_t h = kl ? notes_hash(key, kl) : 0;
+    if (ts < d->notes_sweep) {
+        if (!kl) return 0; /* Python's note: no sweep due, no tuple, nothing */
+        note_slot *s = notes_find(d, key, kl, h);
+        if (s) {
+            PyObject *v = PyLong_FromLongLong(ts);
+            if (!v) return -1;
+            int r = PyObject_SetAttr(s->flow, d->last_seen_name, v);
+            Py_DECREF(v);
+            return r;
+        }
+    }
     PyObject *frame = pkt_obj(in);
     if (!frame) return -1;
     Py_ssize_t opts = t->kind ? t->start - (t->udp + 16) : 0;
@@ -313,8 +470,16 @@ static int decap_note(decap_state *d, pkt *in, int64_t ts, const uint8_t *f, con
         (unsigned)rd16(f + t->udp + 2), (const char *)t->vlan, (Py_ssize_t)t->vlanlen,
         (const char *)f + t->udp + 16, opts);
     if (!r) return -1;
+    PyObject *flow;
+    long long epoch, sweep;
+    int ok = PyArg_ParseTuple(r, "OLL", &flow, &epoch, &sweep);
+    int res = -1;
+    if (ok) {
+        notes_sync(d, epoch, sweep);
+        res = (flow != Py_None && kl) ? notes_put(d, key, kl, h, flow) : 0;
+    }
     Py_DECREF(r);
-    return 0;
+    return res;
 }
 
 /* One captured (outer) frame: decapsulated, passed or handed to Python. ``kept`` NULL: the
@@ -390,6 +555,9 @@ static int decap_feed(Engine *e, pkt *k, int64_t ts, int autocs, Py_ssize_t *kep
 
 static void decap_free(decap_state *d) {
     if (!d) return;
+    notes_clear(d);
+    PyMem_Free(d->notes);
+    Py_CLEAR(d->last_seen_name);
     Py_CLEAR(d->fallback_cb);
     Py_CLEAR(d->vlan_cb);
     Py_CLEAR(d->note_cb);
@@ -411,6 +579,7 @@ static int decap_traverse(decap_state *d, visitproc visit, void *arg) {
 
 static void decap_clear(decap_state *d) {
     if (!d) return;
+    notes_clear(d);
     Py_CLEAR(d->fallback_cb);
     Py_CLEAR(d->vlan_cb);
     Py_CLEAR(d->note_cb);
@@ -457,6 +626,12 @@ static PyObject *Engine_set_decap(Engine *e, PyObject *args) {
     Py_INCREF(fcb); d->fallback_cb = fcb;
     Py_INCREF(vcb); d->vlan_cb = vcb;
     Py_INCREF(ncb); d->note_cb = ncb;
+    d->last_seen_name = PyUnicode_InternFromString("last_seen");
+    if (!d->last_seen_name) {
+        decap_free(d);
+        d = NULL;
+        goto done;
+    }
     d->fast = fast;
     d->pipe_auto = pipe_auto;
     decap_free(e->decap);
@@ -520,6 +695,15 @@ static PyObject *Engine_decap_sweep(Engine *e, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* decap_notes_sync(epoch, next_sweep): the tunnel rows changed in Python (TunnelFlows.epoch,
+ * its next sweep): the flows C refreshes are forgotten when the epoch moved. */
+static PyObject *Engine_decap_notes_sync(Engine *e, PyObject *args) {
+    long long epoch, sweep;
+    if (!PyArg_ParseTuple(args, "LL", &epoch, &sweep)) return NULL;
+    if (e->decap) notes_sync(e->decap, epoch, sweep);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Engine_decap_counters(Engine *e, PyObject *Py_UNUSED(ignored)) {
     decap_state *d = e->decap;
     if (!d) return PyDict_New();
@@ -536,5 +720,7 @@ static PyObject *Engine_decap_counters(Engine *e, PyObject *Py_UNUSED(ignored)) 
     {"feed_released", (PyCFunction)Engine_feed_released, METH_VARARGS,                         \
      "feed the decapsulator's released frames"},                                               \
     {"decap_sweep", (PyCFunction)Engine_decap_sweep, METH_O, "the decapsulator's next sweep"}, \
+    {"decap_notes_sync", (PyCFunction)Engine_decap_notes_sync, METH_VARARGS,                   \
+     "the tunnel rows' epoch and next sweep"},                                                 \
     {"decap_counters", (PyCFunction)Engine_decap_counters, METH_NOARGS,                        \
      "tunnel counters of frames decided in C, Pipeline's checksum stats"},

@@ -126,6 +126,7 @@ class CompiledNormalizer:
     feed_outer: Callable[[bytes, int], None]
     feed_released: Callable[[list[tuple[int, bytes, int]], bool], tuple[int, int]]
     decap_sweep: Callable[[int], None]
+    decap_notes_sync: Callable[[int, int], None]
     decap_counters: Callable[[], dict[str, int]]
 
     def __init__(self, options: Options, linktype: int = LINKTYPE_ETHERNET) -> None:
@@ -179,6 +180,7 @@ class CompiledNormalizer:
         self.feed_outer = self._core.feed_outer
         self.feed_released = self._core.feed_released
         self.decap_sweep = self._core.decap_sweep
+        self.decap_notes_sync = self._core.decap_notes_sync
         self.decap_counters = self._core.decap_counters
 
     def set_sink(self, pcap: bool, nanosecond: bool = False) -> None:

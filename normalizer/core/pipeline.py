@@ -218,6 +218,8 @@ class Pipeline:
             self._inner(self.decap.tick(now))
         if self.tunnels is not None:
             self.tunnels.tick(now)
+            if self._cdecap is not None:
+                self._cdecap.rows_changed()
         self.engine.tick(now)
 
     def flush(self) -> None:
@@ -227,6 +229,8 @@ class Pipeline:
             self._inner(self.decap.flush())
         if self.tunnels is not None:
             self.tunnels.flush()
+            if self._cdecap is not None:
+                self._cdecap.rows_changed()
         self.engine.flush()
 
     def take(self) -> list[tuple[int, Frame]]:

@@ -7,8 +7,11 @@ fragments, odd headers and trimmed inner packets need the reassembler and the ru
 exactly those frames (and for the first packet of each VNI, whose VLAN id the decapsulator's
 ``VlanMap`` assigns), feeds what the decapsulator hands on in order, and counts the frames it
 decided itself; ``merge`` adds those counts to the decapsulator's, so the totals are what the
-Python path counts. With tunnel rows recorded (``TunnelFlows``), C hands each inner frame it
-opened to ``_note`` with its tunnel's metadata.
+Python path counts. With tunnel rows recorded (``TunnelFlows``), C hands an inner frame it
+opened to ``_note`` with its tunnel's metadata when its flow is new to C or a sweep is due, and
+for a flow ``_note`` handed back sets ``last_seen`` itself -- all ``TunnelFlows.note`` does for
+a known flow -- until the table's ``epoch`` moves (a sweep, an eviction, the flush), which every
+Python entry point that notes reports to C (``_sync``).
 
 Only for Ethernet captures (the C path reads outer Ethernet); other link types, and a
 checksum policy other than the core's own, keep Pipeline's Python path.
@@ -25,7 +28,7 @@ from normalizer.core.frame import CutFrame
 from normalizer.core.options import Options
 from normalizer.tunnels import geneve
 from normalizer.tunnels.decap import Decapsulator, Out
-from normalizer.tunnels.flows import TunnelFlows
+from normalizer.tunnels.flows import TunnelFlow, TunnelFlows
 from normalizer.tunnels.ref import TunnelRef
 
 # The counters the decapsulator owns.
@@ -87,7 +90,20 @@ class CompiledDecap:
             if ref is not None and tunnels is not None:
                 tunnels.note(frame, ref, ts)
             frames.append((ts, frame, frame.origlen if type(frame) is CutFrame else -1))
+        if tunnels is not None:
+            self._sync()
         return frames
+
+    def _sync(self) -> None:
+        """The tunnel rows changed here: C forgets its flows if their epoch moved."""
+        t = self.tunnels
+        assert t is not None
+        self.engine.decap_notes_sync(t.epoch, t.next_sweep)
+
+    def rows_changed(self) -> None:
+        """Pipeline ticked or flushed the tunnel rows."""
+        if self.tunnels is not None:
+            self._sync()
 
     def _note(
         self,
@@ -102,15 +118,18 @@ class CompiledDecap:
         dport: int,
         outer_vlan: bytes,
         options: bytes,
-    ) -> None:
-        """An inner frame C opened, for the tunnel rows (as Pipeline._inner notes it)."""
-        assert self.tunnels is not None
+    ) -> tuple[TunnelFlow | None, int, int]:
+        """An inner frame C opened, for the tunnel rows (as Pipeline._inner notes it); returns
+        the flow it is in (for C to refresh), the table's epoch and next sweep."""
+        t = self.tunnels
+        assert t is not None
         opts: tuple[geneve.GeneveOption, ...] = ()
         if options:  # the raw GENEVE options C validated: decoded as geneve.parse does
             head = bytes((len(options) // 4, 0)) + b"\x65\x58\x00\x00\x00\x00"
             opts = geneve.parse(head + options).options
         ref = TunnelRef(_KINDS[kind], vni, vlan, src, dst, sport, dport, outer_vlan, opts)
-        self.tunnels.note(inner, ref, ts)
+        t.note(inner, ref, ts)
+        return t.last, t.epoch, t.next_sweep
 
     def tick(self, now: int) -> None:
         out = self.decap.tick(now)

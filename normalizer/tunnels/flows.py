@@ -70,12 +70,23 @@ class TunnelFlows:
         self._flows = self._table.flows
         self._next_sweep = 0
         self.pending: list[TunnelFlow] = []  # rows to write (new flows, final last_seen)
+        # For the compiled path (tunnels/compiled.py), which refreshes known flows itself:
+        # the flow the last ``note`` created or refreshed, and a count of the events after
+        # which a flow it knows may no longer be in the table (sweeps, evictions, flush).
+        self.last: TunnelFlow | None = None
+        self.epoch = 0
+
+    @property
+    def next_sweep(self) -> int:
+        """``note`` runs ``tick`` first for a frame at or past this time (ns)."""
+        return self._next_sweep
 
     def note(self, frame: bytes, ref: TunnelRef, ts: int) -> None:
         """An inner frame went to the core: create or refresh its flow."""
         if ts >= self._next_sweep:
             self.tick(ts)
         t = inner_tuple(frame)
+        self.last = None
         if t is None:
             return
         vlan, proto, src, dst, sport, dport = t
@@ -84,9 +95,11 @@ class TunnelFlows:
         flow = self._flows.get(key)
         if flow is not None:
             flow.last_seen = ts
+            self.last = flow
             return
         if self._table.is_full():
             self.pending.append(self._table.pop_oldest()[1])
+            self.epoch += 1
         flow = TunnelFlow(
             vlan,
             proto,
@@ -99,6 +112,7 @@ class TunnelFlows:
         )
         self._table.put(key, flow)
         self.pending.append(flow)
+        self.last = flow
 
     def tick(self, now: int) -> None:
         """Retire flows idle longer than the timeout (their final last_seen gets written)."""
@@ -113,8 +127,10 @@ class TunnelFlows:
         for key in idle:
             self.pending.append(self._flows[key])
             self._table.pop(key)
+        self.epoch += bool(idle)
 
     def flush(self) -> None:
+        self.epoch += 1
         self.pending += self._flows.values()
         self._table = FlowTable(self._table.max_flows)
         self._flows = self._table.flows

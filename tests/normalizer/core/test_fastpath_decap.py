@@ -200,13 +200,23 @@ def _assert_same(got: Output, want: Output) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(frames=scenarios(), ticks=st.booleans(), checksums=st.sampled_from(["keep", "auto"]))
+@given(
+    frames=scenarios(),
+    ticks=st.booleans(),
+    checksums=st.sampled_from(["keep", "auto"]),
+    small=st.booleans(),
+)
 def test_compiled_decap_matches_the_python_path(
-    frames: list[tuple[int, bytes]], ticks: bool, checksums: str
+    frames: list[tuple[int, bytes]], ticks: bool, checksums: str, small: bool
 ) -> None:
-    """Pipeline.push: the C path under "keep" and "auto" (the policy then applied in C)."""
-    got = _via_push(frames, "compiled", ticks, checksums=checksums)
-    _assert_same(got, _via_push(frames, "python", ticks, checksums=checksums))
+    """Pipeline.push: the C path under "keep" and "auto" (the policy then applied in C);
+    ``small``: flow tables of two and a 1 s idle timeout, so tunnel rows are evicted and
+    retired while C refreshes the flows it knows."""
+    kw: dict[str, Any] = {"checksums": checksums}
+    if small:
+        kw.update(max_flows=2, idle_timeout=1.0)
+    got = _via_push(frames, "compiled", ticks, **kw)
+    _assert_same(got, _via_push(frames, "python", ticks, **kw))
 
 
 def test_checksums_fix_keeps_decapsulation_in_python() -> None:
@@ -414,3 +424,16 @@ def test_more_vnis_than_vlan_ids_and_than_the_tag_cache_holds() -> None:
     got, want = _via_push(frames, "compiled"), _via_push(frames, "python")
     _assert_same(got, want)
     assert want[1]["tunnel_vlan_collisions"] > 60_000 and want[1]["tunnel_truncated"] == 66_000
+
+
+def test_a_tunnel_row_evicted_from_a_full_table_is_not_refreshed_by_c() -> None:
+    """max_flows 2: the third flow evicts the first; the first one's next packet is a new row
+    (Python's table no longer has it), not a refresh of the evicted one C had cached."""
+    flows = _inner_flows()
+    a, b, c = flows[0], flows[1], flows[4]
+    order = [a[0], a[1], b[0], b[1], c[0], a[2], b[2], c[1], a[3]]
+    frames = [(T0 + 1000 * i, _wrap(f, "vxlan", 9, PEER4, (), 1)) for i, f in enumerate(order)]
+    got = _via_push(frames, "compiled", max_flows=2)
+    want = _via_push(frames, "python", max_flows=2)
+    _assert_same(got, want)
+    assert len(want[3]) > 6  # the evicted flows came back as rows of their own
