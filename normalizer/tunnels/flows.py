@@ -19,6 +19,7 @@ from normalizer.core.frame import LINKTYPE_ETHERNET, l3_offset
 from normalizer.tunnels.ref import TunnelRef, tunnel_json
 
 _NS = 1_000_000_000
+_MEMO = 4096  # bound of the address text memo: peers, proxies and decoys repeat, clients may not
 _PORTS = frozenset({6, 17, 132})  # TCP, UDP, SCTP: the first 4 bytes are the ports
 
 
@@ -75,6 +76,16 @@ class TunnelFlows:
         # which a flow it knows may no longer be in the table (sweeps, evictions, flush).
         self.last: TunnelFlow | None = None
         self.epoch = 0
+        self._texts: dict[bytes, str] = {}  # packed address -> text, bounded by _MEMO
+
+    def _text(self, packed: bytes) -> str:
+        """``str(ipaddress.ip_address(packed))``, memoized: a row costs four of them."""
+        text = self._texts.get(packed)
+        if text is None:
+            if len(self._texts) >= _MEMO:
+                self._texts.clear()
+            text = self._texts[packed] = str(ipaddress.ip_address(packed))
+        return text
 
     @property
     def next_sweep(self) -> int:
@@ -103,9 +114,9 @@ class TunnelFlows:
         flow = TunnelFlow(
             vlan,
             proto,
-            (str(ipaddress.ip_address(src)), sport),
-            (str(ipaddress.ip_address(dst)), dport),
-            tunnel_json(ref),
+            (self._text(src), sport),
+            (self._text(dst), dport),
+            tunnel_json(ref, self._text),
             ts,
             ts,
             ts,

@@ -13,7 +13,7 @@ A VNI whose default id is already used by another VNI in this run (or reserved b
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from normalizer.tunnels.geneve import GeneveOption, describe
@@ -72,15 +72,16 @@ def _ip(packed: bytes) -> str:
     return str(ipaddress.ip_address(packed))
 
 
-def tunnel_json(ref: TunnelRef) -> dict[str, Any]:
-    """The ``tunnel`` object recorded per inner flow and added to its events by the enricher."""
+def tunnel_json(ref: TunnelRef, ip_text: Callable[[bytes], str] = _ip) -> dict[str, Any]:
+    """The ``tunnel`` object recorded per inner flow and added to its events by the enricher
+    (``ip_text``: packed address -> text, a caller's memo)."""
     out: dict[str, Any] = {
         "type": ref.kind,
         "vni": ref.vni,
         "vlan": ref.vlan,
         "outer": {
-            "src_ip": _ip(ref.outer_src),
-            "dest_ip": _ip(ref.outer_dst),
+            "src_ip": ip_text(ref.outer_src),
+            "dest_ip": ip_text(ref.outer_dst),
             "src_port": ref.outer_sport,
             "dest_port": ref.outer_dport,
             "vlan": [
@@ -92,7 +93,7 @@ def tunnel_json(ref: TunnelRef) -> dict[str, Any]:
     if ref.kind == "geneve":
         out.update(describe(ref.options))
     if ref.mirror is not None:
-        inner = tunnel_json(ref.mirror)
+        inner = tunnel_json(ref.mirror, ip_text)
         del inner["vlan"], inner["outer"]["vlan"]  # the frame's tag is the outer layer's
         out["mirror"] = inner
     return out
