@@ -269,12 +269,10 @@ class RingCapture:
                 s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
                 self.promisc = True
             if fanout_group is not None:
-                s.setsockopt(
-                    SOL_PACKET,
-                    PACKET_FANOUT,
-                    (fanout_group & 0xFFFF)
-                    | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16),
-                )
+                # An unsigned int: the DEFRAG flag sets bit 31, past what an int argument takes.
+                mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+                arg = struct.pack("=I", (fanout_group & 0xFFFF) | (mode << 16))
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, arg)
         except OSError as exc:
             self.sock.close()
             if isinstance(exc, CaptureError):

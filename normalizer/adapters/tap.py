@@ -13,6 +13,13 @@ Suricata reassembles such a frame as the large segment it is (tests/lab/test_hos
 If the device disappears (``ip link del``, a network restart), writes fail with EBADFD/ENODEV;
 the device is then recreated and the event counted, the frame that failed is counted as a write
 error, and nothing crashes. ``check()`` notices a deleted device even when no frame is written.
+
+Multi-queue (``live --workers N``): each worker process opens the same tap name with
+IFF_MULTI_QUEUE and so gets a queue of its own (no lock, no shared file descriptor between the
+processes). The kernel refuses to attach a queue of the other kind (EINVAL), so the flag of an
+existing device (``/sys/class/net/NAME/tun_flags``) is checked first: one worker attaches to a
+multi-queue tap as one queue, N workers on a single-queue tap get an error that says how to fix
+it. The device is not recreated behind Suricata's back: Suricata's capture is bound to it.
 """
 
 from __future__ import annotations
@@ -22,12 +29,26 @@ import errno
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytun
 
 # Errors that mean the device (or our attachment to it) is gone: recreate and go on.
 MAX_MTU = 65521  # a tap's max_mtu: 65535 minus the Ethernet header
 _GONE = {errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EBADF, errno.EPIPE}
+IFF_MULTI_QUEUE = 0x0100  # linux/if_tun.h
+
+
+class TapKindError(OSError):
+    """The tap exists with the wrong queue kind for this run (single- vs multi-queue)."""
+
+
+def tun_flags(name: str) -> int | None:
+    """The flags an existing tun/tap device was created with, None if there is none."""
+    try:
+        return int(Path(f"/sys/class/net/{name}/tun_flags").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(slots=True)
@@ -39,9 +60,10 @@ class TapStats:
 
 
 class Tap:
-    def __init__(self, name: str, mtu: int = MAX_MTU) -> None:
+    def __init__(self, name: str, mtu: int = MAX_MTU, multi_queue: bool = False) -> None:
         self.name = name
         self.mtu = mtu
+        self.multi_queue = multi_queue  # needed: open one queue of a multi-queue device
         self.stats = TapStats()
         self._dev: pytun.TunTapDevice | None = None
         self._fd = -1
@@ -51,8 +73,21 @@ class Tap:
     def open(self) -> None:
         """Create (or attach to) the persistent tap, set its MTU and bring it up."""
         self.close()
+        flags = pytun.IFF_TAP | pytun.IFF_NO_PI
+        existing = tun_flags(self.name)
+        if existing is not None and existing & IFF_MULTI_QUEUE:
+            flags |= IFF_MULTI_QUEUE  # one queue of it, whatever this run needs
+        elif existing is not None and self.multi_queue:
+            raise TapKindError(
+                errno.EINVAL,
+                f"tap {self.name} exists as a single-queue device and several workers need a"
+                f" multi-queue one: stop what uses it and delete it (ip link del {self.name});"
+                " the next start creates it multi-queue",
+            )
+        elif self.multi_queue:
+            flags |= IFF_MULTI_QUEUE
         try:
-            dev = pytun.TunTapDevice(name=self.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+            dev = pytun.TunTapDevice(name=self.name, flags=flags)
         except OSError as exc:  # say which device and what it takes, not a bare strerror
             raise OSError(
                 exc.errno,
