@@ -99,6 +99,7 @@ PER_WORKER = (  # the per-worker counters --stats-json shows
     "headers_stripped",
     "tap_frames",
     "kernel_drops",
+    "reloads",
 )
 
 
@@ -148,6 +149,7 @@ class _Slot:
     latest: dict[str, Any] | None = None
     sources: list[tuple[str, int]] = field(default_factory=list)
     retired: list[dict[str, Any]] = field(default_factory=list)  # earlier runs of this slot
+    last_run: dict[str, Any] | None = None  # the final report of the run stopped last
     last_report: float = 0.0
     started: float = 0.0
     restart_at: float | None = None
@@ -208,9 +210,11 @@ class Supervisor:
         out = []
         for s in self.slots:
             c = combine(self._worker_parts(s))
+            now = s.latest or s.last_run or {}
             out.append(
                 {"worker": s.index, "pid": s.pid, "restarts": s.restarts}
                 | {k: c.get(k, 0) for k in PER_WORKER}
+                | {"current_run": {k: now.get(k, 0) for k in PER_WORKER}}
             )
         return out
 
@@ -311,6 +315,11 @@ class Supervisor:
             slot.sources = [(str(a), int(n)) for a, n in msg.get("sources", [])]
             if msg.get("kind") == "ready":
                 slot.ready = True
+                if slot.restarts:
+                    _log(
+                        f"suricata-normalizer: worker {slot.index} (pid {slot.pid}) running"
+                        f" again (restart {slot.restarts})"
+                    )
 
     def _reap(self) -> None:
         while True:
@@ -335,7 +344,7 @@ class Supervisor:
             if not self._stop:  # a gone worker's flows and held frames are gone
                 last.update(dict.fromkeys(_GAUGES, 0))
             slot.retired.append(last)
-            slot.latest = None
+            slot.last_run, slot.latest = last, None
         pid, slot.pid = slot.pid, 0
         how = _how(status)
         if self._stop:
