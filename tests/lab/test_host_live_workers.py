@@ -4,7 +4,8 @@ Claims, on the layout of tests/lab/hostlab.py (gateways on the host, two decoys 
 
 1. Two workers make ONE Suricata raise exactly the alerts one worker does on the same traffic
    (same rules, same counts per gateway, every alert naming the attacker and the address he
-   hit), and both workers carried traffic.
+   hit), and both workers carried traffic; both wrote their rows into the one connection cache,
+   from which ``eve-enricher`` names the header of every alert.
 2. The kernel's fanout hash is symmetric: every server-to-client segment reached the worker
    that holds its flow, so no worker passed a segment as untracked (all TCP on br1 is proxied).
 3. A worker killed with SIGKILL is restarted, and the traffic after it is normalized as before;
@@ -21,6 +22,7 @@ import shutil
 import signal
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +42,10 @@ from tests.lab.live_demo import (
     TAP,
     Live,
     settle,
+    start_enricher,
     start_live,
     start_suricata,
+    stop_enricher,
     stop_live,
     stop_suricata,
 )
@@ -74,19 +78,32 @@ def _traffic(lab: HostLab, d: Path) -> int:
     return 2 * (ROUNDS * 7 + BENIGN)
 
 
-def _run(lab: HostLab, d: Path, workers: int) -> tuple[dict[str, Any], list[Event], int]:
+@dataclass
+class Run:
+    counters: dict[str, Any]
+    events: list[Event]  # Suricata's eve.json
+    enriched: list[Event]  # eve-enricher's output, from the workers' shared cache
+    conns: int
+
+
+def _run(lab: HostLab, d: Path, workers: int) -> Run:
     d.mkdir()
     start_host_services(lab, d, headers=True)
+    cache = d / "conn.db"
     live = start_live(
-        lab, d, "live", None, "--workers", str(workers), role="host", iface=BRIDGE, proxy=PROXY
+        lab, d, "live", cache, "--workers", str(workers), role="host", iface=BRIDGE, proxy=PROXY
     )  # type: ignore[arg-type]
     suri = start_suricata(lab, d, role="host")  # type: ignore[arg-type]
+    eve = d / f"suricata-{TAP}" / "eve.json"
+    enricher = start_enricher(lab, d, eve, cache, d / "enriched.json", role="host")  # type: ignore[arg-type]
     conns = _traffic(lab, d)
     settle()
     counters = stop_live(lab, live)  # type: ignore[arg-type]
     events = stop_suricata(lab, suri, d)  # type: ignore[arg-type]
+    n = len(_alerts(events))
+    enriched = stop_enricher(lab, enricher, d / "enriched.json", n)  # type: ignore[arg-type]
     lab.stop_all()
-    return counters, events, conns
+    return Run(counters, events, enriched, conns)
 
 
 def _alerts(events: list[Event]) -> list[Event]:
@@ -104,7 +121,7 @@ def test_two_workers_raise_the_alerts_of_one_and_keep_both_directions_together(
     tools: None, tmp_path: Path
 ) -> None:
     with HostLab(decoys=2) as lab:
-        one, one_events, conns = _run(lab, tmp_path / "one", 1)
+        run1 = _run(lab, tmp_path / "one", 1)
         # The one-worker run left its single-queue tap: two workers refuse it, clearly.
         refused = lab.sh(
             "host",
@@ -117,17 +134,27 @@ def test_two_workers_raise_the_alerts_of_one_and_keep_both_directions_together(
         assert "ip link del snl0" in refused and refused.rstrip().endswith("rc=1"), refused
         assert "multi_queue" not in lab.ip("host", "-d", "link", "show", TAP)
         lab.ip("host", "link", "del", TAP)
-        two, two_events, _ = _run(lab, tmp_path / "two", 2)
+        run2 = _run(lab, tmp_path / "two", 2)
         assert "multi_queue" in lab.ip("host", "-d", "link", "show", TAP)
 
+    one_events, conns = run1.events, run1.conns
+    two, two_events = run2.counters, run2.events
     want = Counter({sid: n * ROUNDS for sid, n in expected_alerts(False).items()})
     assert _by_port(one_events) == {HAPROXY_PORT: want, NGINX_PORT: want}
     assert _by_port(two_events) == _by_port(one_events)
     for e in _alerts(two_events) + _alerts(one_events):
         assert _ends(e) == (ATTACKER, FRONT), e
     per_port = conns // 2
-    for c in (one, two):
+    for r in (run1, run2):
+        c = r.counters
         assert c["headers_stripped"] == {"proxy-v2": per_port, "proxy-v1": per_port}
+        # Every connection has its row in the one cache (N writers), and the enricher, reading
+        # it unchanged, names the header behind every alert.
+        assert c["cache_rows"] == conns and c["cache_errors"] == 0
+        enriched = _alerts(r.enriched)
+        assert len(enriched) == len(_alerts(r.events))
+        kinds = Counter(e["proxy"]["header"]["kind"] for e in enriched)
+        assert kinds == {"proxy-v2": len(enriched) // 2, "proxy-v1": len(enriched) // 2}
         assert c["passed_untracked"] == 0
         assert c["kernel_drops"] == 0 and c["tap_write_errors"] == 0
         assert c["tap_frames"] == c["packets_out"]
