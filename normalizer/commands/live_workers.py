@@ -363,6 +363,12 @@ class Supervisor:
             f"suricata-normalizer: worker {slot.index} (pid {pid}) {how}; restarting it in"
             f" {slot.backoff:g} s (restart {slot.restarts})"
         )
+        running = sum(1 for s in self.slots if s.alive)
+        sdnotify.notify(
+            sdnotify.message(
+                STATUS=f"worker {slot.index} restarting, {running} of {self.workers} running"
+            )
+        )
         slot.backoff = min(BACKOFF_MAX, slot.backoff * 2)
 
     def _signal_all(self, sig: int) -> None:
@@ -464,6 +470,7 @@ class Supervisor:
         next_wd = mono() if wd_every else math.inf
         warn_at = mono() + settings.warn_after
         by_fd = {}
+        was_ready = False
         while not self._stop:
             by_fd = {s.sock.fileno(): s for s in self.slots if s.sock is not None}
             for fd, _ev in self._poller.poll(int(settings.tick_interval * 1000)):
@@ -489,15 +496,13 @@ class Supervisor:
                         os.kill(slot.pid, signal.SIGKILL)
                     slot.last_report = now  # once; the reap restarts it
             all_ready = all(s.alive and s.ready for s in self.slots)
+            status = f"{settings.iface} -> {settings.tap}, {self.workers} workers"
+            if all_ready and self._started and not was_ready:
+                sdnotify.notify(sdnotify.message(STATUS=status))  # all back after a restart
+            was_ready = all_ready
             if all_ready and not self._started:
                 self._started = True
-                sdnotify.notify(
-                    sdnotify.message(
-                        READY=1,
-                        STATUS=f"{settings.iface} -> {settings.tap}, {self.workers} workers",
-                        MAINPID=os.getpid(),
-                    )
-                )
+                sdnotify.notify(sdnotify.message(READY=1, STATUS=status, MAINPID=os.getpid()))
                 print(
                     f"suricata-normalizer: live on {settings.iface} -> tap {settings.tap},"
                     f" {self.workers} workers (fanout group {self.group}, pids"
