@@ -8,6 +8,7 @@ MAINPID the parent; WATCHDOG=1 pings stop while a worker is dead and resume when
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -114,3 +115,45 @@ def test_only_the_parent_notifies_and_the_watchdog_waits_for_a_restarted_worker(
     assert senders == {proc.pid}, notify.got
     assert sum(msg.startswith("READY=1") for _pid, msg in notify.got) == 1
     assert "restarted 1 times" in log.read_text()
+
+
+def test_the_silence_warning_runs_on_the_sum_of_the_workers(netns: str, tmp_path: Path) -> None:
+    """SYNs from a host that is not the trusted proxy, spread over both workers: the warning
+    names it with the SYNs of both added up, and the gauge says so."""
+    stats, log = tmp_path / "live.json", tmp_path / "live.log"
+    ns = ["ip", "netns", "exec", netns]
+    subprocess.run(["ip", "-n", netns, "addr", "add", "10.9.0.1/24", "dev", "a1"], check=True)
+    neigh = ["ip", "-n", netns, "neigh", "add", "10.9.0.2", "lladdr", "02:00:00:00:00:02"]
+    subprocess.run([*neigh, "dev", "a1"], check=True)  # no ARP: the SYNs leave at once
+    argv = [*ns, sys.executable, "-m", "normalizer", "live", "--iface", "a0", "--tap", "snl0"]
+    argv += ["--proxy", "10.0.0.1/32", "--workers", "2", "--warn-after", "2"]
+    argv += ["--stats-json", str(stats)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while "live on" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        # 24 connection attempts from 24 source ports, to a host that never answers.
+        syns = "import socket\nfor _ in range(24):\n    s = socket.socket()\n"
+        syns += "    s.setblocking(False)\n    s.connect_ex(('10.9.0.2', 80))\n"
+        subprocess.run([*ns, sys.executable, "-c", syns], check=True)
+        deadline = time.monotonic() + 30
+        while "no proxied flow" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    c = json.loads(stats.read_text())
+    text = log.read_text()
+    assert "warning: 2 s in, no proxied flow" in text, text
+    assert c["no_proxied_flows"] == 1
+    tcp = c["ring_frames"] - c["passed_not_tcp"]  # every TCP frame here is such a SYN
+    assert tcp >= 24
+    assert f"connections were opened by 10.9.0.1 ({tcp}): if one is the proxy, try --proxy" in text
+    assert all(w["ring_frames"] > 0 for w in c["per_worker"]), c["per_worker"]
