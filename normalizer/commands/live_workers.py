@@ -473,7 +473,8 @@ class Supervisor:
         was_ready = False
         while not self._stop:
             by_fd = {s.sock.fileno(): s for s in self.slots if s.sock is not None}
-            for fd, _ev in self._poller.poll(int(settings.tick_interval * 1000)):
+            wait = min(settings.tick_interval, max(0.0, next_wd - mono()))
+            for fd, _ev in self._poller.poll(int(wait * 1000) + 1):
                 if fd == rfd:
                     with contextlib.suppress(BlockingIOError):
                         while os.read(rfd, 512):

@@ -157,3 +157,18 @@ def test_the_silence_warning_runs_on_the_sum_of_the_workers(netns: str, tmp_path
     assert tcp >= 24
     assert f"connections were opened by 10.9.0.1 ({tcp}): if one is the proxy, try --proxy" in text
     assert all(w["ring_frames"] > 0 for w in c["per_worker"]), c["per_worker"]
+
+
+def test_a_worker_that_cannot_start_fails_the_start_and_removes_the_new_tap(
+    netns: str, tmp_path: Path
+) -> None:
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "normalizer", "live"]
+    argv += ["--iface", "nosuch0", "--tap", "snl9", "--proxy", "10.0.0.1/32", "--workers", "2"]
+    p = subprocess.run(
+        argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert p.returncode == 1, p.stderr
+    assert "AF_PACKET on nosuch0: No such device" in p.stderr, p.stderr
+    assert "while starting" in p.stderr
+    links = subprocess.run(["ip", "-n", netns, "link"], capture_output=True, text=True).stdout
+    assert "snl9" not in links
