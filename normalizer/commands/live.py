@@ -125,6 +125,7 @@ class LiveNormalizer:
         settings: LiveSettings,
         load_options: Callable[[], Options],
         report: socket.socket | None = None,
+        capture: RingCapture | None = None,
     ) -> None:
         self.settings = settings
         self._report_to = report  # worker mode: the parent's end of a SOCK_SEQPACKET pair
@@ -133,24 +134,14 @@ class LiveNormalizer:
         self.cache = ConnectionCache(settings.cache) if settings.cache else None
         self.sink = CacheSink(self.cache, _log) if self.cache else None
         self.tap = Tap(settings.tap, settings.tap_mtu, multi_queue=settings.multi_queue)
-        block = 1 << 20
         try:
-            self.capture = RingCapture(
-                settings.iface,
-                block_size=block,
-                block_count=max(2, settings.ring_mb * (1 << 20) // block),
-                block_timeout_ms=settings.block_timeout_ms,
-                bpf=settings.bpf,
-                fanout_group=settings.fanout_group,
-                ignore_outgoing=settings.ignore_outgoing,
-                promisc=settings.promisc,
-                # The ring's CSUMNOTREADY flag names the partial checksums: completed there, and
-                # the pipeline need not guess from the field ("auto"); "keep" leaves them partial.
-                complete_partial=self.options.checksums != "keep",
-            )
+            # Worker mode: the supervisor opened the ring (it keeps it across restarts).
+            self.capture = capture or open_capture(settings, self.options)
         except BaseException:
             self._abort_start(capture=False)
             raise
+        if capture is not None:
+            capture.resync()  # where the previous reader of this ring stopped
         self.is_bridge = Path(f"/sys/class/net/{settings.iface}/bridge").is_dir()
         self._warn_at = time.monotonic() + settings.warn_after
         self.warned = False
@@ -410,6 +401,8 @@ class LiveNormalizer:
                                         break
                                 except BlockingIOError:
                                     break
+                        elif not capture.ready():  # readable, yet not where we look: resync
+                            capture.resync()
                 # One call per ring block: into the compiled core when it runs (pipeline.py).
                 if capture.drain_into(self._push_block):
                     self._forward(self._take())
@@ -476,6 +469,24 @@ class LiveNormalizer:
         self.tap.close()
         if self.cache is not None:
             self.cache.close()
+
+
+def open_capture(settings: LiveSettings, options: Options) -> RingCapture:
+    """The AF_PACKET ring ``settings`` describe (in the fanout group if one is given)."""
+    block = 1 << 20
+    return RingCapture(
+        settings.iface,
+        block_size=block,
+        block_count=max(2, settings.ring_mb * (1 << 20) // block),
+        block_timeout_ms=settings.block_timeout_ms,
+        bpf=settings.bpf,
+        fanout_group=settings.fanout_group,
+        ignore_outgoing=settings.ignore_outgoing,
+        promisc=settings.promisc,
+        # The ring's CSUMNOTREADY flag names the partial checksums: completed there, and the
+        # pipeline need not guess from the field ("auto"); "keep" leaves them partial.
+        complete_partial=options.checksums != "keep",
+    )
 
 
 def report_once(kinds: set[tuple[str, str]], where: str, exc: Exception) -> None:

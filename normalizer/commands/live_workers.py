@@ -6,6 +6,17 @@ own engine and flow table, its own queue of a multi-queue tap and its own SQLite
 share nothing on the packet path; the kernel spreads the frames (PACKET_FANOUT_HASH with
 PACKET_FANOUT_FLAG_DEFRAG: fragments are reassembled before hashing, so they follow their flow).
 
+Why the parent opens the rings: the kernel indexes a fanout group by member position, and when
+a member leaves it moves the last member into the gap (net/packet/af_packet.c,
+__fanout_unlink); a rejoining socket is appended. Had each worker its own socket, a worker's
+death and restart would re-spread every flow of the group and disturb the connections of the
+workers that never died. So the parent opens the N sockets (in order, before any fork) and
+keeps them open; worker i reads ring i and nothing else (it closes the others' descriptors),
+and its successor after a crash takes over the same ring (``RingCapture.resync``: the oldest
+block the kernel handed over). The group never changes: frames of the dead worker's share wait
+in its ring (up to its size, then kernel drops, counted) and go to its successor, the other
+workers see nothing of it (tests/lab/test_host_live_workers.py).
+
 Why the flow hash works: the kernel's fanout hash is its symmetric flow hash (addresses and ports
 ordered before hashing), so both directions of a TCP connection land on the same worker -- the
 engine needs both (the client's segments lose the header bytes, the server's acks are shifted to
@@ -27,12 +38,14 @@ Why ``os.fork`` and not multiprocessing's spawn: a worker is the very ``LiveNorm
 single-process command runs; fork hands it the parsed settings and the config loader (a closure
 over the command line, which spawn would have to pickle or re-parse) without a second
 interpreter start-up and import (~0.3 s each), so a restart is as quick as the first start. Fork
-copies nothing a worker must not share because the parent opens nothing a worker uses: the tap
-is created multi-queue and closed again before the first fork, the cache schema likewise; the
-parent keeps only its end of each worker's report socket, the signal wake-up pipe and the
-metrics listener, and a worker closes every inherited descriptor but its own report socket
-first thing (as subprocess's close_fds would). The metrics thread of the parent takes no lock a
-worker uses (prometheus_client's handler does not log), so forking while it runs is safe.
+copies nothing a worker must not share: the tap is created multi-queue and closed again before
+the first fork, the cache schema likewise; each ring socket is read by one worker at a time and
+never by the parent. The parent also keeps its end of each worker's report socket, the signal
+wake-up pipe and the metrics listener; a worker collects the garbage it inherited (while its
+descriptors are still valid), closes the other rings, then every inherited descriptor but its
+report socket and its ring's (as subprocess's close_fds would) and maps its ring again. The
+metrics thread of the parent takes no lock a worker uses (prometheus_client's handler does not
+log), so forking while it runs is safe.
 
 Supervision: each worker sends its counters to the parent as one SOCK_SEQPACKET datagram per
 tick (non-blocking; a late one is dropped, the next is newer), one when its ring and tap queue
@@ -43,11 +56,10 @@ while it keeps dying young), one that stops reporting is killed and restarted. W
 the parent (PR_SET_PDEATHSIG). SIGTERM/SIGINT stop every worker (each flushes, writes its queue
 and reports a last time), SIGHUP is validated once by the parent and then forwarded to each.
 
-A restart moves flows: the dead worker's socket leaves the group, the kernel gives its slot to
-the group's last member and appends the new socket, so connections open at that moment may
-continue on another worker, which passes them as captured (the ``midstream`` policy); with
-``--cache`` the new worker adopts the recent connections the cache holds. New connections are
-normalized as before. Frames in the dead worker's ring are lost to Suricata.
+What a crash costs: the dead worker's flow table. Its connections open at that moment continue
+on its successor, which passes them as captured (the ``midstream`` policy) unless ``--cache``
+lets it adopt them; frames of a block it was reading when it died may be processed twice
+(Suricata takes them as retransmissions). New connections are normalized as before.
 
 Counters: the sum over workers (and over the runs of restarted ones), except gauges of a worker
 that is gone, maxima (largest frame, slowest cache write) and the promiscuous flag (all must
@@ -60,6 +72,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -77,10 +90,17 @@ from types import FrameType
 from typing import Any
 
 from normalizer.adapters import sdnotify
+from normalizer.adapters.afpacket import RingCapture
 from normalizer.adapters.config import ConfigError
 from normalizer.adapters.tap import Tap
 from normalizer.cache.connections import CacheError, ConnectionCache
-from normalizer.commands.live import LiveNormalizer, LiveSettings, _log, silence_report
+from normalizer.commands.live import (
+    LiveNormalizer,
+    LiveSettings,
+    _log,
+    open_capture,
+    silence_report,
+)
 from normalizer.commands.rewrite import write_text
 from normalizer.core.options import Options
 
@@ -188,6 +208,7 @@ class Supervisor:
         self._started = False  # every worker was ready once: later exits are restarts
         self._wakeup: tuple[int, int] | None = None
         self._poller = select.poll()
+        self._rings: list[RingCapture] = []  # one per worker, held here across restarts
 
     # -- counters ----------------------------------------------------------------------------
 
@@ -252,6 +273,9 @@ class Supervisor:
     def _child(self, index: int, sock: socket.socket) -> None:
         code = 70
         try:
+            # Garbage of the parent (the metrics server, unreachable once its thread is gone
+            # here) is finalized now, while its descriptors are still its own.
+            gc.collect()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop takes it
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -263,9 +287,16 @@ class Supervisor:
                 os._exit(1)
             for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                 os.environ.pop(key, None)  # only the parent speaks to systemd
-            keep = sock.fileno()
-            os.closerange(3, keep)
-            os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+            ring = self._rings[index]
+            for other in self._rings:
+                if other is not ring:
+                    other.close()
+            ring.ring.close()  # its private descriptor goes below; mapped again after
+            keep = sorted((sock.fileno(), ring.fileno()))
+            os.closerange(3, keep[0])
+            os.closerange(keep[0] + 1, keep[1])
+            os.closerange(keep[1] + 1, os.sysconf("SC_OPEN_MAX"))
+            ring.remap()
             settings = dataclasses.replace(
                 self.settings,
                 fanout_group=self.group,
@@ -276,7 +307,7 @@ class Supervisor:
                 worker=index,
             )
             sock.setblocking(False)
-            live = LiveNormalizer(settings, self._load_options, report=sock)
+            live = LiveNormalizer(settings, self._load_options, report=sock, capture=ring)
             live.run()
             code = 0
         except ConfigError as exc:
@@ -407,13 +438,22 @@ class Supervisor:
         tap = Tap(self.settings.tap, self.settings.tap_mtu, multi_queue=True)
         created = tap.created
         tap.close()
-        if self.settings.cache is not None:
-            try:
+        try:
+            if self.settings.cache is not None:
                 ConnectionCache(self.settings.cache).close()
-            except BaseException:
-                self._remove_tap(created)
-                raise
+            grouped = dataclasses.replace(self.settings, fanout_group=self.group)
+            for _ in range(self.workers):
+                self._rings.append(open_capture(grouped, self.options))
+        except BaseException:
+            self._close_rings()
+            self._remove_tap(created)
+            raise
         return created
+
+    def _close_rings(self) -> None:
+        for ring in self._rings:
+            ring.close()
+        self._rings.clear()
 
     def _remove_tap(self, created: bool) -> None:
         if created:
@@ -431,6 +471,7 @@ class Supervisor:
             try:
                 serve(settings.metrics_port, self.counters, settings.metrics_addr)
             except OSError as exc:
+                self._close_rings()
                 self._remove_tap(created)
                 raise OSError(
                     exc.errno, f"{exc.strerror or exc} (--metrics-port {settings.metrics_port})"
@@ -453,6 +494,7 @@ class Supervisor:
                 signal.signal(sig, signal.SIG_DFL)
             os.close(rfd)
             os.close(wfd)
+            self._close_rings()
         if not self._started:
             self._remove_tap(created)
         if settings.stats_json:

@@ -220,3 +220,52 @@ def test_a_killed_worker_is_restarted_and_traffic_keeps_flowing(
     assert _by_port(events) == {HAPROXY_PORT: want, NGINX_PORT: want}
     for e in _alerts(events):
         assert _ends(e) == (ATTACKER, FRONT), e
+
+
+def _metric(lab: HostLab, port: int, name: str) -> float:
+    text = lab.sh("host", "curl", "-sS", f"http://127.0.0.1:{port}/metrics")
+    for line in text.splitlines():
+        if line.startswith(f"suricata_normalizer_{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in {text[:500]}")
+
+
+def test_a_restart_moves_no_connection_of_the_other_worker(tools: None, tmp_path: Path) -> None:
+    """The rings are the parent's: a dead worker's socket stays in the fanout group, so the
+    kernel never renumbers it. Downloads running across the restart: the survivor's continue
+    undisturbed (no reply it cannot place), the dead worker's frames wait in its ring and go
+    to its successor (which passes them: their header state died with the worker)."""
+    d = tmp_path
+    metrics = 9189
+    with HostLab(decoys=2) as lab:
+        start_host_services(lab, d, headers=True)
+        args = ("--workers", "2", "--metrics-port", str(metrics))
+        live = start_live(lab, d, "live", None, *args, role="host", iface=BRIDGE, proxy=PROXY)  # type: ignore[arg-type]
+        # Small socket buffers on the gateway host: curl's --limit-rate then paces HAProxy's
+        # backend connections on the bridge too, so the downloads run for seconds, across the
+        # restart.
+        for key in ("tcp_rmem", "tcp_wmem"):
+            lab.sh("host", "sysctl", "-qw", f"net.ipv4.{key}=4096 16384 32768")
+        url = f"http://{FRONT}:{HAPROXY_PORT}/big.bin"
+        curl = f"curl -sS -r 0-599999 --limit-rate 100k -o /dev/null {url}"  # ~6 s each
+        loop = f"for i in $(seq 8); do {curl} & done; wait"
+        downloads = lab.spawn("attacker", ["sh", "-c", loop], d / "downloads.log")
+        deadline = time.monotonic() + 30
+        while _metric(lab, metrics, "flows_active") < 8:  # all eight running
+            assert time.monotonic() < deadline and downloads.poll() is None
+            time.sleep(0.1)
+        victim = _pids(live)[0]
+        os.kill(victim, signal.SIGKILL)
+        _wait_log(live, r"worker 0 \(pid \d+\) running again \(restart 1\)")
+        assert downloads.wait(120) == 0, (d / "downloads.log").read_text()
+        lab.procs.remove(downloads)
+        settle()
+        counters = stop_live(lab, live)  # type: ignore[arg-type]
+
+    w0, w1 = counters["per_worker"]
+    assert counters["headers_stripped"] == {"proxy-v2": 8}  # all before the kill
+    assert sum(w1["headers_stripped"].values()) > 0, w1  # the survivor had downloads
+    assert w1["passed_untracked"] == 0, w1  # and none of the dead worker's frames
+    # The successor got the rest of the dead worker's downloads from the same ring.
+    now = w0["current_run"]
+    assert now["ring_frames"] > 0 and now["passed_untracked"] > 0 and now["flows_created"] == 0, w0
