@@ -167,7 +167,11 @@ def _live_parser(sub: Any) -> None:
         help="default 65521",
     )
     lv.add_argument(
-        "--ring-mb", type=_int_in(2, 1 << 16), default=64, metavar="N", help="capture ring size"
+        "--ring-mb",
+        type=_int_in(2, 1 << 16),
+        default=64,
+        metavar="N",
+        help="capture ring size in MB (per worker)",
     )
     lv.add_argument("--stats-json", type=Path, help="write the counters as JSON on exit")
     lv.add_argument(
