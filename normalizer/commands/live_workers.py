@@ -168,7 +168,8 @@ class _Slot:
     ready: bool = False
     latest: dict[str, Any] | None = None
     sources: list[tuple[str, int]] = field(default_factory=list)
-    retired: list[dict[str, Any]] = field(default_factory=list)  # earlier runs of this slot
+    # Earlier runs of this slot, summed: one dict however often it restarts.
+    retired: list[dict[str, Any]] = field(default_factory=list)
     last_run: dict[str, Any] | None = None  # the final report of the run stopped last
     last_report: float = 0.0
     started: float = 0.0
@@ -374,7 +375,7 @@ class Supervisor:
             last = dict(slot.latest)
             if not self._stop:  # a gone worker's flows and held frames are gone
                 last.update(dict.fromkeys(_GAUGES, 0))
-            slot.retired.append(last)
+            slot.retired = [combine([*slot.retired, last])]
             slot.last_run, slot.latest = last, None
         pid, slot.pid = slot.pid, 0
         how = _how(status)
