@@ -93,7 +93,7 @@ from normalizer.adapters import sdnotify
 from normalizer.adapters.afpacket import RingCapture
 from normalizer.adapters.config import ConfigError
 from normalizer.adapters.tap import Tap
-from normalizer.cache.connections import CacheError, ConnectionCache
+from normalizer.cache.connections import CacheError, CacheStats, ConnectionCache
 from normalizer.commands.live import (
     LiveNormalizer,
     LiveSettings,
@@ -102,6 +102,7 @@ from normalizer.commands.live import (
     silence_report,
 )
 from normalizer.commands.rewrite import write_text
+from normalizer.core.counters import Counters
 from normalizer.core.options import Options
 
 STUCK_AFTER = 30.0  # seconds without a report before a worker is taken for stuck and killed
@@ -111,6 +112,34 @@ _PR_SET_PDEATHSIG = 1
 _GAUGES = ("flows_active", "held_packets")  # of the workers alive now only
 _MAXIMA = ("capture_max_frame", "cache_write_seconds_max")
 _MINIMA = ("capture_promisc",)
+# What a worker reports, at zero: the sum names every counter before the first report arrives
+# (a stop during the start), for the summary. Not capture_promisc: a minimum.
+_ZERO: dict[str, Any] = (
+    Counters().as_dict()
+    | CacheStats().as_dict()
+    | dict.fromkeys(
+        (
+            "kernel_packets",
+            "kernel_drops",
+            "kernel_freezes",
+            "capture_truncated",
+            "capture_oversize",
+            "capture_max_frame",
+            "csum_not_ready",
+            "csum_completed",
+            "ring_frames",
+            "tap_frames",
+            "tap_bytes",
+            "tap_write_errors",
+            "tap_recreated",
+            "frames_failed",
+            "internal_errors",
+            "flows_active",
+            "held_packets",
+        ),
+        0,
+    )
+)
 PER_WORKER = (  # the per-worker counters --stats-json shows
     "ring_frames",
     "packets_in",
@@ -218,7 +247,7 @@ class Supervisor:
 
     def counters(self) -> dict[str, Any]:
         parts = [p for s in self.slots for p in self._worker_parts(s)]
-        total = combine(parts) if parts else {}
+        total = combine([_ZERO, *parts])
         total.update(
             reloads=self.reloads,
             workers=self.workers,
@@ -250,7 +279,6 @@ class Supervisor:
 
     def silence(self, counters: dict[str, Any] | None = None) -> str:
         c = self.counters() if counters is None else counters
-        c = {"ring_frames": 0, "flows_created": 0, **c}
         sources = merge_sources([s.sources for s in self.slots])
         return silence_report(c, sources, self.options.proxies, self.settings.iface, self.is_bridge)
 

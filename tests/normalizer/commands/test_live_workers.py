@@ -12,7 +12,10 @@ import pytest
 
 from normalizer.adapters.config import ConfigError, build_options
 from normalizer.cli import main
-from normalizer.commands.live_workers import combine, fanout_group_for, merge_sources
+from normalizer.commands.live import LiveSettings, live_summary
+from normalizer.commands.live_workers import Supervisor, combine, fanout_group_for, merge_sources
+from normalizer.commands.rewrite import summary
+from normalizer.core.counters import Counters
 
 PROXY = {"proxies": ["192.0.2.1/32"]}
 DECAP = {**PROXY, "decapsulate": True, "tunnel_peers": ["203.0.113.0/24"]}
@@ -108,3 +111,20 @@ def test_untrusted_sources_of_all_workers_are_merged() -> None:
 
 def test_the_fanout_group_id_fits_the_kernels_16_bits() -> None:
     assert fanout_group_for(0x12345) == 0x2345
+
+
+def test_before_any_report_the_sum_names_every_counter_the_summary_prints(tmp_path: Path) -> None:
+    """A stop during the start (no worker reported yet) still ends with a summary."""
+    sup = Supervisor(
+        LiveSettings(iface="no-such-if0"), lambda: build_options(PROXY, {"workers": 2}), 2
+    )
+    c = sup.counters()
+    assert (c["packets_in"], c["headers_stripped"], c["workers"], c["workers_alive"]) == (
+        0,
+        {},
+        2,
+        0,
+    )
+    assert "capture: 0 packets" in live_summary(c)
+    assert "0 in" in summary(Counters(**{k: c[k] for k in Counters.__dataclass_fields__}))
+    assert "no frame at all was captured on no-such-if0" in sup.silence()
