@@ -17,9 +17,10 @@ error, and nothing crashes. ``check()`` notices a deleted device even when no fr
 Multi-queue (``live --workers N``): each worker process opens the same tap name with
 IFF_MULTI_QUEUE and so gets a queue of its own (no lock, no shared file descriptor between the
 processes). The kernel refuses to attach a queue of the other kind (EINVAL), so the flag of an
-existing device (``/sys/class/net/NAME/tun_flags``) is checked first: one worker attaches to a
-multi-queue tap as one queue, N workers on a single-queue tap get an error that says how to fix
-it. The device is not recreated behind Suricata's back: Suricata's capture is bound to it.
+existing device is found by trying: one worker attaches to a multi-queue tap as one queue, N
+workers on a single-queue tap get an error that says how to fix it (``tun_flags`` reads the kind
+from sysfs, for tests and diagnostics; a sandboxed service need not see sysfs for its network
+namespace). The device is not recreated behind Suricata's back: Suricata's capture is bound to it.
 """
 
 from __future__ import annotations
@@ -73,27 +74,25 @@ class Tap:
     def open(self) -> None:
         """Create (or attach to) the persistent tap, set its MTU and bring it up."""
         self.close()
-        flags = pytun.IFF_TAP | pytun.IFF_NO_PI
-        existing = tun_flags(self.name)
-        if existing is not None and existing & IFF_MULTI_QUEUE:
-            flags |= IFF_MULTI_QUEUE  # one queue of it, whatever this run needs
-        elif existing is not None and self.multi_queue:
-            raise TapKindError(
-                errno.EINVAL,
-                f"tap {self.name} exists as a single-queue device and several workers need a"
-                f" multi-queue one: stop what uses it and delete it (ip link del {self.name});"
-                " the next start creates it multi-queue",
-            )
-        elif self.multi_queue:
-            flags |= IFF_MULTI_QUEUE
+        base = pytun.IFF_TAP | pytun.IFF_NO_PI
         try:
-            dev = pytun.TunTapDevice(name=self.name, flags=flags)
-        except OSError as exc:  # say which device and what it takes, not a bare strerror
-            raise OSError(
-                exc.errno,
-                f"{exc.strerror}: tap {self.name} (needs read-write /dev/net/tun and"
-                " CAP_NET_ADMIN)",
-            ) from None
+            dev = self._attach(base | (IFF_MULTI_QUEUE if self.multi_queue else 0))
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self.exists():
+                raise self._explained(exc) from None
+            # The device exists as the other kind. Several workers need a queue each; one
+            # attaches to a multi-queue device as one of its queues.
+            if self.multi_queue:
+                raise TapKindError(
+                    errno.EINVAL,
+                    f"tap {self.name} exists as a single-queue device and several workers need"
+                    f" a multi-queue one: stop what uses it and delete it (ip link del"
+                    f" {self.name}); the next start creates it multi-queue",
+                ) from None
+            try:
+                dev = self._attach(base | IFF_MULTI_QUEUE)
+            except OSError:
+                raise self._explained(exc) from None
         try:
             dev.persist(True)
             dev.mtu = self.mtu
@@ -110,6 +109,16 @@ class Tap:
             fh.write("1")
         self._dev = dev
         self._fd = dev.fileno()
+
+    def _attach(self, flags: int) -> pytun.TunTapDevice:
+        return pytun.TunTapDevice(name=self.name, flags=flags)
+
+    def _explained(self, exc: OSError) -> OSError:
+        """Which device and what it takes, not a bare strerror."""
+        return OSError(
+            exc.errno,
+            f"{exc.strerror}: tap {self.name} (needs read-write /dev/net/tun and CAP_NET_ADMIN)",
+        )
 
     def exists(self) -> bool:
         """Whether the device is still there, in our network namespace."""
