@@ -41,6 +41,7 @@ setup(
         Extension(
             "normalizer.core._fastpath",
             sources=["normalizer/core/_fastpath.c"],
+            depends=["normalizer/core/_tapsink.c"],  # included by _fastpath.c
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

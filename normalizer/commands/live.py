@@ -61,6 +61,7 @@ from normalizer.cache.connections import CacheSink, CacheStats, ConnectionCache
 from normalizer.commands.rewrite import write_text
 from normalizer.core.counters import sum_counters
 from normalizer.core.engine import Frame
+from normalizer.core.fastpath import CompiledNormalizer
 from normalizer.core.frame import LINKTYPE_ETHERNET
 from normalizer.core.options import Options
 from normalizer.core.pipeline import Pipeline
@@ -154,7 +155,7 @@ class LiveNormalizer:
     def _new_pipeline(self) -> Pipeline:
         # The cache is written through the sink: a failing cache is counted, never stops traffic.
         sink = self.sink
-        return Pipeline(
+        pipe = Pipeline(
             self.options,
             LINKTYPE_ETHERNET,
             on_events=sink.record if sink else None,
@@ -162,6 +163,14 @@ class LiveNormalizer:
             on_tunnels=sink.record_tunnels if sink else None,
             checksums="fix" if self.options.checksums == "fix" else "keep",
         )
+        # The compiled engine buffers its output frames and writes them to the tap from C
+        # (no Python object per frame); the Python engine's frames are written one by one.
+        eng = pipe.engine
+        self._write_tap: Callable[[int], tuple[int, int, int]] | None = None
+        if isinstance(eng, CompiledNormalizer):
+            eng.set_sink(True)
+            self._write_tap = eng.write_tap
+        return pipe
 
     def _abort_start(self, capture: bool = True) -> None:
         """A start that failed: close what was opened, remove the tap if this run created it."""
@@ -177,6 +186,13 @@ class LiveNormalizer:
         if self.cache is not None:
             self.cache.close()
 
+    def _emit(self) -> None:
+        """Everything the pipeline has to forward, into the tap: ``_take`` first (the cache
+        hears of a connection before its frames go out), then the frames, in order."""
+        self._forward(self._take())
+        if self._write_tap is not None:
+            self.tap.write_from(self._write_tap)
+
     def _forward(self, frames: Iterable[tuple[int, Frame]]) -> None:
         write = self.tap.write
         for _ts, frame in frames:
@@ -185,7 +201,7 @@ class LiveNormalizer:
     def _process(self, frames: list[Captured]) -> None:
         """One batch from the ring through the pipeline into the tap (see the module doc)."""
         push_guarded(self.pipe, frames, self._frame_failed)
-        self._forward(self._take())
+        self._emit()
 
     def _push_block(self, ring: mmap.mmap, base: int, complete: bool, stats: RingStats) -> int:
         """A ring block through the pipeline, each frame guarded as ``push_guarded`` does."""
@@ -194,7 +210,7 @@ class LiveNormalizer:
     def _frame_failed(self, _ts: int, frame: bytes, exc: Exception) -> None:
         self.frames_failed += 1
         self._report("frame", exc)
-        self._forward(self._take())  # the frames before it first, in order
+        self._emit()  # the frames before it first, in order
         self.tap.write(frame)
 
     def _take(self) -> list[tuple[int, Frame]]:
@@ -279,7 +295,7 @@ class LiveNormalizer:
         except Exception as exc:  # expiring one flow must not stop the sensor
             self.internal_errors += 1
             self._report("tick", exc)
-        self._forward(self._take())
+        self._emit()
         try:
             if self.tap.check():
                 _log(f"suricata-normalizer: tap {self.tap.name} was gone, recreated")
@@ -310,7 +326,7 @@ class LiveNormalizer:
         if options == self.options:
             return
         self.pipe.flush()
-        self._forward(self._take())
+        self._emit()
         self._retired.append(self.pipe.counters.as_dict())
         self.options = options
         self.pipe = self._new_pipeline()
@@ -368,14 +384,14 @@ class LiveNormalizer:
                                     break
                 # One call per ring block: into the compiled core when it runs (pipeline.py).
                 if capture.drain_into(self._push_block):
-                    self._forward(self._take())
+                    self._emit()
                 now = mono()
                 if now >= next_tick:
                     next_tick = now + settings.tick_interval
                     self._tick()
                 elif now >= next_core:
                     self.pipe.tick(time.time_ns())
-                    self._forward(self.pipe.take())
+                    self._emit()
                 next_core = self._core_due(now)
                 if now >= next_wd:
                     assert wd_every is not None
@@ -416,7 +432,7 @@ class LiveNormalizer:
         except Exception as exc:
             self.internal_errors += 1
             self._report("flush", exc)
-        self._forward(self._take())
+        self._emit()
         self.capture.stats()
         if self.settings.stats_json:
             try:
