@@ -39,6 +39,7 @@ from typing import Any
 
 from bench.live import _cpu, _waited, best, table
 from bench.synth import write_pair
+from normalizer.adapters.pcap_io import CaptureReader
 from normalizer.core.fastpath import compiled_available
 from tests.lab.netlab import run as run_cmd
 
@@ -91,6 +92,13 @@ class VethPair:
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)
 
 
+def _count(path: Path) -> tuple[int, int]:
+    """Packets and SYNs (connections) of a kept capture."""
+    with path.open("rb") as fh:
+        frames = [f for _ts, f, _o in CaptureReader(fh, str(path))]
+    return len(frames), sum(1 for f in frames if f[47] == 0x02)
+
+
 def _settle(pid: int, quiet: float = 0.3, limit: float = 10.0) -> None:
     """Wait until the normalizer stops using CPU (it has read everything in its ring)."""
     deadline = time.monotonic() + limit
@@ -129,7 +137,8 @@ class Runner:
         argv += ["--engine", "compiled" if engine == "baseline" else engine]
         env = {**os.environ, "PYTHONPATH": str(tree)}
         with log.open("wb") as fh:
-            proc = subprocess.Popen(self.pair.cmd(*argv), stdout=fh, stderr=fh, env=env)
+            # cwd: ``-m`` puts it first on sys.path, before PYTHONPATH
+            proc = subprocess.Popen(self.pair.cmd(*argv), stdout=fh, stderr=fh, env=env, cwd=tree)
         try:
             deadline = time.monotonic() + 20
             while b"live on" not in log.read_bytes():
@@ -177,8 +186,10 @@ def run(
     nice: int,
     packets: int,
     baseline: Path | None = None,
+    keep: Path | None = None,
 ) -> list[list[Row]]:
-    """Every (flow kind, rate, engine) step, interleaved, ``repeat`` times: a list per repeat."""
+    """Every (flow kind, rate, engine) step, interleaved, ``repeat`` times: a list per repeat.
+    ``keep``: write the captures there, and reuse them from an earlier run."""
     others = ",".join(str(c) for c in sorted(os.sched_getaffinity(0) - {core}))
     rounds: list[list[Row]] = []
     with tempfile.TemporaryDirectory(prefix="snl-replay-") as tmp:
@@ -186,9 +197,12 @@ def run(
         sender = build_sender(d)
         captures: dict[str, tuple[Path, int]] = {}
         for kind in kinds:
-            path = d / f"{kind}.pcap"
+            path = (keep or d) / f"{kind}-{packets}.pcap"
             t0 = time.perf_counter()
-            n, flows = write_pair(path, Path(os.devnull), packets, segments=FLOWS[kind])
+            if path.exists():
+                n, flows = _count(path)
+            else:
+                n, flows = write_pair(path, Path(os.devnull), packets, segments=FLOWS[kind])
             size = path.stat().st_size
             print(
                 f"{kind} flows: {n} packets, {flows} flows, {size / n:.0f} bytes per frame"
@@ -264,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also measure engine 'baseline': the compiled engine of the checkout in DIR"
         " (e.g. git archive of an older commit, extension built there)",
     )
+    p.add_argument("--keep", type=Path, metavar="DIR", help="keep (and reuse) the captures here")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.live --replay: needs root (network namespaces)", file=sys.stderr)
