@@ -131,7 +131,9 @@ class Runner:
         ``--baseline`` names (an older commit, to measure before and after in one run)."""
         stats, log = self.d / "live.json", self.d / "live.log"
         stats.unlink(missing_ok=True)
-        tree = ROOT if engine != "baseline" else self.baseline
+        tree = self.baseline if engine == "baseline" else ROOT
+        if tree is None:
+            raise ValueError("engine 'baseline' needs --baseline")
         argv = [*self.pin, sys.executable, "-m", "normalizer", "live", "--iface", "rp1"]
         argv += ["--tap", TAP, "--proxy", PROXY, "--stats-json", str(stats)]
         argv += ["--engine", "compiled" if engine == "baseline" else engine]
@@ -296,7 +298,18 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.live --replay: unknown flow kind or engine", file=sys.stderr)
         return 2
     rates = tuple(int(x) for x in args.rates.split(","))
-    rounds = run(args.core, rates, engines, kinds, args.repeat, args.rx, args.nice, args.packets)
+    rounds = run(
+        args.core,
+        rates,
+        engines,
+        kinds,
+        args.repeat,
+        args.rx,
+        args.nice,
+        args.packets,
+        args.baseline.resolve() if args.baseline else None,
+        args.keep,
+    )
     where = "ring fill on the sender's core" if args.rx == "sender" else "ring fill on it too"
     print(f"\nreplayed into a veth, normalizer live pinned to core {args.core} ({where}):")
     print(table([r for rows in rounds for r in rows]))
