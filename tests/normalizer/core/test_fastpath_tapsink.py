@@ -16,10 +16,13 @@ import socket
 import pytest
 
 from bench.synth import _connection
+from normalizer.adapters.tap import Tap, TapStats
+from normalizer.commands.live import LiveNormalizer
 from normalizer.core.engine import Normalizer
 from normalizer.core.fastpath import CompiledNormalizer, compiled_available
 from normalizer.core.frame import LINKTYPE_ETHERNET
 from normalizer.core.options import Options
+from normalizer.core.pipeline import Pipeline
 from normalizer.proxy_headers import proxy_v2
 
 pytestmark = pytest.mark.skipif(
@@ -129,3 +132,57 @@ def test_write_tap_needs_the_sink() -> None:
     eng = CompiledNormalizer(OPTIONS, LINKTYPE_ETHERNET)
     with pytest.raises(RuntimeError, match="set_sink"):
         eng.write_tap(1)
+
+
+def _socket_tap(fd: int) -> Tap:
+    """tap.Tap's write paths on a datagram socket instead of a device (one write = one frame)."""
+    tap = Tap.__new__(Tap)
+    tap.name, tap.stats, tap._fd = "socket", TapStats(), fd
+    return tap
+
+
+def _live_run(block: bytes, sink: bool) -> tuple[list[bytes], LiveNormalizer]:
+    """LiveNormalizer's own block, failure and emit code on one ring block, into a socket."""
+    from normalizer.adapters.afpacket import RingStats
+    from tests.normalizer.core.test_fastpath import _BuggyCompiled
+
+    opts = Options(proxies=("192.0.2.1/32",), engine="compiled")
+    live = LiveNormalizer.__new__(LiveNormalizer)
+    live.pipe = Pipeline(opts, LINKTYPE_ETHERNET, checksums="keep")
+    eng = live.pipe.engine = _BuggyCompiled(opts, LINKTYPE_ETHERNET)
+    live._write_tap = None
+    if sink:
+        eng.set_sink(True)
+        live._write_tap = eng.write_tap
+    live.frames_failed, live.internal_errors, live._kinds = 0, 0, set()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+        b.setblocking(False)
+        live.tap = _socket_tap(a.fileno())
+        live._push_block(block, 0, True, RingStats())
+        live._emit()
+        return _recv_all(b), live
+
+
+def test_a_failing_frame_goes_out_after_the_frames_before_it_as_on_the_list_path(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """live's guard with the sink: the frames buffered before a frame that raised are written
+    first, then that frame untouched, then the rest -- the order the list path gives."""
+    from tests.normalizer.adapters.test_afpacket import make_block
+
+    rng = random.Random(8)
+    hdr = proxy_v2.build(
+        command="PROXY", family="TCP4", src="203.0.113.9", dst="198.51.100.1", sport=1, dport=80
+    )
+    good, bad = _connection(rng, 4000, hdr, 3), _connection(rng, 4001, b"poison" + hdr, 3)
+    frames = good[:4] + bad[:4] + good[4:] + bad[4:]
+    block = make_block([(1, i, fr, len(fr), 0, 0, 0) for i, fr in enumerate(frames)])
+    got, live = _live_run(block, sink=True)
+    want, reference = _live_run(block, sink=False)
+    assert live.frames_failed == reference.frames_failed >= 1
+    assert "ZeroDivisionError" in capsys.readouterr().err  # logged, as before
+    assert live.tap.stats.frames == len(got) == len(want)
+    assert got == want
+    assert frames[7] in got  # the failing (poisoned header) frame itself went out untouched
