@@ -425,7 +425,11 @@ class LiveNormalizer:
             raise
 
     def _shutdown(self) -> None:
-        """Drain the ring, release held frames untouched, write them, close everything."""
+        """Drain the ring, release held frames untouched, write them, close everything.
+
+        The block the kernel is filling reaches us only when its timeout retires it: wait for
+        that (at most two timeouts), or frames that arrived just before the stop are lost."""
+        select.select([self.capture.fileno()], [], [], 2 * self.settings.block_timeout_ms / 1000)
         self.capture.drain_into(self._push_block)
         try:
             self.pipe.flush()

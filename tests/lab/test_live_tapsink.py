@@ -10,7 +10,11 @@ frame and in order, for both engines; and the counters say every frame was writt
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +86,42 @@ def test_tap_frames_equal_rewrite_output_frame_for_frame(
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert g == w, f"frame {i} differs"
+
+
+STOP_SCRIPT = """
+import sys
+from pathlib import Path
+from normalizer.commands.live import LiveNormalizer, LiveSettings
+from normalizer.core.options import Options
+settings = LiveSettings(
+    iface="rp1", tap="snlstop0", block_timeout_ms=1000, stats_json=Path(sys.argv[1])
+)
+LiveNormalizer(settings, lambda: Options(proxies=("192.0.2.1/32",))).run()
+"""
+
+
+def test_frames_just_before_sigterm_are_not_lost(lab: Lab, tmp_path: Path) -> None:
+    """The ring hands a block over only when its timeout retires it; a SIGTERM right after the
+    last frames must still get them (a one-second block timeout makes the window wide)."""
+    src = tmp_path / "in.pcap"
+    write_pair(src, Path("/dev/null"), 5)
+    stats, log = tmp_path / "stats.json", tmp_path / "live.log"
+    proc = lab.spawn("sensor", [sys.executable, "-c", STOP_SCRIPT, str(stats)], log)
+    try:
+        deadline = time.monotonic() + 30
+        while b"live on" not in log.read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        lab.sh("sensor", "tcpreplay", "-q", "-i", "rp0", "--topspeed", str(src))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc in lab.procs:
+            lab.procs.remove(proc)
+        lab.sh("sensor", "ip", "link", "del", "snlstop0", check=False)
+    c = json.loads(stats.read_text())
+    sent = len(_frames(src))
+    assert c["kernel_drops"] == 0 and c["kernel_packets"] == sent
+    assert c["ring_frames"] == sent, "frames of the last, unretired block were lost"
