@@ -41,7 +41,8 @@ setup(
         Extension(
             "normalizer.core._fastpath",
             sources=["normalizer/core/_fastpath.c"],
-            depends=["normalizer/core/_tapsink.c"],  # included by _fastpath.c
+            # #included by _fastpath.c: a change to them must rebuild it (and the sdist has them)
+            depends=["normalizer/core/_headers.c", "normalizer/core/_tapsink.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

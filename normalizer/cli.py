@@ -133,6 +133,23 @@ def _live_parser(sub: Any) -> None:
     )
     lv.add_argument("--ignore-outgoing", action="store_true", help="drop PACKET_OUTGOING frames")
     lv.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes (default 1): one fanout group (the kernel's symmetric flow hash"
+        " keeps both directions of a connection on one worker), one queue each of a multi-queue"
+        " tap; with --decap only together with --workers-by-outer-header",
+    )
+    lv.add_argument(
+        "--workers-by-outer-header",
+        action="store_const",
+        const=True,
+        default=None,
+        help="with --decap and several workers: accept that tunnel packets are spread by their"
+        " outer header, right only when every tunnel sender keeps one inner flow on one outer"
+        " tuple in both directions (RFC 7348 VXLAN from Linux does)",
+    )
+    lv.add_argument(
         "--metrics-port", type=_int_in(1, 65535), metavar="N", help="Prometheus on ADDR:N"
     )
     lv.add_argument(
@@ -150,7 +167,11 @@ def _live_parser(sub: Any) -> None:
         help="default 65521",
     )
     lv.add_argument(
-        "--ring-mb", type=_int_in(2, 1 << 16), default=64, metavar="N", help="capture ring size"
+        "--ring-mb",
+        type=_int_in(2, 1 << 16),
+        default=64,
+        metavar="N",
+        help="capture ring size in MB (per worker)",
     )
     lv.add_argument("--stats-json", type=Path, help="write the counters as JSON on exit")
     lv.add_argument(
@@ -298,6 +319,8 @@ def _options(args: argparse.Namespace, require_proxies: bool = True) -> Any:
             "decapsulate": getattr(args, "decapsulate", None),
             "tunnel_peers": args.tunnel_peers,
             "cache_retention": args.cache_retention,
+            "workers": getattr(args, "workers", None),
+            "workers_by_outer_header": getattr(args, "workers_by_outer_header", None),
         },
         require_proxies,
     )
@@ -424,8 +447,9 @@ def cache_summary(sink: CacheSink) -> str:
 
 def _live(args: argparse.Namespace) -> int:
     from normalizer.commands.live import LiveNormalizer, LiveSettings, live_summary
+    from normalizer.commands.live_workers import Supervisor
 
-    _options(args)  # config errors surface before any device is touched
+    options = _options(args)  # config errors surface before any device is touched
     settings = LiveSettings(
         iface=args.iface,
         tap=args.tap,
@@ -441,8 +465,16 @@ def _live(args: argparse.Namespace) -> int:
         promisc=args.promisc,
         warn_after=args.warn_after,
     )
-    live = LiveNormalizer(settings, lambda: _options(args))
-    live.run()
+    live: LiveNormalizer | Supervisor
+    code = 0
+    if options.workers > 1:
+        live = Supervisor(settings, lambda: _options(args), options.workers)
+        code = live.run()
+        if code:  # a worker could not start; it said why
+            return code
+    else:
+        live = LiveNormalizer(settings, lambda: _options(args))
+        live.run()
     counters = live.counters()
     print(
         summary(Counters(**{k: counters[k] for k in Counters.__dataclass_fields__})),
@@ -450,9 +482,14 @@ def _live(args: argparse.Namespace) -> int:
     )
     print(live_summary(counters), file=sys.stderr)
     print(f"engine: {resolve_engine(live.options.engine)}", file=sys.stderr)
+    if isinstance(live, Supervisor):
+        print(
+            f"workers: {live.workers}, restarted {counters['worker_restarts']} times",
+            file=sys.stderr,
+        )
     if not live.stripped():
         print(f"suricata-normalizer: no proxied flow: {live.silence()}", file=sys.stderr)
-    return 0
+    return code
 
 
 def _appliance(args: argparse.Namespace) -> int:

@@ -70,6 +70,9 @@ TP_STATUS_VLAN_TPID_VALID = 0x40
 # struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status,
 # num_pkts, offset_to_first_pkt, blk_len, seq_num (u64), ts_first, ts_last.
 BLOCK_STATUS_OFF = 8
+BLOCK_SEQ_OFF = (
+    24  # tpacket_hdr_v1.seq_num (aligned u64): the kernel numbers blocks as it opens them
+)
 _BLOCK = struct.Struct("=III")  # block_status, num_pkts, offset_to_first_pkt at offset 8
 # struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac,
 # tp_net, then hv1: tp_rxhash, tp_vlan_tci, tp_vlan_tpid.
@@ -269,12 +272,10 @@ class RingCapture:
                 s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
                 self.promisc = True
             if fanout_group is not None:
-                s.setsockopt(
-                    SOL_PACKET,
-                    PACKET_FANOUT,
-                    (fanout_group & 0xFFFF)
-                    | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16),
-                )
+                # An unsigned int: the DEFRAG flag sets bit 31, past what an int argument takes.
+                mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+                arg = struct.pack("=I", (fanout_group & 0xFFFF) | (mode << 16))
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, arg)
         except OSError as exc:
             self.sock.close()
             if isinstance(exc, CaptureError):
@@ -283,6 +284,36 @@ class RingCapture:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def resync(self) -> bool:
+        """Point at the oldest block user space owns (lowest sequence number); True if one is.
+
+        For a ring another process read before (``live --workers``: a restarted worker takes
+        over the ring its predecessor left): where that one stopped is not known here, and the
+        kernel hands blocks over strictly in sequence order.
+        """
+        ring, size = self.ring, self._block_size
+        oldest: tuple[int, int] | None = None
+        for i in range(self._block_count):
+            base = i * size
+            if ring[base + BLOCK_STATUS_OFF] & TP_STATUS_USER:
+                (seq,) = struct.unpack_from("=Q", ring, base + BLOCK_SEQ_OFF)
+                if oldest is None or seq < oldest[0]:
+                    oldest = (seq, i)
+        if oldest is None:
+            return False
+        self._next = oldest[1]
+        return True
+
+    def remap(self) -> None:
+        """Map the ring again (a forked worker that closed every inherited descriptor but the
+        socket's: the old mapping's private descriptor went with them)."""
+        self.ring = mmap.mmap(
+            self.sock.fileno(),
+            self._block_size * self._block_count,
+            mmap.MAP_SHARED,
+            mmap.PROT_READ | mmap.PROT_WRITE,
+        )
 
     def ready(self) -> bool:
         """Whether the next block in ring order belongs to user space (no system call)."""

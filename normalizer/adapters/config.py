@@ -38,6 +38,17 @@ def _positive_int(key: str, value: Any) -> int:
     return value
 
 
+MAX_WORKERS = 64  # live --workers: processes, not threads; the fanout group takes up to 256
+
+
+def _workers(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(
+            f"{key}: expected a number of worker processes 1..{MAX_WORKERS}, got {value!r}"
+        )
+    return value
+
+
 def _positive_number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{key}: expected a positive number of seconds, got {value!r}")
@@ -155,6 +166,8 @@ _FIELDS = {
     "geneve_ports": _ports,
     "vni_vlan": _vni_vlan,
     "cache_retention": _positive_number,
+    "workers": _workers,
+    "workers_by_outer_header": _bool,
 }
 
 
@@ -201,5 +214,18 @@ def build_options(
             f"{SECTION}.tunnel_peers: decapsulation needs the outer source CIDRs whose tunnels"
             " are opened (--tunnel-peer CIDR: mirror sources, load balancers); to open tunnels"
             ' from any host, say so: tunnel_peers = ["0.0.0.0/0", "::/0"]'
+        )
+    if (
+        kwargs.get("workers", 1) > 1
+        and kwargs.get("decapsulate")
+        and not kwargs.get("workers_by_outer_header")
+    ):
+        raise ConfigError(
+            f"{SECTION}.workers: {kwargs['workers']} workers with decapsulation split an inner"
+            " flow whenever its packets (or its two directions) travel on different outer"
+            " tuples: the kernel's fanout hash sees only the outer header. Run one worker, or"
+            " accept the outer hash with --workers-by-outer-header"
+            f" ({SECTION}.workers_by_outer_header = true) when every tunnel sender keeps one"
+            " inner flow on one outer tuple in both directions (docs/architecture.md)"
         )
     return dataclasses.replace(Options(), **kwargs)

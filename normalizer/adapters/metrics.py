@@ -78,6 +78,7 @@ _PLAIN = (
     ("frames_failed", "frames_failed", "Frames passed untouched because processing them raised"),
     ("internal_errors", "internal_errors", "Ticks and cache hand-offs that raised"),
     ("tunnel_untrusted", "tunnel_untrusted", "Tunnel packets from a source not in tunnel_peers"),
+    ("worker_restarts", "worker_restarts", "Live workers restarted after they died (--workers)"),
 )
 _GAUGES = (
     ("flows_active", "flows_active", "Flows in the flow table"),
@@ -85,6 +86,7 @@ _GAUGES = (
     ("cache_write_seconds_max", "cache_write_seconds_max", "Slowest cache write so far"),
     ("capture_promisc", "capture_promisc", "1 while the capture holds a promiscuous membership"),
     ("no_proxied_flows", "no_proxied_flows", "1 when frames arrive but no header was stripped"),
+    ("workers_alive", "workers_alive", "Live worker processes running (--workers; 0 with one)"),
 )
 
 

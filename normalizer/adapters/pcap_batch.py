@@ -3,7 +3,8 @@
 Why: with the compiled core, the per-packet Python work around it (reading a record, a tuple,
 the checksum policy, writing a record) costs more than the rewriting itself. Here the core walks
 the records of a 1 MiB chunk and appends the output records to one buffer (``feed_pcap``);
-Python only reads chunks, hands the connection cache its events and writes the buffer.
+Python only reads chunks (into one buffer, in place), hands the connection cache its events
+and writes the core's output buffer (a view of it: no copy).
 ``pcap_job.rewrite_file`` calls ``run`` with its own input and output (named errors, the
 temporary file, pipes written in place) when ``applies``.
 
@@ -66,11 +67,13 @@ def applies(src: Path, options: Options) -> bool:
 class Input(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
+    def readinto(self, b: memoryview, /) -> int: ...
+
     def tell(self) -> int: ...
 
 
 class Output(Protocol):
-    def write(self, data: bytes | bytearray, /) -> int: ...
+    def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
 
 
 def run(
@@ -101,11 +104,12 @@ def run(
     last_report = time.monotonic()
 
     def write_out() -> None:
-        if eng.events:
-            events = eng.drain_events()
-            if on_events is not None:
-                on_events(events)  # the cache hears of a connection before its frames
-        out.write(eng.take_records())
+        if eng.pending_events():
+            if on_events is None:
+                eng.discard_events()  # never built: only a cache wants them
+            else:
+                on_events(eng.drain_events())  # the cache hears of a connection first
+        eng.write_records(out.write)
 
     # One buffer, refilled in place: a record cut by the chunk end moves to its start.
     buf = bytearray(2 * _CHUNK)
@@ -122,10 +126,13 @@ def run(
                 break
             tail = blen - pos
             buf[:tail] = buf[pos:blen]
-            more = fin.read(max(_CHUNK, end - blen))
-            buf[tail : tail + len(more)] = more
-            blen, pos = tail + len(more), 0
-            if not more:
+            want = max(_CHUNK, end - blen)
+            if len(buf) < tail + want:  # a record longer than the buffer (up to _MAX_RECORD)
+                buf.extend(bytes(tail + want - len(buf)))
+            with memoryview(buf) as mv, mv[tail : tail + want] as room:
+                got = fin.readinto(room)  # in place: no chunk object, no copy
+            blen, pos = tail + got, 0
+            if not got:
                 if blen >= 16:
                     error = PcapError(f"{name}: truncated record at end of file")
                 elif blen:

@@ -17,6 +17,14 @@ error, and nothing crashes. ``check()`` notices a deleted device even when no fr
 Two write paths, counted alike: ``write`` (one frame from Python: the Python engine) and
 ``write_from`` (the compiled engine writes its buffered frames from C, one ``write()`` each,
 and hands back each failure, so the loop costs no Python per frame; _tapsink.c).
+
+Multi-queue (``live --workers N``): each worker process opens the same tap name with
+IFF_MULTI_QUEUE and so gets a queue of its own (no lock, no shared file descriptor between the
+processes). The kernel refuses to attach a queue of the other kind (EINVAL), so the flag of an
+existing device is found by trying: one worker attaches to a multi-queue tap as one queue, N
+workers on a single-queue tap get an error that says how to fix it (``tun_flags`` reads the kind
+from sysfs, for tests and diagnostics; a sandboxed service need not see sysfs for its network
+namespace). The device is not recreated behind Suricata's back: Suricata's capture is bound to it.
 """
 
 from __future__ import annotations
@@ -27,12 +35,26 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytun
 
 # Errors that mean the device (or our attachment to it) is gone: recreate and go on.
 MAX_MTU = 65521  # a tap's max_mtu: 65535 minus the Ethernet header
 _GONE = {errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EBADF, errno.EPIPE}
+IFF_MULTI_QUEUE = 0x0100  # linux/if_tun.h
+
+
+class TapKindError(OSError):
+    """The tap exists with the wrong queue kind for this run (single- vs multi-queue)."""
+
+
+def tun_flags(name: str) -> int | None:
+    """The flags an existing tun/tap device was created with, None if there is none."""
+    try:
+        return int(Path(f"/sys/class/net/{name}/tun_flags").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(slots=True)
@@ -44,9 +66,10 @@ class TapStats:
 
 
 class Tap:
-    def __init__(self, name: str, mtu: int = MAX_MTU) -> None:
+    def __init__(self, name: str, mtu: int = MAX_MTU, multi_queue: bool = False) -> None:
         self.name = name
         self.mtu = mtu
+        self.multi_queue = multi_queue  # needed: open one queue of a multi-queue device
         self.stats = TapStats()
         self._dev: pytun.TunTapDevice | None = None
         self._fd = -1
@@ -56,14 +79,25 @@ class Tap:
     def open(self) -> None:
         """Create (or attach to) the persistent tap, set its MTU and bring it up."""
         self.close()
+        base = pytun.IFF_TAP | pytun.IFF_NO_PI
         try:
-            dev = pytun.TunTapDevice(name=self.name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
-        except OSError as exc:  # say which device and what it takes, not a bare strerror
-            raise OSError(
-                exc.errno,
-                f"{exc.strerror}: tap {self.name} (needs read-write /dev/net/tun and"
-                " CAP_NET_ADMIN)",
-            ) from None
+            dev = self._attach(base | (IFF_MULTI_QUEUE if self.multi_queue else 0))
+        except OSError as exc:
+            if exc.errno != errno.EINVAL or not self.exists():
+                raise self._explained(exc) from None
+            # The device exists as the other kind. Several workers need a queue each; one
+            # attaches to a multi-queue device as one of its queues.
+            if self.multi_queue:
+                raise TapKindError(
+                    errno.EINVAL,
+                    f"tap {self.name} exists as a single-queue device and several workers need"
+                    f" a multi-queue one: stop what uses it and delete it (ip link del"
+                    f" {self.name}); the next start creates it multi-queue",
+                ) from None
+            try:
+                dev = self._attach(base | IFF_MULTI_QUEUE)
+            except OSError:
+                raise self._explained(exc) from None
         try:
             dev.persist(True)
             dev.mtu = self.mtu
@@ -80,6 +114,16 @@ class Tap:
             fh.write("1")
         self._dev = dev
         self._fd = dev.fileno()
+
+    def _attach(self, flags: int) -> pytun.TunTapDevice:
+        return pytun.TunTapDevice(name=self.name, flags=flags)
+
+    def _explained(self, exc: OSError) -> OSError:
+        """Which device and what it takes, not a bare strerror."""
+        return OSError(
+            exc.errno,
+            f"{exc.strerror}: tap {self.name} (needs read-write /dev/net/tun and CAP_NET_ADMIN)",
+        )
 
     def exists(self) -> bool:
         """Whether the device is still there, in our network namespace."""

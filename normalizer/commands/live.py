@@ -27,6 +27,11 @@ Under systemd (Type=notify): READY=1 once the ring and tap exist, WATCHDOG=1 fro
 itself (a stuck loop stops pinging and gets restarted), STOPPING=1 on shutdown. A start that
 fails (no such interface, the metrics port taken) removes the tap if it created it.
 
+Worker mode (``--workers N``, commands/live_workers.py): this same loop runs in each worker
+process, joined to one fanout group and writing one queue of a multi-queue tap; instead of
+notifying systemd, serving metrics and warning about silence itself, it sends its counters to
+the supervising parent (``report``: one datagram every tick, one when ready, one at exit).
+
 No single packet can stop the sensor: a frame whose processing raises anything (a bug the
 tests have not found yet) is counted (``frames_failed``), its kind logged once, and the frame
 written to the tap untouched, after the output of the frames before it; the batch resumes with
@@ -37,12 +42,14 @@ raises something other than a database error) are counted as ``internal_errors``
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import mmap
 import os
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -107,36 +114,35 @@ class LiveSettings:
     stats_json: Path | None = None
     promisc: bool = True  # PACKET_MR_PROMISC: a bridge device then shows forwarded frames too
     warn_after: float = 30.0  # seconds before "no proxied flow seen" is reported
+    multi_queue: bool = False  # open one queue of a multi-queue tap (worker mode)
+    worker: int | None = None  # the worker's number under live_workers.Supervisor
 
 
 class LiveNormalizer:
     """Owns capture, pipeline, tap and cache; ``run()`` until stopped."""
 
-    def __init__(self, settings: LiveSettings, load_options: Callable[[], Options]) -> None:
+    def __init__(
+        self,
+        settings: LiveSettings,
+        load_options: Callable[[], Options],
+        report: socket.socket | None = None,
+        capture: RingCapture | None = None,
+    ) -> None:
         self.settings = settings
+        self._report_to = report  # worker mode: the parent's end of a SOCK_SEQPACKET pair
         self._load_options = load_options
         self.options = load_options()
         self.cache = ConnectionCache(settings.cache) if settings.cache else None
         self.sink = CacheSink(self.cache, _log) if self.cache else None
-        self.tap = Tap(settings.tap, settings.tap_mtu)
-        block = 1 << 20
+        self.tap = Tap(settings.tap, settings.tap_mtu, multi_queue=settings.multi_queue)
         try:
-            self.capture = RingCapture(
-                settings.iface,
-                block_size=block,
-                block_count=max(2, settings.ring_mb * (1 << 20) // block),
-                block_timeout_ms=settings.block_timeout_ms,
-                bpf=settings.bpf,
-                fanout_group=settings.fanout_group,
-                ignore_outgoing=settings.ignore_outgoing,
-                promisc=settings.promisc,
-                # The ring's CSUMNOTREADY flag names the partial checksums: completed there, and
-                # the pipeline need not guess from the field ("auto"); "keep" leaves them partial.
-                complete_partial=self.options.checksums != "keep",
-            )
+            # Worker mode: the supervisor opened the ring (it keeps it across restarts).
+            self.capture = capture or open_capture(settings, self.options)
         except BaseException:
             self._abort_start(capture=False)
             raise
+        if capture is not None:
+            capture.resync()  # where the previous reader of this ring stopped
         self.is_bridge = Path(f"/sys/class/net/{settings.iface}/bridge").is_dir()
         self._warn_at = time.monotonic() + settings.warn_after
         self.warned = False
@@ -288,8 +294,23 @@ class LiveNormalizer:
             self.is_bridge,
         )
 
+    def send_report(self, kind: str = "counters") -> None:
+        """Worker mode: the counters (and the top untrusted SYN sources) to the parent, as one
+        datagram; dropped when the parent is behind (the next tick sends newer ones)."""
+        sock = self._report_to
+        if sock is None:
+            return
+        msg = {"kind": kind, "counters": self.counters(), "sources": self.pipe.untrusted_syns.top()}
+        try:
+            sock.send(json.dumps(msg).encode())
+        except (BrokenPipeError, ConnectionError):  # the parent is gone: nobody supervises us
+            self._stop = True
+        except OSError:  # full (BlockingIOError), too large: the next tick sends newer ones
+            pass
+
     def _tick(self) -> None:
         self._check_silence()
+        self.send_report()
         try:
             self.pipe.tick(time.time_ns())
         except Exception as exc:  # expiring one flow must not stop the sensor
@@ -320,17 +341,27 @@ class LiveNormalizer:
         try:
             options = self._load_options()
         except (ConfigError, OSError) as exc:
-            print(f"suricata-normalizer: reload ignored: {exc}", file=sys.stderr)
+            print(f"suricata-normalizer: {self._who()}reload ignored: {exc}", file=sys.stderr)
             return
         self.reloads += 1
-        if options == self.options:
+        # The worker count is the supervisor's: a change takes effect on the next start.
+        same = dataclasses.replace(
+            options,
+            workers=self.options.workers,
+            workers_by_outer_header=self.options.workers_by_outer_header,
+        )
+        if same == self.options:
             return
         self.pipe.flush()
         self._emit()
         self._retired.append(self.pipe.counters.as_dict())
         self.options = options
         self.pipe = self._new_pipeline()
-        print("suricata-normalizer: config reloaded", file=sys.stderr)
+        print(f"suricata-normalizer: {self._who()}config reloaded", file=sys.stderr)
+
+    def _who(self) -> str:
+        n = self.settings.worker
+        return "" if n is None else f"worker {n}: "
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -352,14 +383,18 @@ class LiveNormalizer:
         if settings.metrics_port is not None:
             self._serve_metrics(settings.metrics_port)
         wd_every = sdnotify.watchdog_interval()
-        sdnotify.notify(
-            sdnotify.message(
-                READY=1, STATUS=f"{settings.iface} -> {settings.tap}", MAINPID=os.getpid()
+        if settings.worker is None:
+            sdnotify.notify(
+                sdnotify.message(
+                    READY=1, STATUS=f"{settings.iface} -> {settings.tap}", MAINPID=os.getpid()
+                )
             )
-        )
-        print(
-            f"suricata-normalizer: live on {settings.iface} -> tap {settings.tap}", file=sys.stderr
-        )
+            print(
+                f"suricata-normalizer: live on {settings.iface} -> tap {settings.tap}",
+                file=sys.stderr,
+            )
+        else:
+            self.send_report("ready")
         gc_was_enabled = gc.isenabled()
         gc.disable()
         gc.freeze()  # objects from start-up are never scanned again
@@ -382,6 +417,8 @@ class LiveNormalizer:
                                         break
                                 except BlockingIOError:
                                     break
+                        elif not capture.ready():  # readable, yet not where we look: resync
+                            capture.resync()
                 # One call per ring block: into the compiled core when it runs (pipeline.py).
                 if capture.drain_into(self._push_block):
                     self._emit()
@@ -403,7 +440,8 @@ class LiveNormalizer:
                 if self._reload:
                     self._do_reload()
         finally:
-            sdnotify.notify(b"STOPPING=1")
+            if settings.worker is None:
+                sdnotify.notify(b"STOPPING=1")
             self._shutdown()
             signal.set_wakeup_fd(old_wakeup)
             os.close(rfd)
@@ -443,10 +481,32 @@ class LiveNormalizer:
                 write_text(self.settings.stats_json, json.dumps(self.counters(), indent=2) + "\n")
             except OSError as exc:
                 _log(f"suricata-normalizer: --stats-json: {exc.strerror}: {exc.filename}")
+        if self._report_to is not None:
+            self._report_to.setblocking(True)  # the last report must reach the parent
+            self._report_to.settimeout(5.0)
+            self.send_report("final")
         self.capture.close()
         self.tap.close()
         if self.cache is not None:
             self.cache.close()
+
+
+def open_capture(settings: LiveSettings, options: Options) -> RingCapture:
+    """The AF_PACKET ring ``settings`` describe (in the fanout group if one is given)."""
+    block = 1 << 20
+    return RingCapture(
+        settings.iface,
+        block_size=block,
+        block_count=max(2, settings.ring_mb * (1 << 20) // block),
+        block_timeout_ms=settings.block_timeout_ms,
+        bpf=settings.bpf,
+        fanout_group=settings.fanout_group,
+        ignore_outgoing=settings.ignore_outgoing,
+        promisc=settings.promisc,
+        # The ring's CSUMNOTREADY flag names the partial checksums: completed there, and the
+        # pipeline need not guess from the field ("auto"); "keep" leaves them partial.
+        complete_partial=options.checksums != "keep",
+    )
 
 
 def report_once(kinds: set[tuple[str, str]], where: str, exc: Exception) -> None:
@@ -514,7 +574,7 @@ def live_summary(c: dict[str, Any]) -> str:
         f"{c['capture_truncated']} truncated, {c.get('csum_completed', 0)} of"
         f" {c.get('csum_not_ready', 0)} offloaded checksums completed,"
         f" {c.get('capture_oversize', 0)} GSO/GRO frames (largest {c.get('capture_max_frame', 0)}"
-        " bytes); tap: {c['tap_frames']} frames written, "
+        f" bytes); tap: {c['tap_frames']} frames written, "
         f"{c['tap_write_errors']} write errors, recreated {c['tap_recreated']} times; "
         f"cache: {c['cache_rows']} connections and {c.get('cache_tunnel_rows', 0)} tunnel flows"
         f" in {c['cache_writes']} writes (max {c['cache_write_seconds_max'] * 1000:.1f} ms),"

@@ -66,6 +66,12 @@ class _Input:
         except OSError as exc:
             raise named(exc, self.path) from None
 
+    def readinto(self, b: memoryview) -> int:
+        try:
+            return self._fh.readinto(b)
+        except OSError as exc:
+            raise named(exc, self.path) from None
+
     def tell(self) -> int:
         return self._fh.tell()
 
@@ -107,7 +113,7 @@ class _Output:
             self.abort()
             raise named(exc, dst) from None
 
-    def write(self, data: bytes | bytearray) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             return self._fh.write(data)
         except OSError as exc:

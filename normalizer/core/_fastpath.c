@@ -4,7 +4,8 @@
  * engine.py stays the specification; this file follows it function by function (same names,
  * same order of checks, same counters) so the differential tests can hold the two to identical
  * bytes. Python is called only where engine.py does something once per flow or rare:
- * parsing the header and building the HeaderEvent (header_cb), an address family change
+ * parsing a header C does not parse itself (header_cb; _headers.c parses the common ones and
+ * queues the events Python builds HeaderEvents from when drained), an address family change
  * (family_cb), and tallying untrusted SYN sources (untrusted_cb).
  *
  * The flow table is a chained hash table plus a doubly linked list in insertion order, which is
@@ -94,10 +95,11 @@ typedef struct {
     int64_t max_hold_packets, max_hold_bytes, max_total_hold_bytes;
     int64_t c[C_NCOUNTERS];
     PyObject *out;          /* list of (ts, frame) */
-    PyObject *header_cb;    /* (buf, vlan, client, server, isn, started) -> None|False|(len, real) */
+    PyObject *header_cb;    /* (buf) -> None|False|(len, real, kind, local, header): _headers.c */
     PyObject *family_cb;    /* (frame, ip, tcp, payload, end, block) -> bytes | None */
     PyObject *untrusted_cb; /* (addr) -> None */
     PyObject *cur;          /* list mode: the rewritten frame under construction */
+    struct header_state_s *hs; /* _headers.c */
     int pcap_sink, sink_nano;
     uint8_t *sink;          /* pcap mode: the records written so far */
     Py_ssize_t sink_len, sink_cap, rec_at;
@@ -150,6 +152,8 @@ static int set_u32(uint8_t *buf, Py_ssize_t tcp, Py_ssize_t field, uint32_t new_
     wr16(buf + tcp + 16, adjust32(rd16(buf + tcp + 16), old, new_));
     return 1;
 }
+
+#include "_headers.c" /* once per flow: headers parsed in C, their counters and events */
 
 /* ---- frame location (frame.py) ----------------------------------------------------------- */
 
@@ -848,28 +852,14 @@ static int assemble(Engine *e, flow *f, const uint8_t *p, const tcpframe *t, int
     return grew;
 }
 
-static int resolve(Engine *e, flow *f, PyObject *res) {
-    /* res = (hdr_len, real): real None or (c2s bytes, s2c bytes) */
-    if (PyTuple_GET_SIZE(res) != 2) {
-        PyErr_SetString(PyExc_TypeError, "header_cb must return (length, real)");
-        return -1;
-    }
-    PyObject *len = PyTuple_GET_ITEM(res, 0), *real = PyTuple_GET_ITEM(res, 1);
-    long long hl = PyLong_AsLongLong(len);
-    if (hl == -1 && PyErr_Occurred()) return -1;
+/* PENDING -> ACTIVE with the header's length and, when restoring, the real endpoint blocks
+ * (client->server then server->client, ``reallen`` bytes each; 0: none). */
+static int resolve(Engine *e, flow *f, int64_t hl, const uint8_t *real, int reallen) {
     f->state = ACTIVE;
     f->hdr_len = hl;
-    if (real != Py_None) {
-        PyObject *c2s, *s2c;
-        if (!PyArg_ParseTuple(real, "SS", &c2s, &s2c)) return -1;
-        Py_ssize_t bl = PyBytes_GET_SIZE(c2s);
-        if ((bl != 12 && bl != 36) || PyBytes_GET_SIZE(s2c) != bl) {
-            PyErr_SetString(PyExc_ValueError, "bad endpoint block");
-            return -1;
-        }
-        f->reallen = (uint8_t)bl;
-        memcpy(f->real, PyBytes_AS_STRING(c2s), bl);
-        memcpy(f->real + bl, PyBytes_AS_STRING(s2c), bl);
+    if (reallen) {
+        f->reallen = (uint8_t)reallen;
+        memcpy(f->real, real, 2 * reallen);
     }
     hold_t *h = f->hold;
     f->hold = NULL;
@@ -897,6 +887,71 @@ static int resolve(Engine *e, flow *f, PyObject *res) {
     return r;
 }
 
+/* The hold's bytes grew: parse the header -- in C for the common kinds (_headers.c), else by
+ * fastpath._on_header, the Python codecs -- then count it, queue its event and resolve.
+ * 1: still incomplete; 0: resolved or given up; -1: error. */
+static int header_step(Engine *e, flow *f, hold_t *h, Py_ssize_t el) {
+    header_state *hs = e->hs;
+    /* the key is vlan ids, then both endpoints; which one is the client is the flow's */
+    Py_ssize_t vl = f->keylen - 2 * el;
+    const uint8_t *first = f->key + vl, *second = first + el;
+    const uint8_t *client = f->client_first ? first : second;
+    const uint8_t *server = f->client_first ? second : first;
+    int64_t hl;
+    uint8_t real[72];
+    uint8_t reallen = 0;
+    int kind, local = 0;
+    PyObject *header;
+    if (fast_header(hs, h->buf, h->buflen, &hl, real, &reallen, &kind)) {
+        if (!hs->restore) reallen = 0;
+        header = PyBytes_FromStringAndSize((const char *)h->buf, hl); /* parsed if drained */
+        if (!header) return -1;
+    } else {
+        PyObject *res = PyObject_CallFunction(e->header_cb, "y#", (const char *)h->buf,
+                                              h->buflen);
+        if (!res) return -1;
+        if (res == Py_False) { /* refused: the callback counted why (malformed/none/excluded) */
+            Py_DECREF(res);
+            return give_up(e, f);
+        }
+        if (!PyTuple_Check(res)) { /* None: need more bytes */
+            Py_DECREF(res);
+            return 1;
+        }
+        /* (length, real, kind index, LOCAL?, ProxyHeader); real None or (c2s, s2c) */
+        long long len;
+        PyObject *realobj, *c2s, *s2c;
+        if (!PyArg_ParseTuple(res, "LOipO", &len, &realobj, &kind, &local, &header) ||
+            (realobj != Py_None && !PyArg_ParseTuple(realobj, "SS", &c2s, &s2c))) {
+            Py_DECREF(res);
+            return -1;
+        }
+        if (realobj != Py_None) {
+            Py_ssize_t bl = PyBytes_GET_SIZE(c2s);
+            if ((bl != 12 && bl != 36) || PyBytes_GET_SIZE(s2c) != bl) {
+                Py_DECREF(res);
+                PyErr_SetString(PyExc_ValueError, "bad endpoint block");
+                return -1;
+            }
+            reallen = (uint8_t)bl;
+            memcpy(real, PyBytes_AS_STRING(c2s), bl);
+            memcpy(real + bl, PyBytes_AS_STRING(s2c), bl);
+        }
+        if (kind < 0 || kind >= NKINDS) {
+            Py_DECREF(res);
+            PyErr_SetString(PyExc_ValueError, "header_cb: bad kind index");
+            return -1;
+        }
+        hl = len;
+        Py_INCREF(header);
+        Py_DECREF(res);
+    }
+    if (header_accepted(hs, kind, local, reallen != 0, h->started, f->key, vl, client, server,
+                        el, f->isn, header) < 0)
+        return -1;
+    return resolve(e, f, hl, real, reallen);
+}
+
 static int do_hold(Engine *e, flow *f, pkt *k, const tcpframe *t, int from_client, int flags,
                    int64_t ts) {
     const uint8_t *p = k->p;
@@ -922,25 +977,8 @@ static int do_hold(Engine *e, flow *f, pkt *k, const tcpframe *t, int from_clien
         int grew = assemble(e, f, p, t, flags);
         if (grew < 0) return -1;
         if (grew) {
-            /* the key is vlan ids, then both endpoints; which one is the client is the flow's */
-            Py_ssize_t el = (p[t->ip] >> 4 == 4) ? 6 : 18, vl = f->keylen - 2 * el;
-            const char *first = (const char *)f->key + vl, *second = first + el;
-            PyObject *res = PyObject_CallFunction(
-                e->header_cb, "y#y#y#y#kL", (const char *)h->buf, h->buflen,
-                (const char *)f->key, vl, f->client_first ? first : second, el,
-                f->client_first ? second : first, el, (unsigned long)f->isn,
-                (long long)h->started);
-            if (!res) return -1;
-            if (res == Py_False) { /* refused: the callback counted why (malformed/none/excluded) */
-                Py_DECREF(res);
-                return give_up(e, f);
-            }
-            if (PyTuple_Check(res)) {
-                int r = resolve(e, f, res);
-                Py_DECREF(res);
-                return r;
-            }
-            Py_DECREF(res);
+            int r = header_step(e, f, h, (p[t->ip] >> 4 == 4) ? 6 : 18);
+            if (r != 1) return r;
         }
     }
     if (flags & (FIN | RST)) {
@@ -1290,6 +1328,27 @@ static PyObject *Engine_take_records(Engine *e, PyObject *Py_UNUSED(ignored)) {
     return r;
 }
 
+/* write_records(write): ``write(memoryview)`` of the records so far, then they are gone; saves
+ * take_records' copy (a rewrite's every output byte). The view is released after the call, so
+ * a caller that kept it sees an error, never a later record. */
+static PyObject *Engine_write_records(Engine *e, PyObject *write) {
+    if (!e->sink_len) Py_RETURN_NONE;
+    PyObject *mv = PyMemoryView_FromMemory((char *)e->sink, e->sink_len, PyBUF_READ);
+    if (!mv) return NULL;
+    PyObject *r = PyObject_CallOneArg(write, mv);
+    PyObject *rel = PyObject_CallMethod(mv, "release", NULL);
+    Py_DECREF(mv);
+    if (!r) {
+        Py_XDECREF(rel);
+        return NULL;
+    }
+    Py_DECREF(r);
+    if (!rel) return NULL;
+    Py_DECREF(rel);
+    e->sink_len = e->sink_out = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Engine_tick(Engine *e, PyObject *arg) {
     long long now = PyLong_AsLongLong(arg);
     if (now == -1 && PyErr_Occurred()) return NULL;
@@ -1371,7 +1430,29 @@ static PyObject *Engine_counters(Engine *e, PyObject *Py_UNUSED(ignored)) {
         }
         Py_DECREF(v);
     }
+    if (header_counters(e->hs, d) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
     return d;
+}
+
+/* The queued header events (see _headers.c), handed over; discard=True drops them instead. */
+static PyObject *Engine_drain_events(Engine *e, PyObject *Py_UNUSED(ignored)) {
+    PyObject *fresh = PyList_New(0);
+    if (!fresh) return NULL;
+    PyObject *events = e->hs->events;
+    e->hs->events = fresh;
+    return events;
+}
+
+static PyObject *Engine_discard_events(Engine *e, PyObject *Py_UNUSED(ignored)) {
+    if (PyList_SetSlice(e->hs->events, 0, PyList_GET_SIZE(e->hs->events), NULL) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_pending_events(Engine *e, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromSsize_t(PyList_GET_SIZE(e->hs->events));
 }
 
 static PyObject *Engine_held_packets(Engine *e, PyObject *Py_UNUSED(ignored)) {
@@ -1407,6 +1488,7 @@ static int Engine_traverse(Engine *e, visitproc visit, void *arg) {
     Py_VISIT(e->header_cb);
     Py_VISIT(e->family_cb);
     Py_VISIT(e->untrusted_cb);
+    if (e->hs) Py_VISIT(e->hs->events);
     return 0;
 }
 
@@ -1416,6 +1498,7 @@ static int Engine_clear(Engine *e) {
     Py_CLEAR(e->family_cb);
     Py_CLEAR(e->untrusted_cb);
     Py_CLEAR(e->cur);
+    if (e->hs) Py_CLEAR(e->hs->events);
     return 0;
 }
 
@@ -1427,6 +1510,8 @@ static void Engine_dealloc(Engine *e) {
     PyMem_Free(e->trust4);
     PyMem_Free(e->trust6);
     PyMem_Free(e->sink);
+    if (e->hs) PyMem_Free(e->hs->slots);
+    PyMem_Free(e->hs);
     Py_TYPE(e)->tp_free((PyObject *)e);
 }
 
@@ -1440,20 +1525,24 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
     static char *names[] = {"linktype", "trust4", "trust6", "midstream_drop", "max_flows",
                             "idle_ns", "closed_ns", "pending_ns", "max_hold_packets",
                             "max_hold_bytes", "max_total_hold_bytes", "seed", "header_cb",
-                            "family_cb", "untrusted_cb", NULL};
+                            "family_cb", "untrusted_cb", "fast_v1", "fast_v2", "restore",
+                            "max_events", NULL};
     int linktype, midstream_drop;
     Py_buffer t4, t6;
     Py_ssize_t max_flows;
     long long idle, closed, pending, mhp, mhb, mthb;
     unsigned long long seed;
     PyObject *hcb, *fcb, *ucb;
+    int fast_v1 = 0, fast_v2 = 0, restore = 0;
+    Py_ssize_t max_events = 100000;
     if (e->buckets) {
         PyErr_SetString(PyExc_RuntimeError, "Engine already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iy*y*pnLLLLLLKOOO", names, &linktype, &t4, &t6,
-                                     &midstream_drop, &max_flows, &idle, &closed, &pending, &mhp,
-                                     &mhb, &mthb, &seed, &hcb, &fcb, &ucb))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iy*y*pnLLLLLLKOOO|pppn", names, &linktype, &t4,
+                                     &t6, &midstream_drop, &max_flows, &idle, &closed, &pending,
+                                     &mhp, &mhb, &mthb, &seed, &hcb, &fcb, &ucb, &fast_v1,
+                                     &fast_v2, &restore, &max_events))
         return -1;
     if (max_flows < 1 || t4.len % 8 || t6.len % 32) {
         PyBuffer_Release(&t4);
@@ -1470,7 +1559,15 @@ static int Engine_init(Engine *e, PyObject *args, PyObject *kw) {
     e->nbuckets = 1024;
     e->buckets = PyMem_Calloc(e->nbuckets, sizeof(flow *));
     e->out = PyList_New(0);
-    if (!e->trust4 || !e->trust6 || !e->buckets || !e->out) {
+    e->hs = PyMem_Calloc(1, sizeof(header_state));
+    if (e->hs) {
+        e->hs->fast_v1 = fast_v1;
+        e->hs->fast_v2 = fast_v2;
+        e->hs->restore = restore;
+        e->hs->max_events = max_events;
+        e->hs->events = PyList_New(0);
+    }
+    if (!e->trust4 || !e->trust6 || !e->buckets || !e->out || !e->hs || !e->hs->events) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1498,10 +1595,14 @@ static PyMethodDef Engine_methods[] = {
     {"feed_block", (PyCFunction)Engine_feed_block, METH_VARARGS, "feed a TPACKET_V3 block"},
     {"take_records", (PyCFunction)Engine_take_records, METH_NOARGS, "pcap records so far"},
     {"write_tap", (PyCFunction)Engine_write_tap, METH_O, "write the sink's frames to a tap fd"},
+    {"write_records", (PyCFunction)Engine_write_records, METH_O, "write(view of the records)"},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, "release every held frame untouched"},
     {"drain", (PyCFunction)Engine_drain, METH_NOARGS, "the (ts, frame) list so far"},
     {"pending_out", (PyCFunction)Engine_pending_out, METH_NOARGS, "frames not yet drained"},
     {"resume", (PyCFunction)Engine_resume, METH_VARARGS, "adopt a resolved flow"},
+    {"drain_events", (PyCFunction)Engine_drain_events, METH_NOARGS, "queued header events"},
+    {"discard_events", (PyCFunction)Engine_discard_events, METH_NOARGS, "drop queued events"},
+    {"pending_events", (PyCFunction)Engine_pending_events, METH_NOARGS, "events queued"},
     {"counters", (PyCFunction)Engine_counters, METH_NOARGS, "the counters this engine owns"},
     {"held_packets", (PyCFunction)Engine_held_packets, METH_NOARGS, "frames held"},
     {"next_deadline", (PyCFunction)Engine_next_deadline, METH_NOARGS, "next tick due (ns)"},
@@ -1544,5 +1645,6 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     for (int i = 0; i < C_NCOUNTERS; i++)
         PyTuple_SET_ITEM(names, i, PyUnicode_FromString(counter_names[i]));
     PyModule_AddObject(m, "COUNTERS", names);
+    PyModule_AddIntConstant(m, "MAX_BACKENDS", MAX_BACKENDS);
     return m;
 }

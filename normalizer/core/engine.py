@@ -269,6 +269,13 @@ class Normalizer:
         self.events = []
         return events
 
+    def discard_events(self) -> None:
+        """Drop the queued events (nobody records them)."""
+        self.events = []
+
+    def pending_events(self) -> int:
+        return len(self.events)
+
     def resume(
         self,
         client: tuple[str, int],

@@ -6,9 +6,12 @@ and is held to identical output bytes and counters by tests/normalizer/core/test
 extension is optional (a machine without a compiler installs and runs on the Python engine),
 so every adapter asks ``make_engine`` and reports ``engine_name`` of what it got.
 
-``CompiledNormalizer`` has the interface of ``Normalizer``. The C core calls back into this
-module only once per flow (the header: parse it, count it, record the HeaderEvent), for an
-address family change, and for SYNs from untrusted sources.
+``CompiledNormalizer`` has the interface of ``Normalizer``. The C core parses the common
+headers itself (_headers.c) and calls back into this module only for the others (once per
+flow: ``_on_header`` runs the Python codecs), for an address family change, and for SYNs from
+untrusted sources. It counts every header and queues its event; ``drain_events`` builds the
+HeaderEvents, parsing the raw headers C kept with the same codecs, only when an adapter wants
+them (a cache records them), so a run without a cache never pays for them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from normalizer.core.counters import MAX_BACKENDS, Counters
+from normalizer.core.counters import Counters
 from normalizer.core.diagnostics import SourceTally
 from normalizer.core.engine import Frame, HeaderEvent, Normalizer
 from normalizer.core.flow_key import make_key
@@ -28,11 +31,12 @@ from normalizer.core.options import Options
 from normalizer.core.restore import real_endpoints, restore_endpoints
 from normalizer.core.trust import TrustedProxies
 from normalizer.proxy_headers.base import HeaderError, ProxyHeader
-from normalizer.proxy_headers.detect import parse_header, signature_kind
+from normalizer.proxy_headers.detect import HeaderKind, parse_header, signature_kind
 
 ENGINES = ("auto", "compiled", "python")
 _NS = 1_000_000_000
 _MEMO = 4096  # bound of each address memo: proxies and decoys repeat, clients may not
+_KIND_INDEX = {"proxy-v1": 0, "proxy-v2": 1, "custom": 2}  # _headers.c's KIND_*
 
 
 def _load() -> ModuleType | None:
@@ -110,6 +114,7 @@ class CompiledNormalizer:
     take_records: Callable[[], bytes]
     # live: the sink's frames written to a tap fd from C -> (frames, bytes, errno or 0).
     write_tap: Callable[[int], tuple[int, int, int]]
+    write_records: Callable[[Callable[[memoryview], object]], None]
     # live (pipeline.push_block): a whole AF_PACKET ring block per call.
     feed_block: Callable[
         [Any, int, bool, int],
@@ -125,7 +130,6 @@ class CompiledNormalizer:
         self.linktype = linktype
         self.trust = TrustedProxies(options.proxies)
         self.untrusted_syns = SourceTally()
-        self.events: list[HeaderEvent] = []
         self._counters = Counters()
         self._texts: dict[bytes, str] = {}  # address bytes -> text (endpoint_text)
         self._packs: dict[str, bytes] = {}  # address text -> bytes (real_endpoints)
@@ -150,6 +154,10 @@ class CompiledNormalizer:
             header_cb=self._on_header,
             family_cb=self._on_family_change,
             untrusted_cb=self.untrusted_syns.add,
+            fast_v1=HeaderKind.PROXY_V1 in options.header_kinds,
+            fast_v2=HeaderKind.PROXY_V2 in options.header_kinds,
+            restore=options.restore_addresses,
+            max_events=options.max_pending_events,
         )
         self.table = _Table(self._core, options.max_flows)
         self.feed = self._core.feed
@@ -159,6 +167,7 @@ class CompiledNormalizer:
         self.feed_pcap = self._core.feed_pcap
         self.take_records = self._core.take_records
         self.write_tap = self._core.write_tap
+        self.write_records = self._core.write_records
         self.feed_block = self._core.feed_block
 
     def set_sink(self, pcap: bool, nanosecond: bool = False) -> None:
@@ -172,6 +181,8 @@ class CompiledNormalizer:
         """The one Counters object (decapsulation adds to it too), with the core's values."""
         c = self._counters
         for name, value in self._core.counters().items():
+            if name == "headers_by_backend":  # keyed by address bytes ("other" past the bound)
+                value = {k if isinstance(k, str) else self._text(k): n for k, n in value.items()}
             setattr(c, name, value)
         return c
 
@@ -186,9 +197,30 @@ class CompiledNormalizer:
         return None if due is None else int(due)
 
     def drain_events(self) -> list[HeaderEvent]:
-        events = self.events
-        self.events = []
+        o = self.opts
+        events = []
+        for started, vlan, client, server, isn, header in self._core.drain_events():
+            if not isinstance(header, ProxyHeader):  # the raw bytes of a header C parsed
+                header = parse_header(header, o.header_kinds, o.custom_magic)
+                assert isinstance(header, ProxyHeader), "C accepted a header Python does not"
+            events.append(
+                HeaderEvent(
+                    started,
+                    self._endpoint_text(client),
+                    self._endpoint_text(server),
+                    vlan,
+                    header,
+                    isn,
+                )
+            )
         return events
+
+    def discard_events(self) -> None:
+        """Drop the queued events (nobody records them): they are never built."""
+        self._core.discard_events()
+
+    def pending_events(self) -> int:
+        return int(self._core.pending_events())
 
     def resume(
         self,
@@ -210,14 +242,12 @@ class CompiledNormalizer:
 
     # -- called by the core ---------------------------------------------------------------------
 
-    def _on_header(
-        self, buf: bytes, vlan: bytes, client: bytes, server: bytes, isn: int, started: int
-    ) -> object:
+    def _on_header(self, buf: bytes) -> object:
         """None: need more bytes; False: refused (counted here as the Python engine counts it:
-        malformed, no header, or an excluded kind); else (header length, real endpoints).
+        malformed, no header, or an excluded kind); else (header length, real endpoints, kind
+        index, LOCAL?, the header), which the core counts and queues.
 
-        Everything ``Normalizer._resolve`` does besides releasing the held frames. Called once
-        per flow, so its cost counts on short flows: address texts are memoized (bounded).
+        ``Normalizer._resolve``'s parsing for the headers the core does not parse itself.
         """
         o = self.opts
         try:
@@ -234,36 +264,20 @@ class CompiledNormalizer:
             return False
         if not isinstance(header, ProxyHeader):
             return None
-        c = self._counters
-        c.headers_stripped[header.kind] = c.headers_stripped.get(header.kind, 0) + 1
-        real = None
-        if o.restore_addresses:
-            real = self._real_endpoints(header)
-            if real is not None:
-                c.addresses_restored += 1
-        if header.command == "LOCAL":
-            c.headers_local += 1
-        backend = self._endpoint_text(server)
-        per = c.headers_by_backend
-        name = backend[0] if backend[0] in per or len(per) < MAX_BACKENDS else "other"
-        per[name] = per.get(name, 0) + 1
-        if len(self.events) < o.max_pending_events:
-            self.events.append(
-                HeaderEvent(started, self._endpoint_text(client), backend, vlan, header, isn)
-            )
-        else:
-            c.events_dropped += 1
-        return header.length, real
+        real = self._real_endpoints(header) if o.restore_addresses else None
+        return header.length, real, _KIND_INDEX[header.kind], header.command == "LOCAL", header
 
     def _endpoint_text(self, ep: bytes) -> tuple[str, int]:
         """flow_key.endpoint_text, the address text memoized."""
-        addr = ep[:-2]
+        return self._text(ep[:-2]), int.from_bytes(ep[-2:], "big")
+
+    def _text(self, addr: bytes) -> str:
         text = self._texts.get(addr)
         if text is None:
             if len(self._texts) >= _MEMO:
                 self._texts.clear()
             text = self._texts[addr] = str(ipaddress.ip_address(addr))
-        return text, int.from_bytes(ep[-2:], "big")
+        return text
 
     def _real_endpoints(self, h: ProxyHeader) -> tuple[bytes, bytes] | None:
         """restore.real_endpoints, the address bytes memoized."""

@@ -54,5 +54,10 @@ class Options:
     # seconds a row is kept after its connection began; rewrite counts back from the newest row
     # (so an old capture's rows survive), live from the wall clock, once a minute.
     cache_retention: float = 7 * 86400.0
+    # live: worker processes spread over a PACKET_FANOUT group (an adapter setting, like the
+    # retention); more than one with decapsulation needs workers_by_outer_header (the kernel
+    # hashes the outer header of a tunnel packet, not the inner flow: commands/live_workers.py).
+    workers: int = 1
+    workers_by_outer_header: bool = False
     # Rewriting engine (fastpath.py): "auto" takes the compiled one when it was built.
     engine: str = "auto"

@@ -217,8 +217,9 @@ class Pipeline:
             assert self._on_tunnels is not None
             self._on_tunnels(rows)
         eng = self.engine
-        if eng.events:
-            events = eng.drain_events()
-            if self._on_events is not None:
-                self._on_events(events)
+        if eng.pending_events():
+            if self._on_events is None:
+                eng.discard_events()  # the compiled engine then never builds them
+            else:
+                self._on_events(eng.drain_events())
         return eng.drain()

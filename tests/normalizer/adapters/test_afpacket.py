@@ -11,10 +11,13 @@ import struct
 import pytest
 
 from normalizer.adapters.afpacket import (
+    BLOCK_SEQ_OFF,
+    BLOCK_STATUS_OFF,
     TP_STATUS_USER,
     TP_STATUS_VLAN_TPID_VALID,
     TP_STATUS_VLAN_VALID,
     CaptureError,
+    RingCapture,
     RingStats,
     parse_block,
     parse_ddd,
@@ -132,3 +135,27 @@ def test_csum_not_ready_frames_get_complete_checksums_and_are_counted() -> None:
     assert (stats.oversize, stats.max_frame, stats.truncated) == (1, 9000, 1)
     kept = parse_block(block, 0, RingStats(), complete_partial=False)
     assert kept[0][1] == partial
+
+
+def _ring(blocks: list[tuple[int, int]], size: int = 64) -> RingCapture:
+    """A RingCapture over plain memory: (status, seq_num) per block, no socket."""
+    cap = RingCapture.__new__(RingCapture)
+    mem = bytearray(size * len(blocks))
+    for i, (status, seq) in enumerate(blocks):
+        struct.pack_into("=I", mem, i * size + BLOCK_STATUS_OFF, status)
+        struct.pack_into("=Q", mem, i * size + BLOCK_SEQ_OFF, seq)
+    cap.ring, cap._block_size, cap._block_count, cap._next = mem, size, len(blocks), 0  # type: ignore[assignment]
+    return cap
+
+
+def test_resync_points_at_the_oldest_block_user_space_owns() -> None:
+    # A successor's view of a ring: the kernel wrapped around, blocks 2, 3 and 0 handed over.
+    cap = _ring([(TP_STATUS_USER, 13), (0, 10), (TP_STATUS_USER, 11), (TP_STATUS_USER, 12)])
+    assert cap.resync() and cap._next == 2
+    assert cap.ready()
+
+
+def test_resync_without_a_user_block_leaves_the_position() -> None:
+    cap = _ring([(0, 5), (0, 6), (0, 7)])
+    cap._next = 1
+    assert not cap.resync() and cap._next == 1

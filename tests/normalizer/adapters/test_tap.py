@@ -94,3 +94,39 @@ def test_tap_deleted_before_a_burst_costs_one_frame_and_is_recreated(compiled: b
         assert tap.stats.bytes == sum(map(len, out[1:]))
     finally:
         tap.remove()
+
+
+MULTI_QUEUE = """
+import os
+from normalizer.adapters.tap import IFF_MULTI_QUEUE, Tap, TapKindError, tun_flags
+a, b = Tap("mq0", multi_queue=True), Tap("mq0", multi_queue=True)
+assert tun_flags("mq0") & IFF_MULTI_QUEUE
+assert os.write(a._fd, bytes(60)) == os.write(b._fd, bytes(60)) == 60  # a queue each
+one = Tap("mq0")  # one worker on a multi-queue tap: attaches as one more queue
+assert os.write(one._fd, bytes(60)) == 60
+single = Tap("sq0")
+assert not tun_flags("sq0") & IFF_MULTI_QUEUE
+try:
+    Tap("sq0", multi_queue=True)
+except TapKindError as exc:
+    print(exc.strerror)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (tap devices, network namespaces)")
+@pytest.mark.skipif(not os.path.exists("/dev/net/tun"), reason="no /dev/net/tun")
+def test_multi_queue_taps_take_one_queue_per_opener_and_a_single_queue_one_is_refused() -> None:
+    ns = f"snltapmq{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        p = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", MULTI_QUEUE],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "tap sq0 exists as a single-queue device" in p.stdout, p.stdout
+    assert "ip link del sq0" in p.stdout
