@@ -42,7 +42,11 @@ setup(
             "normalizer.core._fastpath",
             sources=["normalizer/core/_fastpath.c"],
             # #included by _fastpath.c: a change to them must rebuild it (and the sdist has them)
-            depends=["normalizer/core/_headers.c", "normalizer/core/_decap.c"],
+            depends=[
+                "normalizer/core/_headers.c",
+                "normalizer/core/_tapsink.c",
+                "normalizer/core/_decap.c",
+            ],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

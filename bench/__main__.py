@@ -1,7 +1,8 @@
 """``./run bench``: normalizer speed and memory against baselines measured in the same run.
 
 ``./run bench live [--rates ...]`` instead measures the live path in the lab (root; see
-bench/live.py): packets/s, Gbit/s, CPU per packet and kernel drops next to Suricata's own capture.
+bench/live.py): packets/s, Gbit/s, CPU per packet and kernel drops next to Suricata's own capture;
+``./run bench live --replay``: packets/s per core from a replayed capture (bench/live_replay.py).
 ``./run bench appliance``: the appliance's return and tap paths per core (bench/appliance.py).
 
 Prints wall times, packets/s, and the ratios the core issue sets as targets: >=100x faster than

@@ -27,6 +27,9 @@ headroom the capture had, ``waited_share`` (seconds per second its threads were 
 had no CPU, from /proc/PID/task/*/schedstat) shows when other load starved it: drops with a low
 ``cpu_share`` and a high ``waited_share`` are the machine, not the capture's speed. Other load on
 the machine makes every number noisy; ``--nice -10`` gives the captures priority.
+
+``--replay`` measures packets/s per core from a replayed capture instead, fast enough to load
+one core (bench/live_replay.py).
 """
 
 from __future__ import annotations
@@ -304,6 +307,11 @@ def report(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--replay" in argv:  # a replayed capture instead of downloads: bench/live_replay.py
+        from bench import live_replay
+
+        return live_replay.main([a for a in argv if a != "--replay"])
     p = argparse.ArgumentParser(
         prog="python -m bench live",
         description=(__doc__ or "").split("\n\n")[1],

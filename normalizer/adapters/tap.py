@@ -14,6 +14,10 @@ If the device disappears (``ip link del``, a network restart), writes fail with 
 the device is then recreated and the event counted, the frame that failed is counted as a write
 error, and nothing crashes. ``check()`` notices a deleted device even when no frame is written.
 
+Two write paths, counted alike: ``write`` (one frame from Python: the Python engine) and
+``write_from`` (the compiled engine writes its buffered frames from C, one ``write()`` each,
+and hands back each failure, so the loop costs no Python per frame; _tapsink.c).
+
 Multi-queue (``live --workers N``): each worker process opens the same tap name with
 IFF_MULTI_QUEUE and so gets a queue of its own (no lock, no shared file descriptor between the
 processes). The kernel refuses to attach a queue of the other kind (EINVAL), so the flag of an
@@ -29,6 +33,7 @@ import contextlib
 import errno
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +157,22 @@ class Tap:
         self.stats.frames += 1
         self.stats.bytes += n
         return True
+
+    def write_from(self, writer: Callable[[int], tuple[int, int, int]]) -> None:
+        """Let ``writer(fd)`` write its frames (``CompiledNormalizer.write_tap``); it returns
+        (frames, bytes, errno) at the first failure, which is handled as in ``write``, and is
+        called again for the frames after it, until it returns errno 0."""
+        st = self.stats
+        while True:
+            frames, nbytes, err = writer(self._fd)
+            st.frames += frames
+            st.bytes += nbytes
+            if not err:
+                return
+            st.write_errors += 1
+            if err in _GONE or not self.exists():
+                with contextlib.suppress(OSError):
+                    self._recreate()
 
     def close(self) -> None:
         """Detach (the persistent device stays for Suricata)."""

@@ -68,6 +68,7 @@ from normalizer.cache.connections import CacheSink, CacheStats, ConnectionCache
 from normalizer.commands.rewrite import write_text
 from normalizer.core.counters import sum_counters
 from normalizer.core.engine import Frame
+from normalizer.core.fastpath import CompiledNormalizer
 from normalizer.core.frame import LINKTYPE_ETHERNET
 from normalizer.core.options import Options
 from normalizer.core.pipeline import Pipeline
@@ -160,7 +161,7 @@ class LiveNormalizer:
     def _new_pipeline(self) -> Pipeline:
         # The cache is written through the sink: a failing cache is counted, never stops traffic.
         sink = self.sink
-        return Pipeline(
+        pipe = Pipeline(
             self.options,
             LINKTYPE_ETHERNET,
             on_events=sink.record if sink else None,
@@ -168,6 +169,14 @@ class LiveNormalizer:
             on_tunnels=sink.record_tunnels if sink else None,
             checksums="fix" if self.options.checksums == "fix" else "keep",
         )
+        # The compiled engine buffers its output frames and writes them to the tap from C
+        # (no Python object per frame); the Python engine's frames are written one by one.
+        eng = pipe.engine
+        self._write_tap: Callable[[int], tuple[int, int, int]] | None = None
+        if isinstance(eng, CompiledNormalizer):
+            eng.set_sink(True)
+            self._write_tap = eng.write_tap
+        return pipe
 
     def _abort_start(self, capture: bool = True) -> None:
         """A start that failed: close what was opened, remove the tap if this run created it."""
@@ -183,6 +192,13 @@ class LiveNormalizer:
         if self.cache is not None:
             self.cache.close()
 
+    def _emit(self) -> None:
+        """Everything the pipeline has to forward, into the tap: ``_take`` first (the cache
+        hears of a connection before its frames go out), then the frames, in order."""
+        self._forward(self._take())
+        if self._write_tap is not None:
+            self.tap.write_from(self._write_tap)
+
     def _forward(self, frames: Iterable[tuple[int, Frame]]) -> None:
         write = self.tap.write
         for _ts, frame in frames:
@@ -191,7 +207,7 @@ class LiveNormalizer:
     def _process(self, frames: list[Captured]) -> None:
         """One batch from the ring through the pipeline into the tap (see the module doc)."""
         push_guarded(self.pipe, frames, self._frame_failed)
-        self._forward(self._take())
+        self._emit()
 
     def _push_block(self, ring: mmap.mmap, base: int, complete: bool, stats: RingStats) -> int:
         """A ring block through the pipeline, each frame guarded as ``push_guarded`` does."""
@@ -200,7 +216,7 @@ class LiveNormalizer:
     def _frame_failed(self, _ts: int, frame: bytes, exc: Exception) -> None:
         self.frames_failed += 1
         self._report("frame", exc)
-        self._forward(self._take())  # the frames before it first, in order
+        self._emit()  # the frames before it first, in order
         self.tap.write(frame)
 
     def _take(self) -> list[tuple[int, Frame]]:
@@ -300,7 +316,7 @@ class LiveNormalizer:
         except Exception as exc:  # expiring one flow must not stop the sensor
             self.internal_errors += 1
             self._report("tick", exc)
-        self._forward(self._take())
+        self._emit()
         try:
             if self.tap.check():
                 _log(f"suricata-normalizer: tap {self.tap.name} was gone, recreated")
@@ -337,7 +353,7 @@ class LiveNormalizer:
         if same == self.options:
             return
         self.pipe.flush()
-        self._forward(self._take())
+        self._emit()
         self._retired.append(self.pipe.counters.as_dict())
         self.options = options
         self.pipe = self._new_pipeline()
@@ -405,14 +421,14 @@ class LiveNormalizer:
                             capture.resync()
                 # One call per ring block: into the compiled core when it runs (pipeline.py).
                 if capture.drain_into(self._push_block):
-                    self._forward(self._take())
+                    self._emit()
                 now = mono()
                 if now >= next_tick:
                     next_tick = now + settings.tick_interval
                     self._tick()
                 elif now >= next_core:
                     self.pipe.tick(time.time_ns())
-                    self._forward(self.pipe.take())
+                    self._emit()
                 next_core = self._core_due(now)
                 if now >= next_wd:
                     assert wd_every is not None
@@ -447,14 +463,18 @@ class LiveNormalizer:
             raise
 
     def _shutdown(self) -> None:
-        """Drain the ring, release held frames untouched, write them, close everything."""
+        """Drain the ring, release held frames untouched, write them, close everything.
+
+        The block the kernel is filling reaches us only when its timeout retires it: wait for
+        that (at most two timeouts), or frames that arrived just before the stop are lost."""
+        select.select([self.capture.fileno()], [], [], 2 * self.settings.block_timeout_ms / 1000)
         self.capture.drain_into(self._push_block)
         try:
             self.pipe.flush()
         except Exception as exc:
             self.internal_errors += 1
             self._report("flush", exc)
-        self._forward(self._take())
+        self._emit()
         self.capture.stats()
         if self.settings.stats_json:
             try:

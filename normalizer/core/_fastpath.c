@@ -103,6 +103,7 @@ typedef struct {
     int pcap_sink, sink_nano;
     uint8_t *sink;          /* pcap mode: the records written so far */
     Py_ssize_t sink_len, sink_cap, rec_at;
+    Py_ssize_t sink_out;    /* write_tap: records before this offset are written */
     struct decap_state *decap; /* _decap.c: tunnels opened in C (set_decap), or NULL */
 } Engine;
 
@@ -1324,6 +1325,8 @@ static PyObject *Engine_feed_block(Engine *e, PyObject *args) {
                          failed ? failed : Py_NewRef(Py_None));
 }
 
+#include "_tapsink.c" /* write_tap: the sink's frames into the live tap */
+
 static PyObject *Engine_set_sink(Engine *e, PyObject *args) {
     int pcap, nano;
     if (!PyArg_ParseTuple(args, "pp", &pcap, &nano)) return NULL;
@@ -1334,7 +1337,7 @@ static PyObject *Engine_set_sink(Engine *e, PyObject *args) {
 
 static PyObject *Engine_take_records(Engine *e, PyObject *Py_UNUSED(ignored)) {
     PyObject *r = PyBytes_FromStringAndSize((const char *)e->sink, e->sink_len);
-    if (r) e->sink_len = 0;
+    if (r) e->sink_len = e->sink_out = 0;
     return r;
 }
 
@@ -1355,7 +1358,7 @@ static PyObject *Engine_write_records(Engine *e, PyObject *write) {
     Py_DECREF(r);
     if (!rel) return NULL;
     Py_DECREF(rel);
-    e->sink_len = 0;
+    e->sink_len = e->sink_out = 0;
     Py_RETURN_NONE;
 }
 
@@ -1606,6 +1609,7 @@ static PyMethodDef Engine_methods[] = {
     {"set_sink", (PyCFunction)Engine_set_sink, METH_VARARGS, "set_sink(pcap, nanosecond)"},
     {"feed_block", (PyCFunction)Engine_feed_block, METH_VARARGS, "feed a TPACKET_V3 block"},
     {"take_records", (PyCFunction)Engine_take_records, METH_NOARGS, "pcap records so far"},
+    {"write_tap", (PyCFunction)Engine_write_tap, METH_O, "write the sink's frames to a tap fd"},
     {"write_records", (PyCFunction)Engine_write_records, METH_O, "write(view of the records)"},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, "release every held frame untouched"},
     {"drain", (PyCFunction)Engine_drain, METH_NOARGS, "the (ts, frame) list so far"},

@@ -112,6 +112,8 @@ class CompiledNormalizer:
         [bytes | memoryview, int, bool, int, bool, int], tuple[int, int, int, int, int]
     ]
     take_records: Callable[[], bytes]
+    # live: the sink's frames written to a tap fd from C -> (frames, bytes, errno or 0).
+    write_tap: Callable[[int], tuple[int, int, int]]
     write_records: Callable[[Callable[[memoryview], object]], None]
     # live (pipeline.push_block): a whole AF_PACKET ring block per call.
     feed_block: Callable[
@@ -174,6 +176,7 @@ class CompiledNormalizer:
         self.drain = self._core.drain
         self.feed_pcap = self._core.feed_pcap
         self.take_records = self._core.take_records
+        self.write_tap = self._core.write_tap
         self.write_records = self._core.write_records
         self.feed_block = self._core.feed_block
         self.set_decap = self._core.set_decap
@@ -185,7 +188,8 @@ class CompiledNormalizer:
 
     def set_sink(self, pcap: bool, nanosecond: bool = False) -> None:
         """pcap=True: every frame forwarded from now on is appended to ``take_records()`` as a
-        pcap record (microsecond or nanosecond timestamps) instead of to ``drain()``."""
+        pcap record (microsecond or nanosecond timestamps) instead of to ``drain()``; live
+        writes them to its tap with ``write_tap(fd)`` instead (adapters/tap.py)."""
         self._core.set_sink(pcap, nanosecond)
 
     @property

@@ -193,7 +193,9 @@ class Lab:
             raise LabError(f"nft: {p.stderr.strip()}")
 
     @contextlib.contextmanager
-    def capture(self, path: Path, port: str = "sg", role: str = "sensor") -> Iterator[Capture]:
+    def capture(
+        self, path: Path, port: str = "sg", role: str = "sensor", extra: Sequence[str] = ()
+    ) -> Iterator[Capture]:
         """tcpdump on a bridge port, started before and flushed after the ``with`` body.
 
         --immediate-mode matters: without it libpcap's TPACKET_V3 ring hands packets over per
@@ -211,6 +213,7 @@ class Lab:
             "--immediate-mode",
             "-Z",
             "root",
+            *extra,
             "-w",
             str(path),
         )
