@@ -25,7 +25,7 @@ from typing import Any
 from normalizer.core.counters import Counters
 from normalizer.core.diagnostics import SourceTally
 from normalizer.core.engine import Frame, HeaderEvent, Normalizer
-from normalizer.core.flow_key import make_key
+from normalizer.core.flow_key import MEMO_BOUND, AddressTexts, make_key
 from normalizer.core.frame import LINKTYPE_ETHERNET, TcpFrame
 from normalizer.core.options import Options
 from normalizer.core.restore import real_endpoints, restore_endpoints
@@ -35,7 +35,6 @@ from normalizer.proxy_headers.detect import HeaderKind, parse_header, signature_
 
 ENGINES = ("auto", "compiled", "python")
 _NS = 1_000_000_000
-_MEMO = 4096  # bound of each address memo: proxies and decoys repeat, clients may not
 _KIND_INDEX = {"proxy-v1": 0, "proxy-v2": 1, "custom": 2}  # _headers.c's KIND_*
 
 
@@ -111,7 +110,6 @@ class CompiledNormalizer:
     feed_pcap: Callable[
         [bytes | memoryview, int, bool, int, bool, int], tuple[int, int, int, int, int]
     ]
-    take_records: Callable[[], bytes]
     # live: the sink's frames written to a tap fd from C -> (frames, bytes, errno or 0).
     write_tap: Callable[[int], tuple[int, int, int]]
     write_records: Callable[[Callable[[memoryview], object]], None]
@@ -141,7 +139,7 @@ class CompiledNormalizer:
         self.trust = TrustedProxies(options.proxies)
         self.untrusted_syns = SourceTally()
         self._counters = Counters()
-        self._texts: dict[bytes, str] = {}  # address bytes -> text (endpoint_text)
+        self._texts = AddressTexts()
         self._packs: dict[str, bytes] = {}  # address text -> bytes (real_endpoints)
         t4 = bytearray()
         t6 = bytearray()
@@ -175,7 +173,6 @@ class CompiledNormalizer:
         self.flush = self._core.flush
         self.drain = self._core.drain
         self.feed_pcap = self._core.feed_pcap
-        self.take_records = self._core.take_records
         self.write_tap = self._core.write_tap
         self.write_records = self._core.write_records
         self.feed_block = self._core.feed_block
@@ -187,8 +184,9 @@ class CompiledNormalizer:
         self.decap_counters = self._core.decap_counters
 
     def set_sink(self, pcap: bool, nanosecond: bool = False) -> None:
-        """pcap=True: every frame forwarded from now on is appended to ``take_records()`` as a
-        pcap record (microsecond or nanosecond timestamps) instead of to ``drain()``; live
+        """pcap=True: every frame forwarded from now on is appended, as a pcap record
+        (microsecond or nanosecond timestamps), to what ``write_records`` hands over instead of
+        to ``drain()``; live
         writes them to its tap with ``write_tap(fd)`` instead (adapters/tap.py)."""
         self._core.set_sink(pcap, nanosecond)
 
@@ -198,7 +196,8 @@ class CompiledNormalizer:
         c = self._counters
         for name, value in self._core.counters().items():
             if name == "headers_by_backend":  # keyed by address bytes ("other" past the bound)
-                value = {k if isinstance(k, str) else self._text(k): n for k, n in value.items()}
+                text = self._texts.text
+                value = {k if isinstance(k, str) else text(k): n for k, n in value.items()}
             setattr(c, name, value)
         return c
 
@@ -222,8 +221,8 @@ class CompiledNormalizer:
             events.append(
                 HeaderEvent(
                     started,
-                    self._endpoint_text(client),
-                    self._endpoint_text(server),
+                    self._texts.endpoint(client),
+                    self._texts.endpoint(server),
                     vlan,
                     header,
                     isn,
@@ -283,18 +282,6 @@ class CompiledNormalizer:
         real = self._real_endpoints(header) if o.restore_addresses else None
         return header.length, real, _KIND_INDEX[header.kind], header.command == "LOCAL", header
 
-    def _endpoint_text(self, ep: bytes) -> tuple[str, int]:
-        """flow_key.endpoint_text, the address text memoized."""
-        return self._text(ep[:-2]), int.from_bytes(ep[-2:], "big")
-
-    def _text(self, addr: bytes) -> str:
-        text = self._texts.get(addr)
-        if text is None:
-            if len(self._texts) >= _MEMO:
-                self._texts.clear()
-            text = self._texts[addr] = str(ipaddress.ip_address(addr))
-        return text
-
     def _real_endpoints(self, h: ProxyHeader) -> tuple[bytes, bytes] | None:
         """restore.real_endpoints, the address bytes memoized."""
         if h.command != "PROXY" or h.family not in ("TCP4", "TCP6") or h.src_addr is None:
@@ -308,7 +295,7 @@ class CompiledNormalizer:
     def _packed(self, text: str) -> bytes:
         packed = self._packs.get(text)
         if packed is None:
-            if len(self._packs) >= _MEMO:
+            if len(self._packs) >= MEMO_BOUND:
                 self._packs.clear()
             packed = self._packs[text] = ipaddress.ip_address(text).packed
         return packed

@@ -38,3 +38,29 @@ def endpoints_of(frame: bytes, f: TcpFrame) -> tuple[bytes, bytes]:
 
 def endpoint_text(ep: bytes) -> tuple[str, int]:
     return str(ipaddress.ip_address(ep[:-2])), int.from_bytes(ep[-2:], "big")
+
+
+MEMO_BOUND = 4096  # per memo: proxies, decoys and tunnel peers repeat, clients may not
+
+
+class AddressTexts:
+    """Address bytes -> canonical text, memoized: ``ipaddress`` costs microseconds per call and
+    the same few addresses recur on every flow. Cleared when it reaches MEMO_BOUND entries, so
+    hostile clients cannot grow it."""
+
+    __slots__ = ("_texts",)
+
+    def __init__(self) -> None:
+        self._texts: dict[bytes, str] = {}
+
+    def text(self, packed: bytes) -> str:
+        text = self._texts.get(packed)
+        if text is None:
+            if len(self._texts) >= MEMO_BOUND:
+                self._texts.clear()
+            text = self._texts[packed] = str(ipaddress.ip_address(packed))
+        return text
+
+    def endpoint(self, ep: bytes) -> tuple[str, int]:
+        """``endpoint_text``, memoized."""
+        return self.text(ep[:-2]), int.from_bytes(ep[-2:], "big")

@@ -10,16 +10,15 @@ flow still running. The table of live flows is bounded like the core's flow tabl
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from normalizer.core.flow_key import AddressTexts
 from normalizer.core.flow_table import FlowTable
 from normalizer.core.frame import LINKTYPE_ETHERNET, l3_offset
 from normalizer.tunnels.ref import TunnelRef, tunnel_json
 
 _NS = 1_000_000_000
-_MEMO = 4096  # bound of the address text memo: peers, proxies and decoys repeat, clients may not
 _PORTS = frozenset({6, 17, 132})  # TCP, UDP, SCTP: the first 4 bytes are the ports
 
 
@@ -76,16 +75,7 @@ class TunnelFlows:
         # which a flow it knows may no longer be in the table (sweeps, evictions, flush).
         self.last: TunnelFlow | None = None
         self.epoch = 0
-        self._texts: dict[bytes, str] = {}  # packed address -> text, bounded by _MEMO
-
-    def _text(self, packed: bytes) -> str:
-        """``str(ipaddress.ip_address(packed))``, memoized: a row costs four of them."""
-        text = self._texts.get(packed)
-        if text is None:
-            if len(self._texts) >= _MEMO:
-                self._texts.clear()
-            text = self._texts[packed] = str(ipaddress.ip_address(packed))
-        return text
+        self._texts = AddressTexts()  # a row costs four address texts
 
     @property
     def next_sweep(self) -> int:
@@ -114,9 +104,9 @@ class TunnelFlows:
         flow = TunnelFlow(
             vlan,
             proto,
-            (self._text(src), sport),
-            (self._text(dst), dport),
-            tunnel_json(ref, self._text),
+            (self._texts.text(src), sport),
+            (self._texts.text(dst), dport),
+            tunnel_json(ref, self._texts.text),
             ts,
             ts,
             ts,
