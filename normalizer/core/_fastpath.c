@@ -1335,14 +1335,8 @@ static PyObject *Engine_set_sink(Engine *e, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Engine_take_records(Engine *e, PyObject *Py_UNUSED(ignored)) {
-    PyObject *r = PyBytes_FromStringAndSize((const char *)e->sink, e->sink_len);
-    if (r) e->sink_len = e->sink_out = 0;
-    return r;
-}
-
 /* write_records(write): ``write(memoryview)`` of the records so far, then they are gone; saves
- * take_records' copy (a rewrite's every output byte). The view is released after the call, so
+ * a bytes copy of a rewrite's every output byte. The view is released after the call, so
  * a caller that kept it sees an error, never a later record. */
 static PyObject *Engine_write_records(Engine *e, PyObject *write) {
     if (!e->sink_len) Py_RETURN_NONE;
@@ -1608,7 +1602,6 @@ static PyMethodDef Engine_methods[] = {
     {"feed_pcap", (PyCFunction)Engine_feed_pcap, METH_VARARGS, "feed a chunk of pcap records"},
     {"set_sink", (PyCFunction)Engine_set_sink, METH_VARARGS, "set_sink(pcap, nanosecond)"},
     {"feed_block", (PyCFunction)Engine_feed_block, METH_VARARGS, "feed a TPACKET_V3 block"},
-    {"take_records", (PyCFunction)Engine_take_records, METH_NOARGS, "pcap records so far"},
     {"write_tap", (PyCFunction)Engine_write_tap, METH_O, "write the sink's frames to a tap fd"},
     {"write_records", (PyCFunction)Engine_write_records, METH_O, "write(view of the records)"},
     {"flush", (PyCFunction)Engine_flush, METH_NOARGS, "release every held frame untouched"},
