@@ -32,7 +32,7 @@ from normalizer.core.counters import Counters
 from normalizer.core.fastpath import CompiledNormalizer, resolve_engine
 from normalizer.core.frame import LINKTYPE_ETHERNET, SUPPORTED_LINKTYPES
 from normalizer.core.options import Options
-from normalizer.core.pipeline import EventSink, ResumeSource, TunnelSink
+from normalizer.core.pipeline import EventSink, ResumeSource, TunnelSink, hand_over
 from normalizer.core.restore import output_linktype
 from normalizer.tunnels.compiled import CompiledDecap
 from normalizer.tunnels.decap import Decapsulator
@@ -118,14 +118,7 @@ def run(
     last_report = time.monotonic()
 
     def write_out() -> None:
-        if tunnels is not None and tunnels.pending:  # as Pipeline.take: rows, events, frames
-            assert on_tunnels is not None
-            on_tunnels(tunnels.drain())
-        if eng.pending_events():
-            if on_events is None:
-                eng.discard_events()  # never built: only a cache wants them
-            else:
-                on_events(eng.drain_events())  # the cache hears of a connection first
+        hand_over(eng, tunnels, on_tunnels, on_events)  # as Pipeline.take: rows, events, frames
         eng.write_records(out.write)
 
     # One buffer, refilled in place: a record cut by the chunk end moves to its start. It is

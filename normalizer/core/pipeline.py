@@ -13,7 +13,7 @@ from collections.abc import Callable
 from normalizer.adapters.afpacket import RingStats, first_timestamp, parse_block
 from normalizer.core.counters import Counters
 from normalizer.core.diagnostics import SourceTally
-from normalizer.core.engine import Frame
+from normalizer.core.engine import Frame, Normalizer
 from normalizer.core.events import HeaderEvent, Resumable
 from normalizer.core.fastpath import CompiledNormalizer, make_engine
 from normalizer.core.frame import LINKTYPE_ETHERNET
@@ -235,14 +235,24 @@ class Pipeline:
 
     def take(self) -> list[tuple[int, Frame]]:
         """Frames to forward, in order; their connections (and tunnels) are recorded first."""
-        if self.tunnels is not None and self.tunnels.pending:
-            rows = self.tunnels.drain()  # before the events: connection rows refer to them
-            assert self._on_tunnels is not None
-            self._on_tunnels(rows)
-        eng = self.engine
-        if eng.pending_events():
-            if self._on_events is None:
-                eng.discard_events()  # the compiled engine then never builds them
-            else:
-                self._on_events(eng.drain_events())
-        return eng.drain()
+        hand_over(self.engine, self.tunnels, self._on_tunnels, self._on_events)
+        return self.engine.drain()
+
+
+def hand_over(
+    engine: Normalizer | CompiledNormalizer,
+    tunnels: TunnelFlows | None,
+    on_tunnels: TunnelSink | None,
+    on_events: EventSink | None,
+) -> None:
+    """Hand the cache what the frames about to be forwarded need: tunnel rows first (connection
+    rows refer to them), then header events; without a cache the events are dropped (the
+    compiled engine then never builds them). Every output path calls this before it writes."""
+    if tunnels is not None and tunnels.pending:
+        assert on_tunnels is not None
+        on_tunnels(tunnels.drain())
+    if engine.pending_events():
+        if on_events is None:
+            engine.discard_events()
+        else:
+            on_events(engine.drain_events())
