@@ -853,6 +853,24 @@ static int assemble(Engine *e, flow *f, const uint8_t *p, const tcpframe *t, int
     return grew;
 }
 
+/* real: None or (c2s, s2c), endpoint blocks of 12 or 36 bytes each (restore.real_endpoints),
+ * copied into out (both blocks); *len is one block's size, 0 for None. -1: malformed (raised). */
+static int parse_real(PyObject *real, uint8_t *out, uint8_t *len) {
+    *len = 0;
+    if (real == Py_None) return 0;
+    PyObject *c2s, *s2c;
+    if (!PyArg_ParseTuple(real, "SS", &c2s, &s2c)) return -1;
+    Py_ssize_t bl = PyBytes_GET_SIZE(c2s);
+    if ((bl != 12 && bl != 36) || PyBytes_GET_SIZE(s2c) != bl) {
+        PyErr_SetString(PyExc_ValueError, "bad endpoint block");
+        return -1;
+    }
+    memcpy(out, PyBytes_AS_STRING(c2s), bl);
+    memcpy(out + bl, PyBytes_AS_STRING(s2c), bl);
+    *len = (uint8_t)bl;
+    return 0;
+}
+
 /* PENDING -> ACTIVE with the header's length and, when restoring, the real endpoint blocks
  * (client->server then server->client, ``reallen`` bytes each; 0: none). */
 static int resolve(Engine *e, flow *f, int64_t hl, const uint8_t *real, int reallen) {
@@ -921,22 +939,11 @@ static int header_step(Engine *e, flow *f, hold_t *h, Py_ssize_t el) {
         }
         /* (length, real, kind index, LOCAL?, ProxyHeader); real None or (c2s, s2c) */
         long long len;
-        PyObject *realobj, *c2s, *s2c;
+        PyObject *realobj;
         if (!PyArg_ParseTuple(res, "LOipO", &len, &realobj, &kind, &local, &header) ||
-            (realobj != Py_None && !PyArg_ParseTuple(realobj, "SS", &c2s, &s2c))) {
+            parse_real(realobj, real, &reallen) < 0) {
             Py_DECREF(res);
             return -1;
-        }
-        if (realobj != Py_None) {
-            Py_ssize_t bl = PyBytes_GET_SIZE(c2s);
-            if ((bl != 12 && bl != 36) || PyBytes_GET_SIZE(s2c) != bl) {
-                Py_DECREF(res);
-                PyErr_SetString(PyExc_ValueError, "bad endpoint block");
-                return -1;
-            }
-            reallen = (uint8_t)bl;
-            memcpy(real, PyBytes_AS_STRING(c2s), bl);
-            memcpy(real + bl, PyBytes_AS_STRING(s2c), bl);
         }
         if (kind < 0 || kind >= NKINDS) {
             Py_DECREF(res);
@@ -1409,18 +1416,9 @@ static PyObject *Engine_resume(Engine *e, PyObject *args) {
     f->last_seen = now;
     f->state = ACTIVE;
     f->hdr_len = hdr_len;
-    if (real != Py_None) {
-        PyObject *c2s, *s2c;
-        if (!PyArg_ParseTuple(real, "SS", &c2s, &s2c)) { table_remove(e, f); return NULL; }
-        Py_ssize_t bl = PyBytes_GET_SIZE(c2s);
-        if ((bl != 12 && bl != 36) || PyBytes_GET_SIZE(s2c) != bl) {
-            table_remove(e, f);
-            PyErr_SetString(PyExc_ValueError, "bad endpoint block");
-            return NULL;
-        }
-        f->reallen = (uint8_t)bl;
-        memcpy(f->real, PyBytes_AS_STRING(c2s), bl);
-        memcpy(f->real + bl, PyBytes_AS_STRING(s2c), bl);
+    if (parse_real(real, f->real, &f->reallen) < 0) {
+        table_remove(e, f);
+        return NULL;
     }
     Py_RETURN_TRUE;
 }
